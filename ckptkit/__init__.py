@@ -1,0 +1,60 @@
+"""ckptkit: model checkpoint directories made boring.
+
+Public names are imported on first use, so ``import ckptkit`` stays light and the torch-free
+parts (``inspect_checkpoint``, ``verify_checkpoint``, :mod:`ckptkit.format`) never load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CheckpointDir": "ckptkit.checkpoint",
+    "CheckpointInfo": "ckptkit.inspect",
+    "inspect_checkpoint": "ckptkit.inspect",
+    "parse_size": "ckptkit.format.sizes",
+    "resolve_ckpt_dir": "ckptkit.resolve",
+    "AmbiguousCheckpointError": "ckptkit.errors",
+    "CheckpointNotFoundError": "ckptkit.errors",
+    "CkptError": "ckptkit.errors",
+    "CkptWarning": "ckptkit.errors",
+    "CorruptCheckpointError": "ckptkit.errors",
+    "IncompleteCheckpointError": "ckptkit.errors",
+    "UnsafeCheckpointError": "ckptkit.errors",
+    "VariantNotFoundError": "ckptkit.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:
+    from ckptkit.checkpoint import CheckpointDir
+    from ckptkit.errors import (
+        AmbiguousCheckpointError,
+        CheckpointNotFoundError,
+        CkptError,
+        CkptWarning,
+        CorruptCheckpointError,
+        IncompleteCheckpointError,
+        UnsafeCheckpointError,
+        VariantNotFoundError,
+    )
+    from ckptkit.format.sizes import parse_size
+    from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.resolve import resolve_ckpt_dir
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckptkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

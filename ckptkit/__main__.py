@@ -1,0 +1,3 @@
+from ckptkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The ``ckptkit`` command: argument parsing and printing only; the verbs do the work.
+
+Exit codes: 0 ok, 1 problems found (or a ckptkit error), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ckptkit.errors import CkptError
+from ckptkit.format.sizes import format_size
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+# -- inspect -----------------------------------------------------------------------------------
+
+
+def _add_inspect(sub: Any) -> None:
+    parser = sub.add_parser(
+        "inspect",
+        help="what a checkpoint holds: files, weight sets, tensors, dtypes, links, problems",
+        description="Describe a checkpoint from its headers alone (torch is not imported).",
+        epilog="examples:\n  ckptkit inspect ./pixart/transformer\n  ckptkit inspect ./pixart --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("spec", help="a checkpoint directory or weights file")
+    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
+    parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
+    parser.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from ckptkit.inspect import inspect_checkpoint
+
+    info = inspect_checkpoint(args.spec, subfolder=args.subfolder, variant=args.variant)
+    if args.json:
+        _print_json(info.to_dict())
+    else:
+        _print_info(info)
+    return EXIT_OK if info.ok else EXIT_PROBLEMS
+
+
+def _print_info(info: Any, indent: str = "") -> None:
+    print(f"{indent}{info.path}")
+    for weight_set in info.weight_sets:
+        mark = "*" if weight_set.selected else " "
+        missing = f"  MISSING {len(weight_set.missing)}" if weight_set.missing else ""
+        print(f"{indent}  {mark} {weight_set.label:<60} variant={weight_set.variant or 'default'}{missing}")
+    if info.selected:
+        if info.tensor_count is not None:
+            dtypes = ", ".join(f"{code} {format_size(n)}" for code, n in info.bytes_by_dtype.items())
+            print(
+                f"{indent}  tensors {info.tensor_count:,}  parameters {info.parameter_count:,}  "
+                f"bytes {format_size(info.total_bytes or 0)}  ({dtypes})"
+            )
+    if info.variants:
+        print(f"{indent}  variants: {', '.join(info.variants)}")
+    total = sum(f.size or 0 for f in info.files)
+    print(f"{indent}  files: {len(info.files)} ({format_size(total)})")
+    for entry in info.files:
+        link = f" -> {entry.link_target}" if entry.link_target else ""
+        flag = "  [outside checkpoint]" if entry.outside_root else ""
+        size = format_size(entry.size) if entry.size is not None else "missing"
+        print(f"{indent}    {size:>11}  {entry.name}{link}{flag}")
+    for name, component in info.components.items():
+        classes = info.component_classes.get(name) or []
+        print(f"{indent}  component {name} ({'.'.join(c for c in classes if c)}):")
+        _print_info(component, indent + "    ")
+    for problem in info.problems:
+        print(f"{indent}  {problem.severity.upper()}: {problem.message}")
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[Any], None]] = [_add_inspect]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckptkit",
+        description="Make model checkpoint directories boring: resolve, inspect, verify, resave, materialize.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    original_add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return original_add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return int(args.run(args))
+    except CkptError as exc:
+        if args.debug:
+            traceback.print_exc()
+        if args.json:
+            _print_json({"ok": False, "error": type(exc).__name__, "message": str(exc)})
+        print(f"ckptkit {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"ckptkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_PROBLEMS

@@ -1,0 +1,255 @@
+"""Reading and validating a safetensors header: the 8-byte length, the JSON, nothing else.
+
+The format (safetensors ``README.md``): a little-endian u64 ``N``, ``N`` bytes of UTF-8 JSON
+mapping tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`` plus an optional
+``"__metadata__"`` of str -> str, then the data buffer. Offsets are relative to the buffer; the
+tensors must tile it exactly: no hole, no overlap, nothing past the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError
+from ckptkit.format.dtypes import DTYPES, DtypeInfo
+from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
+
+__all__ = [
+    "MAX_HEADER_SIZE",
+    "SafetensorsHeader",
+    "TensorInfo",
+    "parse_header_bytes",
+    "read_header",
+]
+
+#: The cap safetensors itself puts on a header.
+MAX_HEADER_SIZE = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lies in a safetensors file.
+
+    Attributes:
+        name: the tensor's key.
+        dtype: the safetensors code (``"BF16"``).
+        shape: the shape.
+        begin: start of its bytes, relative to the data buffer.
+        end: end of its bytes (exclusive), relative to the data buffer.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def dtype_info(self) -> DtypeInfo:
+        return DTYPES[self.dtype]
+
+
+@dataclass
+class SafetensorsHeader:
+    """The validated header of one safetensors file.
+
+    Attributes:
+        path: the file.
+        data_start: file offset of the data buffer (``8 + header length``).
+        file_size: size of the file in bytes.
+        tensors: tensor name -> :class:`TensorInfo`, in the order of their offsets.
+        metadata: the ``__metadata__`` map (str -> str), empty when absent.
+    """
+
+    path: Path
+    data_start: int
+    file_size: int
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_size(self) -> int:
+        return self.file_size - self.data_start
+
+    def file_offset(self, name: str) -> int:
+        """Absolute offset in the file of a tensor's first byte."""
+        return self.data_start + self.tensors[name].begin
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file, without reading any tensor data.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`SafetensorsHeader`.
+
+    Raises:
+        IncompleteCheckpointError: the file is missing or a link to it dangles.
+        CorruptCheckpointError: the header breaks any rule of the format, or the file is shorter
+            than its header says.
+
+    Example:
+        >>> header = read_header("model.safetensors")  # doctest: +SKIP
+        >>> header.tensors["shared.weight"].shape  # doctest: +SKIP
+        (32128, 4096)
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CorruptCheckpointError(
+                    f"file is {file_size} bytes, too short to hold a safetensors header",
+                    path=path,
+                    fix="the file is truncated or not safetensors; download or copy it again",
+                )
+            (length,) = struct.unpack("<Q", prefix)
+            _check_length(path, length, file_size)
+            raw = handle.read(length)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise IncompleteCheckpointError(
+                f"link points to {os.readlink(path)!r}, which does not exist",
+                path=path,
+                fix="the download was interrupted or the cache was cleaned; download the file again",
+            ) from None
+        raise IncompleteCheckpointError(
+            "file does not exist", path=path, fix="download or copy the missing file"
+        ) from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError("is a directory, not a safetensors file", path=path) from None
+    if len(raw) < length:
+        raise CorruptCheckpointError(
+            f"header is {length} bytes but the file ends after {len(raw)}",
+            path=path,
+            fix="the file is truncated; download or copy it again",
+        )
+    return parse_header_bytes(raw, path=path, file_size=file_size)
+
+
+def _check_length(path: Path, length: int, file_size: int) -> None:
+    if length > MAX_HEADER_SIZE:
+        raise CorruptCheckpointError(
+            f"header length {length} is over the {MAX_HEADER_SIZE}-byte cap of the format",
+            path=path,
+            fix="the file is not safetensors or is damaged; download or copy it again",
+        )
+    if 8 + length > file_size:
+        raise CorruptCheckpointError(
+            f"header says it is {length} bytes but the file holds only {file_size - 8} after the length",
+            path=path,
+            fix="the file is truncated; download or copy it again",
+        )
+    if length < 2:
+        raise CorruptCheckpointError(f"header length {length} is too short for JSON", path=path)
+
+
+def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: int) -> SafetensorsHeader:
+    """Validate the JSON bytes of a header against the file size; see :func:`read_header`."""
+    path = Path(path)
+    try:
+        parsed = loads_strict(raw)
+    except DuplicateKeyError as dup:
+        raise CorruptCheckpointError(f"header names {dup.key!r} twice", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise CorruptCheckpointError(f"header is not UTF-8 ({exc.reason} at byte {exc.start})", path=path) from None
+    except (ValueError, RecursionError) as exc:
+        raise CorruptCheckpointError(f"header is not valid JSON ({exc})", path=path) from None
+    if not isinstance(parsed, dict):
+        raise CorruptCheckpointError(f"header is a JSON {type(parsed).__name__}, not an object", path=path)
+
+    metadata = _parse_metadata(parsed.pop("__metadata__", None), path)
+    data_start = 8 + len(raw)
+    data_size = file_size - data_start
+    tensors = [_parse_tensor(name, entry, path) for name, entry in parsed.items()]
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    cursor = 0
+    for info in tensors:
+        if info.begin < cursor:
+            raise CorruptCheckpointError(
+                f"tensor {info.name!r} at bytes [{info.begin}, {info.end}) overlaps the tensor before it",
+                path=path,
+            )
+        if info.begin > cursor:
+            raise CorruptCheckpointError(
+                f"hole in the data buffer: bytes [{cursor}, {info.begin}) belong to no tensor "
+                f"(next is {info.name!r})",
+                path=path,
+            )
+        cursor = info.end
+    if cursor > data_size:
+        raise CorruptCheckpointError(
+            f"tensors need {cursor} bytes of data but the file holds {data_size}",
+            path=path,
+            fix="the file is truncated (an interrupted download?); download or copy it again",
+        )
+    if cursor < data_size:
+        raise CorruptCheckpointError(
+            f"{data_size - cursor} bytes at the end of the data buffer belong to no tensor", path=path
+        )
+    return SafetensorsHeader(
+        path=path,
+        data_start=data_start,
+        file_size=file_size,
+        tensors={t.name: t for t in tensors},
+        metadata=metadata,
+    )
+
+
+def _parse_metadata(value: object, path: Path) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise CorruptCheckpointError("__metadata__ must map strings to strings", path=path)
+    return dict(value)
+
+
+def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise CorruptCheckpointError(f"entry of tensor {name!r} is not an object", path=path)
+    dtype = entry.get("dtype")
+    shape = entry.get("shape")
+    offsets = entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", path=path
+        )
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CorruptCheckpointError(f"tensor {name!r} has a bad shape {shape!r}", path=path)
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CorruptCheckpointError(f"tensor {name!r} has bad data_offsets {offsets!r}", path=path)
+    begin, end = offsets
+    expected = DTYPES[dtype].nbytes(math.prod(shape))
+    if expected != end - begin:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} of shape {shape} and dtype {dtype} needs {expected} bytes "
+            f"but its data_offsets span {end - begin}",
+            path=path,
+        )
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

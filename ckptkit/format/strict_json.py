@@ -1,0 +1,36 @@
+"""JSON parsing that refuses duplicate keys, which ``json`` would silently merge."""
+
+from __future__ import annotations
+
+import json
+
+__all__ = ["DuplicateKeyError", "loads_strict"]
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice; ``.key`` is that key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def loads_strict(raw: bytes | str) -> object:
+    """``json.loads`` that raises :class:`DuplicateKeyError` on a repeated key.
+
+    Raises:
+        DuplicateKeyError: a key is repeated in an object.
+        ValueError: not UTF-8 or not JSON (``UnicodeDecodeError`` and ``JSONDecodeError`` are both).
+        RecursionError: nesting too deep.
+    """
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    return json.loads(text, object_pairs_hook=_pairs_without_duplicates)

@@ -1,0 +1,114 @@
+"""Checking a weight set before any tensor is read: shards present, headers sound, index honest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptkit.errors import CkptError, CorruptCheckpointError
+from ckptkit.format.layout import WeightSet
+from ckptkit.format.safetensors_header import SafetensorsHeader, read_header
+
+__all__ = ["WeightSetCheck", "check_weight_set"]
+
+
+@dataclass
+class WeightSetCheck:
+    """What :func:`check_weight_set` found.
+
+    Attributes:
+        weight_set: the set checked.
+        headers: shard path -> parsed header (safetensors sets), for reuse by readers.
+        errors: problems that make the set unloadable, as the errors to raise.
+        warnings: problems worth telling (a ``total_size`` that lies, stray shards), as text.
+    """
+
+    weight_set: WeightSet
+    headers: dict[Path, SafetensorsHeader] = field(default_factory=dict)
+    errors: list[CkptError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_first(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def key_locations(self) -> dict[str, Path]:
+        """Tensor name -> the shard that holds it (safetensors sets)."""
+        return {name: path for path, header in self.headers.items() for name in header.tensors}
+
+
+def check_weight_set(weight_set: WeightSet) -> WeightSetCheck:
+    """Check a weight set without reading tensor data.
+
+    Finds: shards the index names that are missing, headers that break the format, keys the index
+    lists that are absent from their shard, keys held by two shards, shards holding keys the index
+    does not list, and an index ``total_size`` that differs from the headers.
+
+    Example:
+        >>> check = check_weight_set(select_weight_set(discover_weight_sets(d)).weight_set)  # doctest: +SKIP
+        >>> check.raise_first()  # doctest: +SKIP
+    """
+    check = WeightSetCheck(weight_set)
+    check.errors.extend(weight_set.errors)
+    if weight_set.missing:
+        try:
+            weight_set.raise_if_unusable()
+        except CkptError as exc:
+            check.errors.append(exc)
+    if weight_set.format != "safetensors":
+        return check
+    for path in weight_set.files:
+        try:
+            check.headers[path] = read_header(path)
+        except CkptError as exc:
+            check.errors.append(exc)
+    _check_keys(check)
+    return check
+
+
+def _check_keys(check: WeightSetCheck) -> None:
+    weight_set = check.weight_set
+    owner: dict[str, Path] = {}
+    for path, header in check.headers.items():
+        for name in header.tensors:
+            if name in owner:
+                check.errors.append(
+                    CorruptCheckpointError(
+                        f"tensor {name!r} is stored in two shards: {owner[name].name} and {path.name}",
+                        path=path,
+                        fix="re-save the checkpoint (ckptkit resave) so each tensor is stored once",
+                    )
+                )
+            owner.setdefault(name, path)
+    index = weight_set.index
+    if index is None:
+        return
+    for name, shard in index.weight_map.items():
+        shard_path = index.directory / shard
+        header = check.headers.get(shard_path)
+        if header is not None and name not in header.tensors:
+            check.errors.append(
+                CorruptCheckpointError(
+                    f"index says tensor {name!r} is in {shard}, but that shard does not hold it",
+                    path=index.path,
+                    fix="the index and shards come from different saves; download or re-save them together",
+                )
+            )
+    if len(check.headers) == len(weight_set.files) and not weight_set.missing:
+        unlisted = sorted(set(owner) - set(index.weight_map))
+        if unlisted:
+            shown = ", ".join(repr(n) for n in unlisted[:5])
+            check.warnings.append(
+                f"{index.path}: {len(unlisted)} tensors in the shards are not in the index ({shown}); "
+                "loaders that trust the index will skip them"
+            )
+        actual = sum(t.nbytes for header in check.headers.values() for t in header.tensors.values())
+        declared = index.total_size
+        if declared is not None and declared != actual:
+            check.warnings.append(
+                f"{index.path}: metadata.total_size says {declared} bytes but the shards hold {actual}"
+            )

@@ -1,0 +1,51 @@
+"""Developer sessions. Each installs the pinned CPU torch first so nothing pulls a CUDA build."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+TORCH = "torch==2.13.0"
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (the README's test command)."""
+    _install(session, "hf", "dev")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the package."""
+    _install(session, "dev")
+    session.run("mypy", "ckptkit")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site, failing on any warning."""
+    _install(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks and rewrite docs/benchmarks.md (takes minutes; needs ~6 GiB of disk)."""
+    _install(session, "hf", "bench")
+    session.run("python", "-m", "benchmarks", *session.posargs)
