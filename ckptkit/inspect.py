@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
@@ -122,7 +123,7 @@ def inspect_checkpoint(
     spec: str | os.PathLike[str],
     *,
     variant: str | None = None,
-    **resolve_kwargs: object,
+    **resolve_kwargs: Any,
 ) -> CheckpointInfo:
     """Describe a checkpoint: files, weight sets, tensors, parameters, dtypes, links, problems.
 
@@ -145,7 +146,9 @@ def inspect_checkpoint(
     if not (path.exists() or path.is_symlink()):
         from ckptkit.resolve import resolve_ckpt_dir
 
-        resolved = resolve_ckpt_dir(spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs)  # type: ignore[arg-type]
+        resolved = resolve_ckpt_dir(
+            spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs
+        )  # type: ignore[arg-type]
         path, root = resolved.path, resolved.root
     elif subfolder:
         path = path / str(subfolder)
@@ -155,10 +158,19 @@ def inspect_checkpoint(
     return _inspect_dir(path, root or path, variant=variant, selected_file=selected_file)
 
 
-def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_file: Path | None) -> CheckpointInfo:
+def _inspect_dir(
+    directory: Path,
+    root: Path,
+    *,
+    variant: str | None,
+    selected_file: Path | None,
+    is_component: bool = False,
+) -> CheckpointInfo:
     info = CheckpointInfo(path=str(directory))
     if not directory.is_dir():
-        info.problems.append(Problem("error", "CheckpointNotFoundError", str(directory), f"{directory}: no such directory"))
+        info.problems.append(
+            Problem("error", "CheckpointNotFoundError", str(directory), f"{directory}: no such directory")
+        )
         return info
     info.files = _list_files(directory, root, info.problems)
     components = read_model_index(directory) if (directory / "model_index.json").is_file() else None
@@ -167,7 +179,9 @@ def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_f
             info.component_classes[component.name] = [component.library, component.class_name]
             sub = directory / component.name
             if sub.is_dir():
-                info.components[component.name] = _inspect_dir(sub, root, variant=variant, selected_file=None)
+                info.components[component.name] = _inspect_dir(
+                    sub, root, variant=variant, selected_file=None, is_component=True
+                )
     try:
         sets = discover_weight_sets(directory)
     except CkptError as exc:
@@ -175,9 +189,12 @@ def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_f
         return info
     info.variants = sorted({s.variant or "default" for s in sets}, key=lambda v: (v != "default", v))
     if not sets:
-        if components is None:
+        # Schedulers and tokenizers hold no weights; a model directory (config.json) must.
+        if components is None and (not is_component or (directory / "config.json").is_file()):
             info.problems.append(
-                Problem("error", "CheckpointNotFoundError", str(directory), f"{directory}: no weights files here")
+                Problem(
+                    "error", "CheckpointNotFoundError", str(directory), f"{directory}: no weights files here"
+                )
             )
         return info
     chosen = None
@@ -214,7 +231,9 @@ def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_f
 def _describe_selected(info: CheckpointInfo, chosen) -> None:  # type: ignore[no-untyped-def]
     check = check_weight_set(chosen)
     info.problems.extend(Problem.from_error(e) for e in check.errors)
-    info.problems.extend(Problem("warning", "warning", str(chosen.index_file or chosen.directory), w) for w in check.warnings)
+    info.problems.extend(
+        Problem("warning", "warning", str(chosen.index_file or chosen.directory), w) for w in check.warnings
+    )
     if chosen.format != "safetensors" or not check.headers:
         return
     tensors = [t for header in check.headers.values() for t in header.tensors.values()]
@@ -244,11 +263,21 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
                 outside = os.path.commonpath([real, real_root]) != real_root
                 if size is None:
                     problems.append(
-                        Problem("error", "IncompleteCheckpointError", str(full), f"{full}: link to {target!r} dangles")
+                        Problem(
+                            "error",
+                            "IncompleteCheckpointError",
+                            str(full),
+                            f"{full}: link to {target!r} dangles",
+                        )
                     )
                 elif outside:
                     problems.append(
-                        Problem("warning", "warning", str(full), f"{full}: links outside the checkpoint, to {real}")
+                        Problem(
+                            "warning",
+                            "warning",
+                            str(full),
+                            f"{full}: links outside the checkpoint, to {real}",
+                        )
                     )
             if filename.endswith(".incomplete"):
                 problems.append(
