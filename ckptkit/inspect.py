@@ -13,7 +13,9 @@ from typing import Any
 
 from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
-from ckptkit.format.layout import discover_weight_sets, select_weight_set
+from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
+from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
@@ -228,13 +230,16 @@ def _inspect_dir(
     return info
 
 
-def _describe_selected(info: CheckpointInfo, chosen) -> None:  # type: ignore[no-untyped-def]
+def _describe_selected(info: CheckpointInfo, chosen: WeightSet) -> None:
     check = check_weight_set(chosen)
     info.problems.extend(Problem.from_error(e) for e in check.errors)
     info.problems.extend(
         Problem("warning", "warning", str(chosen.index_file or chosen.directory), w) for w in check.warnings
     )
-    if chosen.format != "safetensors" or not check.headers:
+    if chosen.format == "torch":
+        _describe_torch(info, chosen)
+        return
+    if not check.headers:
         return
     tensors = [t for header in check.headers.values() for t in header.tensors.values()]
     info.tensor_count = len(tensors)
@@ -245,6 +250,41 @@ def _describe_selected(info: CheckpointInfo, chosen) -> None:  # type: ignore[no
         by_dtype[tensor.dtype] += tensor.nbytes
     info.bytes_by_dtype = dict(sorted(by_dtype.items()))
     info.metadata = next(iter(check.headers.values())).metadata
+
+
+def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
+    # Counted from the pickle alone; storages shared by tied weights are counted once in bytes.
+    codes = {d.name: d.code for d in DTYPES.values()}
+    entries: list[TorchTensorEntry] = []
+    for path in chosen.files:
+        try:
+            scanned = scan_torch_file(path)
+        except CkptError as exc:
+            info.problems.append(Problem.from_error(exc))
+            return
+        if scanned is None:
+            info.problems.append(
+                Problem(
+                    "warning",
+                    "warning",
+                    str(path),
+                    f"{path}: pre-1.6 torch format; contents need torch to list",
+                )
+            )
+            return
+        entries.extend(scanned.values())
+    by_dtype: Counter[str] = Counter()
+    seen: set[tuple[str, str]] = set()
+    for entry in entries:
+        code = codes.get(entry.dtype, entry.dtype)
+        storage = (code, entry.storage_key)
+        if storage not in seen:
+            seen.add(storage)
+            by_dtype[code] += entry.storage_numel * (DTYPES[code].bits // 8 if code in DTYPES else 0)
+    info.tensor_count = len(entries)
+    info.parameter_count = sum(e.numel for e in entries)
+    info.bytes_by_dtype = dict(sorted(by_dtype.items()))
+    info.total_bytes = sum(by_dtype.values())
 
 
 def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[FileEntry]:
