@@ -12,10 +12,8 @@ checkpoint is converted once into ``offload_folder``; later loads reuse the conv
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +24,15 @@ import torch
 
 from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
-from ckptkit.format.safetensors_header import read_header
-from ckptkit.io.tensors import read_tensor, to_torch_dtype
+from ckptkit.io.offload import convert_once, source_fingerprint, write_offload_index
+from ckptkit.io.placed import (
+    fill_from_safetensors,
+    fill_from_state_dict,
+    keep_on_meta,
+    set_module_tensor,
+    torch_device,
+)
+from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 from ckptkit.placement_plan import DEVICE_MAP_MODES, TensorEntry, checkpoint_tensors, normalize_max_memory
 
@@ -118,6 +123,7 @@ def load_with_device_map(
     no_split_module_classes: Sequence[str] | None = None,
     strict: bool = True,
     offload_buffers: bool = False,
+    mmap: bool = False,
 ) -> PlacementResult:
     """Fill a meta-built ``model`` from ``ckpt`` across GPUs, CPU and disk, and dispatch it.
 
@@ -139,6 +145,9 @@ def load_with_device_map(
         no_split_module_classes: default ``model._no_split_modules``.
         strict: raise when keys differ between checkpoint and model (before anything is read).
         offload_buffers: offload buffers of offloaded modules too (accelerate's option).
+        mmap: ``"cpu"`` tensors of a safetensors checkpoint that need no cast stay file-backed
+            (copy-on-write maps of the shards: nothing read until used, pages reclaimable) instead
+            of being read into private memory.
 
     Returns:
         A :class:`PlacementResult`; the model is filled in place and ``model.hf_device_map`` is set.
@@ -176,18 +185,16 @@ def load_with_device_map(
     folder = Path(offload_folder) if offload_folder is not None else None
     result.offload_folder = folder
 
-    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    names = _model_tensors(model)
-    wanted = {e.name: e for e in entries if e.name in names}
-    disk = {n for n in wanted if n in params and _device_of(n, placed) == "disk"}
+    targets = _targets(model, entries, placed)
     if state is None:
-        _load_safetensors(ckpt, model, wanted, disk, placed, held, result)
+        result.offload_index = fill_from_safetensors(ckpt.weight_files, model, targets, held, mmap=mmap)
     else:
-        _load_torch(ckpt, state, model, wanted, disk, placed, held, folder, result)
+        fill_from_state_dict(state, model, targets, held)
+        _convert_disk_entries(ckpt, state, model, targets, held, folder, result)
     _tie_offloaded(tied, result.offload_index)
     retie_parameters(model, tied)
     if folder is not None and result.offload_index and state is None:
-        _write_index(folder, result.offload_index)
+        write_offload_index(folder, result.offload_index)
     dispatch_model(
         model,
         device_map=placed,
@@ -362,64 +369,6 @@ def _match_keys(
 # -- loading -----------------------------------------------------------------------------------
 
 
-def _torch_device(device: Device) -> torch.device:
-    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-
-
-def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
-    module_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    old = module._parameters.get(leaf)
-    if leaf in module._parameters and old is not None:
-        grad = old.requires_grad and (value.is_floating_point() or value.is_complex())
-        module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=grad)
-    else:
-        module._buffers[leaf] = value
-
-
-def _on_meta(model: torch.nn.Module, name: str, shape: Sequence[int], dtype: torch.dtype | None) -> None:
-    """Keep an offloaded parameter on meta, in the dtype accelerate's hook will cast it to."""
-    current = model.get_parameter(name)
-    if dtype is not None and current.dtype != dtype:
-        _set_tensor(model, name, torch.empty(tuple(shape), dtype=dtype, device="meta"))
-
-
-def _load_safetensors(
-    ckpt: CheckpointDir,
-    model: torch.nn.Module,
-    wanted: Mapping[str, TensorEntry],
-    disk: set[str],
-    placed: Mapping[str, Device],
-    held: Mapping[str, torch.dtype],
-    result: PlacementResult,
-) -> None:
-    for path in ckpt.weight_files:
-        header = read_header(path)
-        names = [n for n in header.tensors if n in wanted]
-        if not names:
-            continue
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            for name in names:
-                info = header.tensors[name]
-                dtype = held.get(name)
-                if name in disk:
-                    result.offload_index[name] = {
-                        "safetensors_file": os.path.abspath(path),
-                        "weight_name": name,
-                        "dtype": str(dtype or to_torch_dtype(info.dtype)).removeprefix("torch."),
-                    }
-                    _on_meta(model, name, info.shape, dtype)
-                    continue
-                tensor = read_tensor(fd, header, info, dtype=dtype)
-                device = _device_of(name, placed)
-                if device not in (None, "cpu", "disk"):
-                    tensor = tensor.to(_torch_device(device))  # type: ignore[arg-type]
-                _set_tensor(model, name, tensor)
-        finally:
-            os.close(fd)
-
-
 def _torch_state(ckpt: CheckpointDir) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for path in ckpt.weight_files:
@@ -431,87 +380,46 @@ def _torch_entries(state: Mapping[str, torch.Tensor]) -> list[TensorEntry]:
     return [TensorEntry(n, str(t.dtype).removeprefix("torch."), tuple(t.shape), 0) for n, t in state.items()]
 
 
-def _load_torch(
+def _targets(
+    model: torch.nn.Module, entries: Sequence[TensorEntry], placed: Mapping[str, Device]
+) -> dict[str, Device]:
+    """Checkpoint tensor -> its device; buffers of disk modules stay real on the CPU (accelerate
+    moves them to the execution device itself)."""
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    names = _model_tensors(model)
+    targets: dict[str, Device] = {}
+    for entry in entries:
+        if entry.name in names:
+            device = _device_of(entry.name, placed)
+            targets[entry.name] = (
+                "cpu" if device is None or (device == "disk" and entry.name not in params) else device
+            )
+    return targets
+
+
+def _convert_disk_entries(
     ckpt: CheckpointDir,
     state: Mapping[str, torch.Tensor],
     model: torch.nn.Module,
-    wanted: Mapping[str, TensorEntry],
-    disk: set[str],
-    placed: Mapping[str, Device],
+    targets: Mapping[str, Device],
     held: Mapping[str, torch.dtype],
     folder: Path | None,
     result: PlacementResult,
 ) -> None:
-    if disk and folder is None:
+    """Torch sources have no file accelerate can point into: convert their disk tensors once."""
+    disk = sorted(n for n, d in targets.items() if d == "disk")
+    if not disk:
+        return
+    if folder is None:
         raise ValueError(
             f"{ckpt.path}: {len(disk)} tensors go to disk and this torch-format checkpoint must be converted "
             "for that; pass offload_folder= (it is converted once and reused)"
         )
-    for name in wanted:
-        if name in disk:
-            continue
-        tensor = state[name]
-        dtype = held.get(name)
-        device = _device_of(name, placed)
-        target = _torch_device(device) if device not in (None, "cpu", "disk") else torch.device("cpu")  # type: ignore[arg-type]
-        # clone on CPU: the mmap-backed tensor must not stay tied to the file
-        value = tensor.to(device=target, dtype=dtype, copy=True)
-        _set_tensor(model, name, value)
-    if disk and folder is not None:
-        _convert_for_disk(ckpt, state, model, sorted(disk), held, folder, result)
-
-
-def _fingerprint(paths: Sequence[Path]) -> str:
-    parts = []
-    for path in paths:
-        stat = os.stat(path)
-        parts.append(f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-    return "|".join(parts)
-
-
-def _convert_for_disk(
-    ckpt: CheckpointDir,
-    state: Mapping[str, torch.Tensor],
-    model: torch.nn.Module,
-    names: Sequence[str],
-    held: Mapping[str, torch.dtype],
-    folder: Path,
-    result: PlacementResult,
-) -> None:
-    """Write the ``"disk"`` tensors of a torch source as accelerate ``.dat`` files, once."""
-    from accelerate.utils import offload_weight
-
-    folder.mkdir(parents=True, exist_ok=True)
-    source = _fingerprint(ckpt.weight_files)
-    index_path = folder / "index.json"
-    existing: dict[str, dict[str, Any]] = {}
-    if index_path.is_file():
-        try:
-            existing = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            existing = {}
-    index = dict(existing)
-    for name in names:
-        tensor = state[name]
-        dtype = held.get(name, tensor.dtype)
-        entry = existing.get(name) or {}
-        dat = folder / f"{name}.dat"
-        fresh = (
-            entry.get("ckptkit_source") == source
-            and entry.get("dtype") == str(dtype).removeprefix("torch.")
-            and entry.get("shape") == list(tensor.shape)
-            and dat.is_file()
-            and dat.stat().st_size == max(tensor.numel(), 1) * dtype.itemsize
-        )
-        if not fresh:
-            one: dict[str, Any] = {}
-            offload_weight(tensor.to(dtype), name, os.fspath(folder), index=one)
-            index[name] = {**one[name], "ckptkit_source": source}
-            result.converted.append(name)
-        result.offload_index[name] = index[name]
-        _on_meta(model, name, tensor.shape, dtype)
+    entries, result.converted = convert_once(state, disk, held, folder, source_fingerprint(ckpt.weight_files))
+    result.offload_index.update(entries)
+    for name, entry in entries.items():
+        keep_on_meta(model, name, entry["shape"], held.get(name))
     if result.converted:
-        _write_index(folder, index)
         logger.info("converted %d tensors for disk offload into %s", len(result.converted), folder)
 
 
@@ -537,8 +445,8 @@ def _fill_missing(
         if device == "disk":
             extra[name] = value
         else:
-            _set_tensor(
-                model, name, value.to(_torch_device(device)) if device not in (None, "cpu") else value
+            set_module_tensor(
+                model, name, value.to(torch_device(device)) if device not in (None, "cpu") else value
             )  # type: ignore[arg-type]
     if not extra:
         return None
@@ -556,16 +464,3 @@ def _tie_offloaded(tied: Sequence[Sequence[str]], index: dict[str, dict[str, Any
         if source is not None:
             for name in group:
                 index.setdefault(name, source)
-
-
-def _write_index(folder: Path, index: Mapping[str, Any]) -> None:
-    """Write ``index.json`` atomically (a reader never sees half of it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".index.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(index, out, indent=2)
-        os.replace(tmp, folder / "index.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

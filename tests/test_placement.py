@@ -308,3 +308,16 @@ def test_pixart_blocks_stay_whole_and_outputs_match(layouts, tmp_path):
         got = model(sample, encoder_hidden_states=text, timestep=step, added_cond_kwargs=extra).sample
         want = reference(sample, encoder_hidden_states=text, timestep=step, added_cond_kwargs=extra).sample
     assert torch.equal(got, want)
+
+
+def test_mmap_keeps_cpu_weights_file_backed(llama_dir, reference_logits):
+    model = _meta_llama()
+    load_with_device_map(llama_dir, model, device_map={"model": "cpu", "lm_head": "disk"}, mmap=True)
+    weight = model.model.layers[0].mlp.up_proj.weight
+    assert weight.device.type == "cpu" and not weight.untyped_storage().resizable()
+    assert torch.equal(_logits(model), reference_logits)
+    with torch.no_grad():
+        weight.mul_(0)  # copy-on-write: the file is untouched
+    fresh = _meta_llama()
+    load_with_device_map(llama_dir, fresh, device_map="cpu", mmap=True)
+    assert torch.equal(_logits(fresh), reference_logits)
