@@ -217,7 +217,7 @@ def summarize(report: dict, args: argparse.Namespace) -> str:
             f"| {contender} | {statistics.median(forward):.2f} ({min(forward):.2f}-{max(forward):.2f}) "
             f"| {statistics.median(load):.2f} | {statistics.median(anon):.0f} ({min(anon):.0f}-{max(anon):.0f}) "
             f"| {mapped:.0f} "
-            f"| {written / 2**20:.1f} MiB in {files:.0f} files | {good[0]['cpu_entries']} cpu / "
+            f"| {written / 2**10:.0f} KiB in {files:.0f} files | {good[0]['cpu_entries']} cpu / "
             f"{good[0]['disk_entries']} disk |"
         )
     free = subprocess.run(["free", "-g"], capture_output=True, text=True, check=False).stdout.strip()
@@ -242,7 +242,7 @@ def summarize(report: dict, args: argparse.Namespace) -> str:
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"`nproc` = {os.cpu_count()} (cores shared with other engineers' jobs while this ran, so "
-        "absolute times are noisy; compare the two rows), torch "
+        "absolute times are noisy; compare rows of the same run), torch "
         f"{torch.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}, "
         f"ckptkit {ckptkit.__version__}.",
         "",

@@ -17,6 +17,11 @@ _EXPORTS = {
     "CheckpointInfo": "ckptkit.inspect",
     "inspect_checkpoint": "ckptkit.inspect",
     "parse_size": "ckptkit.format.sizes",
+    "DevicePlan": "ckptkit.placement_plan",
+    "PlacementResult": "ckptkit.placement",
+    "infer_device_map": "ckptkit.placement",
+    "load_with_device_map": "ckptkit.placement",
+    "plan_device_map": "ckptkit.placement_plan",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
+    from ckptkit.placement_plan import DevicePlan, plan_device_map
     from ckptkit.resolve import resolve_ckpt_dir
 
 

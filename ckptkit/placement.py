@@ -12,10 +12,11 @@ checkpoint is converted once into ``offload_folder``; later loads reuse the conv
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def load_with_device_map(
     strict: bool = True,
     offload_buffers: bool = False,
     mmap: bool = False,
+    key_map: Callable[[str], str | None] | None = None,
 ) -> PlacementResult:
     """Fill a meta-built ``model`` from ``ckpt`` across GPUs, CPU and disk, and dispatch it.
 
@@ -148,6 +150,8 @@ def load_with_device_map(
         mmap: ``"cpu"`` tensors of a safetensors checkpoint that need no cast stay file-backed
             (copy-on-write maps of the shards: nothing read until used, pages reclaimable) instead
             of being read into private memory.
+        key_map: checkpoint key -> model key, or ``None`` to skip the tensor (how ``prefix`` and
+            ``strip_prefixes`` of ``load_sharded`` reach here); default: keys as stored.
 
     Returns:
         A :class:`PlacementResult`; the model is filled in place and ``model.hf_device_map`` is set.
@@ -171,7 +175,11 @@ def load_with_device_map(
 
     ckpt = resolve_ckpt_dir(ckpt)
     state = _torch_state(ckpt) if ckpt.format == "torch" else None
-    entries = checkpoint_tensors(ckpt) if state is None else _torch_entries(state)
+    stored_names, entries = _renamed(
+        checkpoint_tensors(ckpt) if state is None else _torch_entries(state), key_map
+    )
+    if state is not None and key_map is not None:
+        state = {e.name: state[stored_names[e.name]] for e in entries}
     _tie(model)
     tied = find_tied_parameters(model)
     result = _match_keys(ckpt, model, entries, tied, strict)
@@ -187,7 +195,9 @@ def load_with_device_map(
 
     targets = _targets(model, entries, placed)
     if state is None:
-        result.offload_index = fill_from_safetensors(ckpt.weight_files, model, targets, held, mmap=mmap)
+        result.offload_index = fill_from_safetensors(
+            ckpt.weight_files, model, targets, held, mmap=mmap, names=stored_names
+        )
     else:
         fill_from_state_dict(state, model, targets, held)
         _convert_disk_entries(ckpt, state, model, targets, held, folder, result)
@@ -374,6 +384,25 @@ def _torch_state(ckpt: CheckpointDir) -> dict[str, torch.Tensor]:
     for path in ckpt.weight_files:
         state.update(unwrap_state_dict(load_torch_file(path, mmap=True), None, path))
     return state
+
+
+def _renamed(
+    entries: list[TensorEntry], key_map: Callable[[str], str | None] | None
+) -> tuple[dict[str, str], list[TensorEntry]]:
+    """Entries under their model names, and model name -> stored name."""
+    if key_map is None:
+        return {e.name: e.name for e in entries}, entries
+    stored: dict[str, str] = {}
+    renamed = []
+    for entry in entries:
+        target = key_map(entry.name)
+        if target is None:
+            continue
+        if target in stored:
+            raise ValueError(f"key_map maps both {stored[target]!r} and {entry.name!r} to {target!r}")
+        stored[target] = entry.name
+        renamed.append(dataclasses.replace(entry, name=target))
+    return stored, renamed
 
 
 def _torch_entries(state: Mapping[str, torch.Tensor]) -> list[TensorEntry]:

@@ -321,3 +321,28 @@ def test_mmap_keeps_cpu_weights_file_backed(llama_dir, reference_logits):
     fresh = _meta_llama()
     load_with_device_map(llama_dir, fresh, device_map="cpu", mmap=True)
     assert torch.equal(_logits(fresh), reference_logits)
+
+
+def test_key_map_loads_wrapped_keys_and_points_the_index_at_them(llama_dir, reference_logits, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    wrapped = tmp_path / "wrapped"
+    wrapped.mkdir()
+    state = {}
+    for shard in sorted(llama_dir.glob("*.safetensors")):
+        state.update(load_file(shard))
+    save_file(
+        {f"module.{k}": v for k, v in state.items()} | {"module.step": torch.zeros(1)},
+        wrapped / "model.safetensors",
+    )
+
+    def unwrap(key: str) -> str | None:
+        return None if key == "module.step" else key.removeprefix("module.")
+
+    model = _meta_llama()
+    result = load_with_device_map(
+        wrapped, model, device_map={"model": "cpu", "lm_head": "disk"}, key_map=unwrap
+    )
+    assert result.unexpected_keys == []
+    assert result.offload_index["lm_head.weight"]["weight_name"] == "module.lm_head.weight"
+    assert torch.equal(_logits(model), reference_logits)

@@ -60,6 +60,7 @@ def fill_from_safetensors(
     dtypes: Mapping[str, torch.dtype],
     *,
     mmap: bool = False,
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fill ``model`` from safetensors ``files``; returns the offload index of the ``"disk"`` tensors.
 
@@ -69,23 +70,27 @@ def fill_from_safetensors(
         targets: tensor name -> device; names absent are skipped.
         dtypes: tensor name -> dtype to hold (floating tensors; absent: as stored).
         mmap: ``"cpu"`` tensors needing no cast become copy-on-write maps of the file.
+        names: model name -> stored name where they differ (default: the same).
     """
+    stored_as = dict(names) if names is not None else {n: n for n in targets}
+    model_name = {stored: name for name, stored in stored_as.items() if name in targets}
     index: dict[str, dict[str, Any]] = {}
     for path in files:
         header = read_header(path)
-        names = [n for n in header.tensors if n in targets]
-        if not names:
+        found = [n for n in header.tensors if n in model_name]
+        if not found:
             continue
         fd = os.open(path, os.O_RDONLY)
         mapped = None
         try:
-            for name in names:
-                info, dtype, device = header.tensors[name], dtypes.get(name), targets[name]
+            for key in found:
+                name = model_name[key]
+                info, dtype, device = header.tensors[key], dtypes.get(name), targets[name]
                 stored = to_torch_dtype(info.dtype)
                 if device == "disk":
                     index[name] = {
                         "safetensors_file": os.path.abspath(path),
-                        "weight_name": name,
+                        "weight_name": key,
                         "dtype": str(dtype or stored).removeprefix("torch."),
                     }
                     keep_on_meta(model, name, info.shape, dtype)
