@@ -283,6 +283,8 @@ def test_tied_t5_encoder_with_its_shared_embedding_on_disk(layouts, tmp_path):
         assert torch.equal(model(ids).last_hidden_state, reference(ids).last_hidden_state)
 
 
+# accelerate's own map names PixArt's root parameter scale_shift_table, then warns it is no submodule
+@pytest.mark.filterwarnings("ignore:The following device_map keys do not match")
 def test_pixart_blocks_stay_whole_and_outputs_match(layouts, tmp_path):
     from accelerate import init_empty_weights
     from diffusers import PixArtTransformer2DModel
