@@ -106,7 +106,7 @@ def resolve_ckpt_dir(
             variant_fallback=variant_fallback,
             weights_name=weights_name,
         )
-    from ckptkit.hub import parse_repo_spec
+    from ckptkit.repo_files import parse_repo_spec
 
     repo = parse_repo_spec(raw) if isinstance(raw, str) else None
     if repo is not None:
@@ -126,7 +126,7 @@ def _join(*parts: str | None) -> str:
 def _parse_cache_path(path: Path) -> tuple[Path, str, str | None, str] | None:
     if "models--" not in str(path):
         return None  # keep plain local paths from importing huggingface_hub
-    from ckptkit.hub import parse_cache_path
+    from ckptkit.repo_files import parse_cache_path
 
     return parse_cache_path(path)
 
