@@ -12,6 +12,7 @@ from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheck
 from ckptkit.format.components import read_model_index
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.repo_files import parse_cache_path, parse_repo_spec
 
 __all__ = ["resolve_ckpt_dir", "resolve_local"]
 
@@ -86,7 +87,7 @@ def resolve_ckpt_dir(
         "endpoint": endpoint,
         "local_files_only": local_files_only,
     }
-    in_cache = _parse_cache_path(path)
+    in_cache = parse_cache_path(path)
     if in_cache is not None:
         storage, repo_id, commit, in_repo = in_cache
         if commit is not None:
@@ -106,12 +107,13 @@ def resolve_ckpt_dir(
             variant_fallback=variant_fallback,
             weights_name=weights_name,
         )
-    from ckptkit.repo_files import parse_repo_spec
-
     repo = parse_repo_spec(raw) if isinstance(raw, str) else None
     if repo is not None:
         repo_id, in_repo = repo
-        return _resolve_hub(repo_id, _join(in_repo, subfolder), cache_dir=cache_dir, **hub_options)
+        looked = [f"{path.absolute()} (as a local path)"]
+        return _resolve_hub(
+            repo_id, _join(in_repo, subfolder), cache_dir=cache_dir, looked=looked, **hub_options
+        )
     raise CheckpointNotFoundError(
         "no such file or directory, and not a hub repo id (org/name)",
         path=path.absolute(),
@@ -123,14 +125,6 @@ def _join(*parts: str | None) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
-def _parse_cache_path(path: Path) -> tuple[Path, str, str | None, str] | None:
-    if "models--" not in str(path):
-        return None  # keep plain local paths from importing huggingface_hub
-    from ckptkit.repo_files import parse_cache_path
-
-    return parse_cache_path(path)
-
-
 def _resolve_hub(
     repo_id: str,
     in_repo: str,
@@ -140,7 +134,6 @@ def _resolve_hub(
     from_repo_folder: bool = False,
     **options: Any,
 ) -> CheckpointDir:
-    from ckptkit.format.naming import parse_weight_filename
     from ckptkit.hub import HubSpec, default_cache_dir, is_offline, resolve_hub
 
     is_file = bool(in_repo) and parse_weight_filename(in_repo.rsplit("/", 1)[-1]) is not None
