@@ -171,9 +171,12 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
             label=spec.repo_id,
         )
     except CkptError as exc:
-        if listed:
-            raise
-        return _Miss(commit, error=exc)
+        pinned = spec.revision is not None and _COMMIT.match(spec.revision)
+        if listed and (pinned or spec.offline):
+            raise  # the listing of that very commit says so
+        # A branch may have moved on since it was cached, and a cache without a listing shows only
+        # what was downloaded: let the Hub's listing decide when it can be asked.
+        return _Miss(commit, error=exc, listed=listed)
     needed = plan.files
     if spec.allow_patterns is not None and listed:
         needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))

@@ -79,7 +79,6 @@ class HubServer:
 
     Args:
         root: ``<root>/<org>/<name>[@<branch>]/`` directories.
-        siblings: include ``siblings`` in ``model_info`` answers (the Hub does).
 
     Attributes:
         url: the endpoint to give huggingface_hub (``HF_ENDPOINT``).
@@ -87,9 +86,8 @@ class HubServer:
         ranges: ``(path in repo, Range header)`` of every ranged ``GET`` (resumed downloads).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, siblings: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.siblings = siblings
         self.requests: list[tuple[str, str]] = []
         self.ranges: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -222,9 +220,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 "modelId": repo_id,
                 "sha": revision.commit,
                 "private": False,
+                "siblings": [{"rfilename": p} for p in revision.files],
             }
-            if hub.siblings:
-                info["siblings"] = [{"rfilename": p} for p in revision.files]
             self._json(info)
 
         def _tree(self, repo_id: str, rev: str, path: str, recursive: bool) -> None:

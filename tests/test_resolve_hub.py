@@ -230,6 +230,27 @@ def test_branch_and_commit_revisions(hub, hub_cache):
     assert hub.requests == [] and by_commit.weight_files == dev.weight_files
 
 
+def test_branch_moved_on_after_caching(hub_cache, hub_repos, tmp_path):
+    """A folder absent from the cached ``main`` is looked up on the Hub: the branch may have moved on."""
+    from tests.hub_server import HubServer
+
+    root = tmp_path / "repos"
+    shutil.copytree(hub_repos / "org" / "t5", root / "org" / "t5")
+    with HubServer(root) as own:  # a Hub of its own, reached through endpoint=
+        first = resolve_ckpt_dir("org/t5", cache_dir=hub_cache, endpoint=own.url)
+        shutil.copytree(hub_repos / "org" / "pixart", root / "org" / "t5" / "extra")
+        own.reset()
+        ckpt = resolve_ckpt_dir(
+            "org/t5", subfolder="extra", variant="fp16", cache_dir=hub_cache, endpoint=own.url
+        )
+        assert ckpt.revision == own.commit("org/t5") != first.revision
+        assert ckpt.weight_files[0].name == "diffusion_pytorch_model.fp16.safetensors"
+        assert {p.split("/", 2)[2] for p in own.downloads()} == {
+            "extra/config.json",
+            "extra/diffusion_pytorch_model.fp16.safetensors",
+        }
+
+
 def test_missing_repo_revision_subfolder_and_file(hub, hub_cache):
     with pytest.raises(CheckpointNotFoundError, match="org/nope was not found"):
         resolve_ckpt_dir("org/nope", cache_dir=hub_cache)
@@ -423,6 +444,12 @@ def test_hf_home_decides_the_cache(hub, tmp_path):
         [*run, "--offline"], env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120
     )
     assert offline.returncode == 0 and offline.stdout == out and hub.requests == []
+    # HF_HUB_CACHE wins over HF_HOME, as in huggingface_hub.constants.
+    cache = tmp_path / "explicit-cache"
+    out = subprocess.run(
+        run, env={**env, "HF_HUB_CACHE": str(cache)}, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.startswith(str(cache / "models--org--pipe" / "snapshots"))
 
 
 def test_server_answers_ranges_as_the_hub_does(hub, hub_repos):
