@@ -319,9 +319,15 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
 # -- messages -----------------------------------------------------------------------------------
 
 
-def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
+def _custom_cache(spec: HubSpec) -> list[str]:
     from huggingface_hub import constants
 
+    if os.path.abspath(spec.cache_dir) == os.path.abspath(os.path.expanduser(constants.HF_HUB_CACHE)):
+        return []
+    return ["--cache-dir", str(spec.cache_dir)]
+
+
+def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
     words = ["hf", "download", spec.repo_id]
     if files:
         words += files
@@ -332,8 +338,7 @@ def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
             words += ["--include", pattern]
     if spec.revision:
         words += ["--revision", spec.revision]
-    if os.path.abspath(spec.cache_dir) != os.path.abspath(os.path.expanduser(constants.HF_HUB_CACHE)):
-        words += ["--cache-dir", str(spec.cache_dir)]
+    words += _custom_cache(spec)
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -343,6 +348,7 @@ def _ckptkit_command(spec: HubSpec) -> str:
         words += ["--revision", spec.revision]
     if spec.variant:
         words += ["--variant", spec.variant]
+    words += _custom_cache(spec)
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -388,7 +388,7 @@ def test_offline_miss_makes_no_request_and_says_how_to_fetch(hub, hub_cache, mon
         f"hf download org/pipe --include 'vae/*' --include model_index.json --cache-dir {hub_cache}"
         in message
     )
-    assert "ckptkit resolve org/pipe/vae --variant fp16" in message
+    assert f"ckptkit resolve org/pipe/vae --variant fp16 --cache-dir {hub_cache}" in message
 
 
 def test_offline_miss_command_fetches_what_was_missing(hub, hub_cache, monkeypatch):
