@@ -37,6 +37,12 @@ def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 30
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The corpus is about files on disk: a hub snapshot in it must not send ckptkit to the network.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_case_raises_typed_error_naming_the_file(tmp_path: Path, name: str) -> None:
     case: Case = CASES[name](tmp_path / name)
