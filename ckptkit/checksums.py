@@ -1,0 +1,272 @@
+"""Streaming file hashes (sha256 and git blob sha1) and ``SHA256SUMS`` manifests.
+
+Files are read in large chunks and hashed in a small thread pool: :mod:`hashlib` releases the GIL
+while it hashes a buffer, so several files hash in parallel at disk speed. Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ckptkit.errors import CorruptCheckpointError
+
+__all__ = [
+    "CHUNK_SIZE",
+    "MANIFEST_NAME",
+    "ProgressCallback",
+    "hash_file",
+    "hash_files",
+    "list_content_files",
+    "progress_bars_enabled",
+    "read_manifest",
+    "write_manifest",
+]
+
+logger = logging.getLogger("ckptkit")
+
+#: Name of the manifest file, in ``sha256sum`` format.
+MANIFEST_NAME = "SHA256SUMS"
+#: Bytes read per call; large enough that hashing, not the Python loop, sets the pace.
+CHUNK_SIZE = 4 * 2**20
+#: Folders of download bookkeeping that are never part of a checkpoint's content.
+SKIPPED_DIRS = frozenset({".cache", ".git", ".huggingface"})
+
+ProgressCallback = Callable[[int], None]
+
+
+def hash_file(
+    path: str | os.PathLike[str],
+    algorithms: Iterable[str] = ("sha256",),
+    *,
+    on_bytes: ProgressCallback | None = None,
+) -> dict[str, str]:
+    """Hash one file in a single streaming pass.
+
+    Args:
+        path: the file (links are followed).
+        algorithms: any of ``"sha256"`` and ``"git-sha1"`` (git's blob id: sha1 of
+            ``b"blob <size>\\0"`` followed by the data).
+        on_bytes: called with the number of bytes after each chunk (for progress bars).
+
+    Returns:
+        algorithm -> lower-case hex digest.
+
+    Raises:
+        OSError: the file cannot be read.
+
+    Example:
+        >>> hash_file("model.safetensors")["sha256"]  # doctest: +SKIP
+        '5d41402abc4b2a76b9719d911017c592...'
+    """
+    wanted = sorted(set(algorithms))
+    unknown = set(wanted) - {"sha256", "git-sha1"}
+    if unknown:
+        raise ValueError(f"unknown hash algorithms {sorted(unknown)}; use 'sha256' or 'git-sha1'")
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        hashers = {}
+        for name in wanted:
+            if name == "sha256":
+                hashers[name] = hashlib.sha256()
+            else:
+                hashers[name] = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            for hasher in hashers.values():
+                hasher.update(view[:count])
+            if on_bytes is not None:
+                on_bytes(count)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def hash_files(
+    jobs: dict[Path, set[str]],
+    *,
+    progress: bool | None = None,
+    max_workers: int | None = None,
+    description: str = "hashing",
+) -> dict[Path, dict[str, str] | OSError]:
+    """Hash many files in a thread pool, with one progress bar over all their bytes.
+
+    Args:
+        jobs: file -> the algorithms it needs.
+        progress: show a tqdm bar on stderr; ``None`` shows it unless
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is set.
+        max_workers: threads (default ``min(4, cpu count)``).
+        description: the bar's label.
+
+    Returns:
+        file -> algorithm -> hex digest, or the ``OSError`` that stopped reading that file.
+    """
+    if not jobs:
+        return {}
+    total = 0
+    for path in jobs:
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            pass
+    show = progress_bars_enabled() if progress is None else progress
+    lock = threading.Lock()
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description, leave=False)
+
+    def advance(count: int) -> None:
+        if bar is not None:
+            with lock:
+                bar.update(count)
+
+    def run(path: Path) -> dict[str, str] | OSError:
+        try:
+            return hash_file(path, jobs[path], on_bytes=advance)
+        except OSError as exc:
+            return exc
+
+    workers = max_workers or min(4, os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-hash") as pool:
+            results = dict(zip(jobs, pool.map(run, list(jobs))))
+    finally:
+        if bar is not None:
+            bar.close()
+    logger.debug("hashed %d files, %d bytes", len(jobs), total)
+    return results
+
+
+def progress_bars_enabled() -> bool:
+    """Whether to show progress bars: huggingface_hub's switch (``HF_HUB_DISABLE_PROGRESS_BARS``)."""
+    value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper()
+    if value in {"1", "ON", "YES", "TRUE"}:
+        return False
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled
+    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
+        return True
+    return not are_progress_bars_disabled()
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a ``sha256sum``-format manifest: relative path -> sha256.
+
+    Accepts the text (``<hex>  name``) and binary (``<hex> *name``) forms and ``sha256sum``'s
+    escaping of names that hold a backslash or a newline.
+
+    Raises:
+        CorruptCheckpointError: a line is not ``<64 hex digits> name``, or a name escapes the directory.
+
+    Example:
+        >>> read_manifest("ckpt/SHA256SUMS")  # doctest: +SKIP
+        {'config.json': '3c9a...', 'model.safetensors': '5d41...'}
+    """
+    path = Path(path)
+    entries: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        escaped = raw.startswith("\\")
+        line = raw[1:] if escaped else raw
+        digest, sep, name = line.partition(" ")
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not name:
+            raise CorruptCheckpointError(
+                f"line {number} is not '<sha256>  <file>': {raw[:80]!r}",
+                path=path,
+                fix="rewrite it with `ckptkit verify DIR --write-manifest` or `sha256sum`",
+            )
+        name = name[1:] if name[:1] in {" ", "*"} else name
+        if escaped:
+            name = name.replace("\\n", "\n").replace("\\\\", "\\")
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise CorruptCheckpointError(
+                f"line {number} names a file outside the directory: {name!r}",
+                path=path,
+                fix="a manifest lists files relative to its own directory",
+            )
+        entries[Path(name).as_posix()] = digest.lower()
+    return entries
+
+
+def list_content_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Every file under ``directory`` that belongs to the checkpoint, sorted.
+
+    Links are listed as the files they are (not resolved); download bookkeeping (``.cache``,
+    ``.huggingface``, ``.git``), the manifest itself and ``*.incomplete`` files are left out.
+    """
+    directory = Path(directory)
+    found = []
+    for current, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+        for filename in filenames:
+            if filename == MANIFEST_NAME or filename.endswith(".incomplete"):
+                continue
+            found.append(Path(current) / filename)
+    return sorted(found)
+
+
+def write_manifest(
+    directory: str | os.PathLike[str],
+    *,
+    digests: dict[Path, str] | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Write ``SHA256SUMS`` (``sha256sum`` format) for every file under ``directory``.
+
+    The file is written to a temporary name and renamed into place, so a reader never sees half a
+    manifest. Check it later with :func:`ckptkit.verify_checkpoint` or ``sha256sum -c SHA256SUMS``.
+
+    Args:
+        directory: the checkpoint directory.
+        digests: sha256 already known for some files (absolute or as listed), to skip hashing them.
+        progress: show a progress bar (default: unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set).
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        OSError: a file cannot be read (a dangling link) or the manifest cannot be written.
+
+    Example:
+        >>> write_manifest("./pixart")  # doctest: +SKIP
+        PosixPath('pixart/SHA256SUMS')
+    """
+    directory = Path(directory)
+    files = list_content_files(directory)
+    known = dict(digests or {})
+    todo = {path: {"sha256"} for path in files if path not in known}
+    for path, result in hash_files(todo, progress=progress, description="SHA256SUMS").items():
+        if isinstance(result, OSError):
+            raise result
+        known[path] = result["sha256"]
+    lines = []
+    for path in files:
+        name = path.relative_to(directory).as_posix()
+        if "\\" in name or "\n" in name:
+            lines.append(f"\\{known[path]}  {name.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}")
+        else:
+            lines.append(f"{known[path]}  {name}")
+    target = directory / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    logger.info("wrote %s (%d files)", target, len(lines))
+    return target

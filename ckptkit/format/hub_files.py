@@ -1,0 +1,137 @@
+"""What the hub's own bookkeeping says a downloaded file should hash to, without any network.
+
+Two places huggingface_hub writes that knowledge down:
+
+- the hub cache: ``models--org--name/snapshots/<commit>/<path>`` is a relative link to
+  ``../../blobs/<etag>``, and the etag is the file's sha256 (LFS files) or its git blob sha1
+  (small files kept in git);
+- ``snapshot_download(local_dir=...)``: ``<local_dir>/.cache/huggingface/download/<path>.metadata``
+  holds three lines, the commit, the etag and the time it was written (``.huggingface/download/``
+  in huggingface_hub 0.23).
+
+Pure Python: reading link targets and small text files only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "REPO_FOLDER_PREFIXES",
+    "ExpectedDigest",
+    "digest_kind",
+    "download_metadata_expectation",
+    "find_local_dir_root",
+    "hub_blob_expectation",
+    "hub_repo_root",
+]
+
+#: Folder name prefixes of repos in the hub cache (``models--org--name``).
+REPO_FOLDER_PREFIXES = ("models--", "datasets--", "spaces--")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+# Where ``local_dir`` downloads keep per-file metadata (current, then huggingface_hub 0.23.x).
+_METADATA_DIRS = (Path(".cache") / "huggingface" / "download", Path(".huggingface") / "download")
+
+
+@dataclass(frozen=True)
+class ExpectedDigest:
+    """A digest a file should have, and who says so.
+
+    Attributes:
+        algorithm: ``"sha256"`` or ``"git-sha1"`` (sha1 of ``b"blob <size>\\0" + data``).
+        hexdigest: lower-case hex.
+        source: where the expectation comes from (the blob path or the metadata file), for messages.
+    """
+
+    algorithm: str
+    hexdigest: str
+    source: str
+
+
+def digest_kind(name: str) -> str | None:
+    """``"sha256"`` for 64 hex digits, ``"git-sha1"`` for 40, else ``None`` (an etag we cannot check).
+
+    Example:
+        >>> digest_kind("a" * 64), digest_kind("b" * 40), digest_kind("xyz")
+        ('sha256', 'git-sha1', None)
+    """
+    text = name.strip().strip('"').lower()
+    if _SHA256.match(text):
+        return "sha256"
+    if _GIT_SHA1.match(text):
+        return "git-sha1"
+    return None
+
+
+def hub_repo_root(path: str | os.PathLike[str]) -> Path | None:
+    """The ``models--org--name`` folder when ``path`` lies in one of its snapshots, else ``None``.
+
+    The path is looked at as written (links are not followed): a snapshot path resolved to its
+    blob has lost the repo's names.
+
+    Example:
+        >>> hub_repo_root("/c/hub/models--org--name/snapshots/abc123/vae")
+        PosixPath('/c/hub/models--org--name')
+    """
+    parts = Path(os.path.abspath(os.fspath(path))).parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] == "snapshots" and parts[i - 1].startswith(REPO_FOLDER_PREFIXES):
+            return Path(*parts[:i])
+    return None
+
+
+def hub_blob_expectation(path: Path, repo_root: Path) -> ExpectedDigest | None:
+    """The digest a snapshot file should have, read from the name of the blob it links to.
+
+    Returns ``None`` for a file that is not a link into ``repo_root/blobs`` (files copied into the
+    snapshot in no-symlink mode, files added by hand) or whose blob name is no known digest.
+    """
+    if not path.is_symlink():
+        return None
+    real = Path(os.path.realpath(path))
+    blobs = Path(os.path.realpath(repo_root)) / "blobs"
+    if real.parent != blobs:
+        return None
+    kind = digest_kind(real.name)
+    return ExpectedDigest(kind, real.name, str(real)) if kind else None
+
+
+def find_local_dir_root(directory: str | os.PathLike[str], *, max_depth: int = 8) -> Path | None:
+    """The ``local_dir`` of a ``snapshot_download(local_dir=...)`` holding ``directory``, or ``None``.
+
+    Looks at ``directory`` and up to ``max_depth`` parents for a ``.cache/huggingface/download``
+    (or ``.huggingface/download``) folder.
+    """
+    current = Path(os.path.abspath(os.fspath(directory)))
+    for candidate in [current, *current.parents][: max_depth + 1]:
+        if any((candidate / sub).is_dir() for sub in _METADATA_DIRS):
+            return candidate
+    return None
+
+
+def download_metadata_expectation(path: Path, local_dir: Path) -> ExpectedDigest | None:
+    """The digest huggingface_hub recorded for ``path`` when it downloaded it into ``local_dir``.
+
+    The metadata file is ``<commit>\\n<etag>\\n<timestamp>\\n`` (huggingface_hub ``_local_folder.py``).
+    Returns ``None`` when there is no metadata, it is malformed, or its etag is no known digest.
+    """
+    try:
+        relative = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(local_dir)))
+    except ValueError:
+        return None
+    for sub in _METADATA_DIRS:
+        metadata = local_dir / sub / f"{relative}.metadata"
+        try:
+            lines = metadata.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(lines) < 2:
+            return None
+        etag = lines[1].strip().strip('"').lower()
+        kind = digest_kind(etag)
+        return ExpectedDigest(kind, etag, str(metadata)) if kind else None
+    return None
