@@ -139,7 +139,7 @@ def hash_files(
     workers = max_workers or min(4, os.cpu_count() or 1)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-hash") as pool:
-            results = dict(zip(jobs, pool.map(run, list(jobs))))
+            results = dict(zip(jobs, pool.map(run, list(jobs)), strict=True))
     finally:
         if bar is not None:
             bar.close()
@@ -254,7 +254,9 @@ def write_manifest(
     for path in files:
         name = path.relative_to(directory).as_posix()
         if "\\" in name or "\n" in name:
-            lines.append(f"\\{known[path]}  {name.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}")
+            lines.append(
+                f"\\{known[path]}  {name.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}"
+            )
         else:
             lines.append(f"{known[path]}  {name}")
     target = directory / MANIFEST_NAME

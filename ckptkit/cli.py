@@ -239,7 +239,9 @@ def _run_plan(args: argparse.Namespace) -> int:
         + f"; outside blocks {format_size(plan.other_bytes)}"
     )
     print(f"  {plan.devices} x {format_size(plan.device_memory)}")
-    print(f"    {'strategy':<11} {'resident':>11} {'+ unshard':>11} {'= peak':>11} {'host':>11} {'headroom':>12}  fits")
+    print(
+        f"    {'strategy':<11} {'resident':>11} {'+ unshard':>11} {'= peak':>11} {'host':>11} {'headroom':>12}  fits"
+    )
     for estimate in plan.estimates.values():
         mark = "*" if estimate.strategy == plan.strategy else " "
         headroom = ("-" if estimate.headroom_bytes < 0 else "") + format_size(abs(estimate.headroom_bytes))
@@ -249,7 +251,9 @@ def _run_plan(args: argparse.Namespace) -> int:
             f"{format_size(estimate.host_bytes):>11} {headroom:>12}  {'yes' if estimate.fits else 'NO'}"
         )
     verdict = "fits" if plan.fits else "does NOT fit"
-    print(f"  {plan.strategy} {verdict}; activations, optimizer state and the CUDA context come out of the headroom")
+    print(
+        f"  {plan.strategy} {verdict}; activations, optimizer state and the CUDA context come out of the headroom"
+    )
     return EXIT_OK if plan.fits else EXIT_PROBLEMS
 
 

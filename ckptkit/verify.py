@@ -32,7 +32,6 @@ __all__ = ["FileCheck", "VerifyReport", "verify_checkpoint", "write_manifest"]
 write_manifest = _write_manifest
 
 
-
 @dataclass
 class FileCheck:
     """The content check of one file.
@@ -157,7 +156,9 @@ def verify_checkpoint(
 
     _add_problems(report, _structure_problems(info, whole_directory=not single_file))
     report.outside_links = [
-        f"{directory / f.name} -> {os.path.realpath(directory / f.name)}" for f in info.files if f.outside_root
+        f"{directory / f.name} -> {os.path.realpath(directory / f.name)}"
+        for f in info.files
+        if f.outside_root
     ]
     if confine is None:
         confine = os.environ.get("CKPTKIT_CONFINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -225,7 +226,10 @@ def _scope(info: CheckpointInfo, directory: Path, single_file: bool) -> list[Pat
     if not single_file:
         return list_content_files(directory)
     chosen = next((w for w in info.weight_sets if w.selected), None)
-    names = [*(chosen.files if chosen else []), *([chosen.index_file] if chosen and chosen.index_file else [])]
+    names = [
+        *(chosen.files if chosen else []),
+        *([chosen.index_file] if chosen and chosen.index_file else []),
+    ]
     return sorted(directory / name for name in names)
 
 
@@ -309,7 +313,10 @@ def _compare(
         expected=[{"algorithm": e.algorithm, "hexdigest": e.hexdigest, "source": e.source} for e in expected],
     )
     if isinstance(result, OSError):
-        _add_problems(report, [Problem("error", "IncompleteCheckpointError", str(path), f"{path}: cannot be read: {result}")])
+        _add_problems(
+            report,
+            [Problem("error", "IncompleteCheckpointError", str(path), f"{path}: cannot be read: {result}")],
+        )
         check.ok = False
         return check
     if result is None or not expected or not report.checksums:
