@@ -69,7 +69,9 @@ def test_truncated_shard_is_found(hub_t5) -> None:
     blob = blob_of(shard)
     os.truncate(blob, blob.stat().st_size - 10)
     report = verify_checkpoint(hub_t5, checksums=False, progress=False)
-    assert any(p.kind == "CorruptCheckpointError" and p.path == str(shard) for p in report.problems), report.problems
+    assert any(p.kind == "CorruptCheckpointError" and p.path == str(shard) for p in report.problems), (
+        report.problems
+    )
     hashed = verify_checkpoint(hub_t5, progress=False)
     assert any(m.startswith(f"{shard}: content damaged") for m in _errors(hashed))
 
@@ -123,7 +125,9 @@ def test_manifest_round_trip_and_sha256sum_compatibility(layout_copy) -> None:
         if p.name != "SHA256SUMS"
     }
     if shutil.which("sha256sum"):
-        check = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=directory, capture_output=True)
+        check = subprocess.run(
+            ["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=directory, capture_output=True
+        )
         assert check.returncode == 0, check.stdout
     assert verify_checkpoint(directory, progress=False).ok
 
@@ -220,7 +224,9 @@ def test_cli_verify_human_and_json(hub_t5) -> None:
     failed = run_cli("verify", str(hub_t5))
     assert failed.returncode == 1
     lines = failed.stdout.splitlines()
-    assert lines[0].startswith(f"ERROR: {shard}: content damaged") and lines[-1].startswith("FAILED (1 problem)")
+    assert lines[0].startswith(f"ERROR: {shard}: content damaged") and lines[-1].startswith(
+        "FAILED (1 problem)"
+    )
     data = json.loads(run_cli("verify", str(hub_t5), "--json").stdout)
     assert data["ok"] is False and data["problems"][0]["path"] == str(shard)
     assert run_cli("verify", str(hub_t5), "--no-checksums").returncode == 0
