@@ -18,10 +18,14 @@ from ckptkit.checksums import write_manifest as _write_manifest
 from ckptkit.errors import CkptError, UnsafeCheckpointError
 from ckptkit.format.hub_files import (
     ExpectedDigest,
-    download_metadata_expectation,
+    etag_expectation,
     find_local_dir_root,
     hub_blob_expectation,
     hub_repo_root,
+    read_download_metadata,
+    read_tree_listing,
+    snapshot_commit,
+    tree_expectation,
 )
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.validate import check_weight_set
@@ -239,10 +243,34 @@ def _expectations(
     found: dict[Path, list[ExpectedDigest]] = {path: [] for path in files}
     repo_root = hub_repo_root(directory)
     local_dir = None if repo_root else find_local_dir_root(directory)
+    listings: dict[tuple[Path, str], dict[str, dict[str, object]] | None] = {}
+
+    def listing(folder: Path, commit: str) -> dict[str, dict[str, object]] | None:
+        if (folder, commit) not in listings:
+            listings[folder, commit] = read_tree_listing(folder, commit)
+        return listings[folder, commit]
+
     for path in files:
-        blob = hub_blob_expectation(path, repo_root) if repo_root else None
-        metadata = download_metadata_expectation(path, local_dir) if local_dir else None
-        found[path].extend(e for e in (blob, metadata) if e is not None)
+        if repo_root is not None:
+            blob = hub_blob_expectation(path, repo_root)
+            found[path].extend([blob] if blob else [])
+            located = snapshot_commit(path, repo_root)
+            tree = listing(repo_root, located[0]) if located else None
+            if located and tree is not None:
+                entry = tree_expectation(tree, located[1], str(repo_root / "trees" / f"{located[0]}.json"))
+                found[path].extend([entry] if entry else [])
+        elif local_dir is not None:
+            metadata = read_download_metadata(path, local_dir)
+            if metadata is None:
+                continue
+            recorded = etag_expectation(metadata.etag, str(metadata.path))
+            found[path].extend([recorded] if recorded else [])
+            folder = local_dir / ".cache" / "huggingface"
+            tree = listing(folder, metadata.commit)
+            if tree is not None:
+                repo_path = Path(os.path.abspath(path)).relative_to(os.path.abspath(local_dir)).as_posix()
+                entry = tree_expectation(tree, repo_path, str(folder / "trees" / f"{metadata.commit}.json"))
+                found[path].extend([entry] if entry else [])
 
     listed: set[Path] = set()
     for manifest_dir in _manifest_dirs(directory, root):
@@ -319,18 +347,30 @@ def _compare(
         )
         check.ok = False
         return check
+    for expectation in expected:
+        if size is not None and expectation.size is not None and size != expectation.size:
+            check.ok = False
+            _add_problems(report, [_size_mismatch(path, expectation, size)])
+            return check
+    check.computed = dict(result or {})
     if result is None or not expected or not report.checksums:
-        check.computed = dict(result or {})
         return check
-    check.computed = dict(result)
     check.ok = True
     for expectation in expected:
         actual = result.get(expectation.algorithm)
-        if actual is None or actual == expectation.hexdigest:
-            continue
-        check.ok = False
-        _add_problems(report, [_mismatch(path, expectation, actual)])
+        if actual is not None and actual != expectation.hexdigest:
+            check.ok = False
+            _add_problems(report, [_mismatch(path, expectation, actual)])
+            break  # the other records say the same thing about the same bytes
     return check
+
+
+def _size_mismatch(path: Path, expectation: ExpectedDigest, size: int) -> Problem:
+    message = (
+        f"{path}: size is {size} bytes but the tree listing ({expectation.source}) says {expectation.size}: "
+        "truncated or replaced. Fix: delete the file and download it again"
+    )
+    return Problem("error", "CorruptCheckpointError", str(path), message)
 
 
 def _mismatch(path: Path, expectation: ExpectedDigest, actual: str) -> Problem:

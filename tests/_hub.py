@@ -78,3 +78,22 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         cwd=cwd,
         timeout=120,
     )
+
+
+def write_tree_listing(folder: Path, files: dict[str, Path]) -> None:
+    """Write ``trees/<COMMIT>.json`` under ``folder`` with huggingface_hub's own writer.
+
+    LFS files get their sha256 and a pointer blob id (as the hub lists them), others their git blob sha1.
+    """
+    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+
+    entries = {}
+    for repo_path, file in files.items():
+        size = file.stat().st_size
+        if file.name.endswith(LFS_SUFFIXES):
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{etag_of(file)}\nsize {size}\n".encode()
+            pointer_id = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+            entries[repo_path] = TreeCacheEntry(size, pointer_id, lfs_sha256=etag_of(file), lfs_size=size)
+        else:
+            entries[repo_path] = TreeCacheEntry(size, etag_of(file))
+    write_tree_cache(str(folder), COMMIT, entries)

@@ -15,7 +15,16 @@ import pytest
 from ckptkit import UnsafeCheckpointError, verify_checkpoint, write_manifest
 from ckptkit.checksums import hash_file, read_manifest
 from ckptkit.errors import CorruptCheckpointError
-from tests._hub import REPO, blob_of, flip_byte, make_hub_cache, make_local_dir, run_cli
+from tests._hub import (
+    COMMIT,
+    REPO,
+    blob_of,
+    flip_byte,
+    make_hub_cache,
+    make_local_dir,
+    run_cli,
+    write_tree_listing,
+)
 
 
 @pytest.fixture
@@ -270,3 +279,41 @@ def test_verify_never_imports_torch(hub_t5) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_no_symlink_cache_is_checked_against_the_tree_listing(layouts, tmp_path) -> None:
+    # HF_HUB_DISABLE_SYMLINKS mode: real files in the snapshot, sizes and hashes only in trees/<commit>.json.
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = repo / "snapshots" / COMMIT
+    shutil.copytree(layouts["t5_sharded"], snapshot)
+    write_tree_listing(repo, {p.name: p for p in snapshot.iterdir()})
+    report = verify_checkpoint(snapshot, progress=False)
+    assert report.ok and len(report.verified) == len(report.files) == 7
+    assert {e["source"] for f in report.files for e in f.expected} == {str(repo / "trees" / f"{COMMIT}.json")}
+
+    shard = _shards(snapshot)[0]
+    os.truncate(shard, shard.stat().st_size - 1)
+    quick = verify_checkpoint(snapshot, checksums=False, progress=False)
+    sizes = [p.message for p in quick.problems if "tree listing" in p.message]
+    assert sizes == [
+        f"{shard}: size is {shard.stat().st_size} bytes but the tree listing "
+        f"({repo / 'trees' / f'{COMMIT}.json'}) says {shard.stat().st_size + 1}: truncated or replaced. "
+        "Fix: delete the file and download it again"
+    ]
+    config = snapshot / "config.json"
+    config.write_text(config.read_text().replace("32", "31"))
+    assert any(
+        m.startswith(f"{config}: content damaged: git-sha1") for m in _errors(verify_checkpoint(snapshot))
+    )
+
+
+def test_local_dir_tree_listing_sizes(layouts, tmp_path) -> None:
+    local = make_local_dir(layouts["pixart"], tmp_path / "pixart")
+    write_tree_listing(local / ".cache" / "huggingface", {p.name: p for p in local.iterdir() if p.is_file()})
+    assert verify_checkpoint(local, checksums=False, progress=False).ok
+    weights = local / "diffusion_pytorch_model.safetensors"
+    with open(weights, "ab") as handle:
+        handle.write(b"\0")
+    report = verify_checkpoint(local, checksums=False, progress=False)
+    assert {p.path for p in report.problems if p.severity == "error"} == {str(weights)}
+    assert any("tree listing" in m and "says" in m for m in _errors(report))

@@ -7,13 +7,17 @@ Two places huggingface_hub writes that knowledge down:
   (small files kept in git);
 - ``snapshot_download(local_dir=...)``: ``<local_dir>/.cache/huggingface/download/<path>.metadata``
   holds three lines, the commit, the etag and the time it was written (``.huggingface/download/``
-  in huggingface_hub 0.23).
+  in huggingface_hub 0.23);
+- both (huggingface_hub >= 1.22): ``trees/<commit>.json`` in the repo folder (or in
+  ``<local_dir>/.cache/huggingface/``) lists every file of the commit with its size, git blob id
+  and LFS sha256 — the only record of sizes, and the only one left in no-symlink mode.
 
 Pure Python: reading link targets and small text files only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -22,11 +26,17 @@ from pathlib import Path
 __all__ = [
     "REPO_FOLDER_PREFIXES",
     "ExpectedDigest",
+    "DownloadMetadata",
     "digest_kind",
     "download_metadata_expectation",
+    "etag_expectation",
     "find_local_dir_root",
     "hub_blob_expectation",
     "hub_repo_root",
+    "read_download_metadata",
+    "read_tree_listing",
+    "snapshot_commit",
+    "tree_expectation",
 ]
 
 #: Folder name prefixes of repos in the hub cache (``models--org--name``).
@@ -45,11 +55,13 @@ class ExpectedDigest:
         algorithm: ``"sha256"`` or ``"git-sha1"`` (sha1 of ``b"blob <size>\\0" + data``).
         hexdigest: lower-case hex.
         source: where the expectation comes from (the blob path or the metadata file), for messages.
+        size: the size in bytes, when the source records it (tree listings).
     """
 
     algorithm: str
     hexdigest: str
     source: str
+    size: int | None = None
 
 
 def digest_kind(name: str) -> str | None:
@@ -113,11 +125,20 @@ def find_local_dir_root(directory: str | os.PathLike[str], *, max_depth: int = 8
     return None
 
 
-def download_metadata_expectation(path: Path, local_dir: Path) -> ExpectedDigest | None:
-    """The digest huggingface_hub recorded for ``path`` when it downloaded it into ``local_dir``.
+@dataclass(frozen=True)
+class DownloadMetadata:
+    """One ``<path>.metadata`` file of a ``local_dir`` download: ``commit``, ``etag`` and where it is."""
 
-    The metadata file is ``<commit>\\n<etag>\\n<timestamp>\\n`` (huggingface_hub ``_local_folder.py``).
-    Returns ``None`` when there is no metadata, it is malformed, or its etag is no known digest.
+    commit: str
+    etag: str
+    path: Path
+
+
+def read_download_metadata(path: Path, local_dir: Path) -> DownloadMetadata | None:
+    """The metadata huggingface_hub wrote for ``path`` when it downloaded it into ``local_dir``.
+
+    The file is ``<commit>\\n<etag>\\n<timestamp>\\n`` (huggingface_hub ``_local_folder.py``).
+    Returns ``None`` when there is none or it is malformed.
     """
     try:
         relative = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(local_dir)))
@@ -131,7 +152,64 @@ def download_metadata_expectation(path: Path, local_dir: Path) -> ExpectedDigest
             continue
         if len(lines) < 2:
             return None
-        etag = lines[1].strip().strip('"').lower()
-        kind = digest_kind(etag)
-        return ExpectedDigest(kind, etag, str(metadata)) if kind else None
+        return DownloadMetadata(lines[0].strip(), lines[1].strip().strip('"').lower(), metadata)
+    return None
+
+
+def download_metadata_expectation(path: Path, local_dir: Path) -> ExpectedDigest | None:
+    """The digest recorded for ``path`` in its ``local_dir`` download metadata (its etag), or ``None``."""
+    metadata = read_download_metadata(path, local_dir)
+    return etag_expectation(metadata.etag, str(metadata.path)) if metadata else None
+
+
+def etag_expectation(etag: str, source: str) -> ExpectedDigest | None:
+    """The digest an etag stands for (sha256 or git blob sha1), or ``None`` for another kind of etag."""
+    kind = digest_kind(etag)
+    return ExpectedDigest(kind, etag.strip().strip('"').lower(), source) if kind else None
+
+
+def snapshot_commit(path: str | os.PathLike[str], repo_root: Path) -> tuple[str, str] | None:
+    """``(commit, path in the repo)`` of a file under ``repo_root/snapshots/<commit>/``, else ``None``."""
+    try:
+        parts = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(repo_root)) / "snapshots").parts
+    except ValueError:
+        return None
+    return (parts[0], "/".join(parts[1:])) if len(parts) > 1 else None
+
+
+def read_tree_listing(folder: Path, commit: str) -> dict[str, dict[str, object]] | None:
+    """The ``trees/<commit>.json`` listing under ``folder``: repo path -> its entry, or ``None``.
+
+    Entries are ``{"size", "blob_id", "lfs_sha256"?, "lfs_size"?, "xet_hash"?}`` (huggingface_hub
+    ``_tree_cache.py``, format version 1). A listing of another format version is ignored.
+    """
+    if not _GIT_SHA1.match(commit):
+        return None
+    try:
+        data = json.loads((folder / "trees" / f"{commit}.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("format_version") != 1
+        or not isinstance(data.get("files"), dict)
+    ):
+        return None
+    return {k: v for k, v in data["files"].items() if isinstance(v, dict)}
+
+
+def tree_expectation(
+    listing: dict[str, dict[str, object]], repo_path: str, source: str
+) -> ExpectedDigest | None:
+    """What a tree listing records for ``repo_path``: the LFS sha256 or the git blob id, and the size."""
+    entry = listing.get(repo_path)
+    if entry is None:
+        return None
+    size = entry.get("lfs_size", entry.get("size"))
+    size = size if isinstance(size, int) and not isinstance(size, bool) else None
+    # An LFS file's blob_id is the id of its pointer file, not of its content.
+    key, algorithm = ("lfs_sha256", "sha256") if "lfs_sha256" in entry else ("blob_id", "git-sha1")
+    value = entry.get(key)
+    if isinstance(value, str) and digest_kind(value) == algorithm:
+        return ExpectedDigest(algorithm, value.lower(), source, size)
     return None
