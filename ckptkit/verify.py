@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ckptkit.checksums import MANIFEST_NAME, hash_files, list_content_files, read_manifest
+from ckptkit.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_content_files, read_manifest
 from ckptkit.checksums import write_manifest as _write_manifest
 from ckptkit.errors import CkptError, UnsafeCheckpointError
 from ckptkit.format.hub_files import (
@@ -28,6 +28,7 @@ from ckptkit.format.hub_files import (
     tree_expectation,
 )
 from ckptkit.format.layout import discover_weight_sets
+from ckptkit.format.naming import parse_weight_filename
 from ckptkit.format.validate import check_weight_set
 from ckptkit.inspect import CheckpointInfo, Problem, inspect_checkpoint
 
@@ -180,6 +181,9 @@ def verify_checkpoint(
         if not path.exists():
             continue
         wanted = {e.algorithm for e in expectations.get(path, [])} if checksums else set()
+        parsed = parse_weight_filename(path.name)
+        if checksums and parsed is not None and parsed.format == "torch":
+            wanted.add(ZIP_CRC)  # torch's zip format records a CRC-32 per member
         if write_manifest:
             wanted.add("sha256")
         if wanted:
@@ -353,7 +357,14 @@ def _compare(
             _add_problems(report, [_size_mismatch(path, expectation, size)])
             return check
     check.computed = dict(result or {})
-    if result is None or not expected or not report.checksums:
+    crc = check.computed.get(ZIP_CRC)
+    if crc not in (None, "unrecorded"):
+        check.expected.append({"algorithm": ZIP_CRC, "hexdigest": "per member", "source": str(path)})
+        if crc != "ok":
+            _add_problems(report, [_crc_mismatch(path, crc)])
+            check.ok = False
+            return check
+    if result is None or not check.expected or not report.checksums:
         return check
     check.ok = True
     for expectation in expected:
@@ -363,6 +374,14 @@ def _compare(
             _add_problems(report, [_mismatch(path, expectation, actual)])
             break  # the other records say the same thing about the same bytes
     return check
+
+
+def _crc_mismatch(path: Path, members: str) -> Problem:
+    message = (
+        f"{path}: content damaged: zip member(s) {members} fail their CRC-32. "
+        "Fix: download or copy the file again"
+    )
+    return Problem("error", "CorruptCheckpointError", str(path), message)
 
 
 def _size_mismatch(path: Path, expectation: ExpectedDigest, size: int) -> Problem:

@@ -317,3 +317,28 @@ def test_local_dir_tree_listing_sizes(layouts, tmp_path) -> None:
     report = verify_checkpoint(local, checksums=False, progress=False)
     assert {p.path for p in report.problems if p.severity == "error"} == {str(weights)}
     assert any("tree listing" in m and "says" in m for m in _errors(report))
+
+
+def test_torch_zip_files_are_checked_against_their_crcs(layout_copy) -> None:
+    import struct
+    import zipfile
+
+    directory = layout_copy("t5_bin")
+    weights = directory / "pytorch_model.bin"
+    report = verify_checkpoint(directory, progress=False)
+    assert report.ok and "pytorch_model.bin" in report.verified  # no record needed: the zip holds CRCs
+    with zipfile.ZipFile(weights) as archive:
+        member = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(weights, "r+b") as handle:  # find the member's data after its local header, flip a byte
+        handle.seek(member.header_offset)
+        header = handle.read(30)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        handle.seek(member.header_offset + 30 + name_len + extra_len + member.file_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    (message,) = _errors(verify_checkpoint(directory, progress=False))
+    assert message.startswith(
+        f"{weights}: content damaged: zip member(s) {member.filename} fail their CRC-32"
+    )
+    assert verify_checkpoint(directory, checksums=False, progress=False).ok
