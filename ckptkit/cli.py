@@ -146,14 +146,16 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"{problem.severity.upper()}: {problem.message}")
     for link in report.outside_links:
         print(f"LINK OUTSIDE ROOT: {link}")
-    hashed = f", {format_size(report.bytes_hashed)} hashed" if report.bytes_hashed else ""
-    verified = f"{len(report.verified)} verified by hash, " if report.checksums else "checksums skipped, "
     errors = sum(p.severity == "error" for p in report.problems)
     status = "OK" if report.ok else f"FAILED ({errors} problem{'s' if errors != 1 else ''})"
-    print(
-        f"{status}: {report.path}: {len(report.files)} files, {verified}"
-        f"{len(report.unverified)} with no recorded digest{hashed} in {report.seconds:.2f} s"
-    )
+    if report.checksums:
+        content = (
+            f"{len(report.verified)} verified by hash, {len(report.unverified)} with no recorded digest, "
+            f"{format_size(report.bytes_hashed)} hashed"
+        )
+    else:
+        content = "checksums skipped (structure and sizes only)"
+    print(f"{status}: {report.path}: {len(report.files)} files, {content}, in {report.seconds:.2f} s")
     if report.manifest_written:
         print(f"wrote {report.manifest_written}")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
