@@ -104,9 +104,13 @@ def _add_verify(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("spec", help="a checkpoint directory or weights file")
+    parser.add_argument(
+        "spec",
+        help="a checkpoint directory, weights file, hub snapshot or hub cache folder (models--org--name)",
+    )
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
     parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
+    parser.add_argument("--revision", help="for a hub cache folder: the ref or commit (default main)")
     parser.add_argument(
         "--checksums",
         action=argparse.BooleanOptionalAction,
@@ -135,6 +139,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         checksums=args.checksums,
         subfolder=args.subfolder,
         variant=args.variant,
+        revision=args.revision,
         confine=True if args.confine else None,
         write_manifest=args.write_manifest,
         progress=None if sys.stderr.isatty() else False,

@@ -15,7 +15,7 @@ from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
-from ckptkit.format.hub_files import hub_repo_root
+from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
@@ -163,8 +163,11 @@ def inspect_checkpoint(
             spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs
         )  # type: ignore[arg-type]
         path, root = resolved.path, resolved.root
-    elif subfolder:
-        path = path / str(subfolder)
+    else:
+        # A hub cache repo folder stands for the snapshot its ref (default main) names.
+        path = repo_folder_snapshot(path, revision=resolve_kwargs.get("revision")) or path
+        if subfolder:
+            path = path / str(subfolder)
     selected_file = None
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
         selected_file, path = path, path.parent

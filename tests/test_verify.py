@@ -14,7 +14,7 @@ import pytest
 
 from ckptkit import UnsafeCheckpointError, verify_checkpoint, write_manifest
 from ckptkit.checksums import hash_file, read_manifest
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from tests._hub import (
     COMMIT,
     REPO,
@@ -342,3 +342,15 @@ def test_torch_zip_files_are_checked_against_their_crcs(layout_copy) -> None:
         f"{weights}: content damaged: zip member(s) {member.filename} fail their CRC-32"
     )
     assert verify_checkpoint(directory, checksums=False, progress=False).ok
+
+
+def test_hub_repo_folder_stands_for_its_main_snapshot(hub_t5) -> None:
+    repo = hub_t5.parents[1]
+    report = verify_checkpoint(repo, progress=False)
+    assert report.path == str(hub_t5) and report.root == str(repo) and report.ok
+    assert len(report.verified) == 7
+    with pytest.raises(CheckpointNotFoundError, match="revision 'v2'"):
+        verify_checkpoint(repo, revision="v2")
+    cli = run_cli("verify", str(repo), "--json")
+    assert cli.returncode == 0 and json.loads(cli.stdout)["path"] == str(hub_t5)
+    assert run_cli("verify", str(repo), "--revision", "v2").returncode == 1

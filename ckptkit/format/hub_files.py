@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ckptkit.errors import CheckpointNotFoundError
+
 __all__ = [
     "REPO_FOLDER_PREFIXES",
     "ExpectedDigest",
@@ -35,6 +37,7 @@ __all__ = [
     "hub_repo_root",
     "read_download_metadata",
     "read_tree_listing",
+    "repo_folder_snapshot",
     "snapshot_commit",
     "tree_expectation",
 ]
@@ -94,6 +97,37 @@ def hub_repo_root(path: str | os.PathLike[str]) -> Path | None:
         if parts[i] == "snapshots" and parts[i - 1].startswith(REPO_FOLDER_PREFIXES):
             return Path(*parts[:i])
     return None
+
+
+def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None = None) -> Path | None:
+    """The snapshot a hub cache repo folder (``models--org--name``) stands for, or ``None`` for other paths.
+
+    ``revision`` (default ``"main"``) is a commit present under ``snapshots/`` or a name under ``refs/``.
+
+    Raises:
+        CheckpointNotFoundError: the revision is in neither place.
+
+    Example:
+        >>> repo_folder_snapshot("~/.cache/huggingface/hub/models--org--name")  # doctest: +SKIP
+        PosixPath('.../models--org--name/snapshots/0123456789abcdef0123456789abcdef01234567')
+    """
+    folder = Path(os.path.expanduser(os.fspath(path)))
+    if not folder.name.startswith(REPO_FOLDER_PREFIXES) or not (folder / "snapshots").is_dir():
+        return None
+    revision = revision or "main"
+    if _GIT_SHA1.match(revision) and (folder / "snapshots" / revision).is_dir():
+        return folder / "snapshots" / revision
+    ref = folder / "refs" / revision
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else None
+    if commit and (folder / "snapshots" / commit).is_dir():
+        return folder / "snapshots" / commit
+    present = sorted(p.name for p in (folder / "snapshots").iterdir())
+    raise CheckpointNotFoundError(
+        f"no snapshot for revision {revision!r} in this hub cache folder"
+        + (f" (refs/{revision} points to {commit}, which is not downloaded)" if commit else ""),
+        path=folder,
+        fix=f"pass revision= one of the snapshots here: {', '.join(present) or 'none'}",
+    )
 
 
 def hub_blob_expectation(path: Path, repo_root: Path) -> ExpectedDigest | None:
