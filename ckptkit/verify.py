@@ -143,6 +143,7 @@ def verify_checkpoint(
         The :class:`VerifyReport`; ``report.ok`` is false when anything is wrong.
 
     Raises:
+        ValueError: ``write_manifest`` for a single file.
         UnsafeCheckpointError: ``confine`` and a link leads outside the root (before any read).
         CheckpointNotFoundError: ``spec`` names nothing that exists.
 
@@ -158,6 +159,8 @@ def verify_checkpoint(
     report = VerifyReport(path=str(directory), root=str(root), checksums=checksums)
     spec_path = Path(os.path.expanduser(os.fspath(spec)))
     single_file = spec_path.is_file() and not resolve_kwargs.get("subfolder")
+    if write_manifest and single_file:
+        raise ValueError(f"{spec}: write_manifest needs the checkpoint directory, not one of its files")
 
     _add_problems(report, _structure_problems(info, whole_directory=not single_file))
     report.outside_links = [

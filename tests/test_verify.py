@@ -354,3 +354,24 @@ def test_hub_repo_folder_stands_for_its_main_snapshot(hub_t5) -> None:
     cli = run_cli("verify", str(repo), "--json")
     assert cli.returncode == 0 and json.loads(cli.stdout)["path"] == str(hub_t5)
     assert run_cli("verify", str(repo), "--revision", "v2").returncode == 1
+
+
+def test_progress_bar_follows_hf_switch(layouts, monkeypatch, capsys) -> None:
+    from ckptkit.checksums import hash_files
+
+    jobs = {layouts["t5_single"] / "model.safetensors": {"sha256"}}
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hash_files(jobs)
+    assert capsys.readouterr().err == ""
+    hash_files(jobs, progress=True, description="hashing-test")
+    assert "hashing-test" in capsys.readouterr().err
+    hash_files(jobs, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_write_manifest_refuses_a_single_file(layouts) -> None:
+    with pytest.raises(ValueError, match="needs the checkpoint directory"):
+        verify_checkpoint(layouts["t5_single"] / "model.safetensors", write_manifest=True)
+    assert (
+        run_cli("verify", str(layouts["t5_single"] / "model.safetensors"), "--write-manifest").returncode == 2
+    )
