@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ckptkit.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_content_files, read_manifest
 from ckptkit.checksums import write_manifest as _write_manifest
-from ckptkit.errors import CkptError, UnsafeCheckpointError
+from ckptkit.errors import CkptError
 from ckptkit.format.hub_files import (
     ExpectedDigest,
     etag_expectation,
@@ -153,14 +153,15 @@ def verify_checkpoint(
         (True, 3, [])
     """
     started = time.perf_counter()
-    info = inspect_checkpoint(spec, variant=variant, **resolve_kwargs)
-    directory = Path(info.path)
-    root = Path(info.root or info.path)
-    report = VerifyReport(path=str(directory), root=str(root), checksums=checksums)
     spec_path = Path(os.path.expanduser(os.fspath(spec)))
     single_file = spec_path.is_file() and not resolve_kwargs.get("subfolder")
     if write_manifest and single_file:
         raise ValueError(f"{spec}: write_manifest needs the checkpoint directory, not one of its files")
+    # With confine, inspect refuses outside links before any file content is read.
+    info = inspect_checkpoint(spec, variant=variant, confine=confine, **resolve_kwargs)
+    directory = Path(info.path)
+    root = Path(info.root or info.path)
+    report = VerifyReport(path=str(directory), root=str(root), checksums=checksums)
 
     _add_problems(report, _structure_problems(info, whole_directory=not single_file))
     report.outside_links = [
@@ -168,14 +169,6 @@ def verify_checkpoint(
         for f in info.files
         if f.outside_root
     ]
-    if confine is None:
-        confine = os.environ.get("CKPTKIT_CONFINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    if confine and report.outside_links:
-        raise UnsafeCheckpointError(
-            f"{len(report.outside_links)} link(s) lead outside the checkpoint root {root}: {report.outside_links[0]}",
-            path=directory,
-            fix="copy the files in (ckptkit materialize) or verify without confine",
-        )
 
     files = _scope(info, directory, single_file)
     expectations = _expectations(report, files, directory, root)
