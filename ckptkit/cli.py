@@ -115,7 +115,7 @@ def _add_verify(sub: Any) -> None:
         "--checksums",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="hash file contents (default); --no-checksums checks structure only",
+        help="hash file contents (default); --no-checksums checks structure and recorded sizes only",
     )
     parser.add_argument(
         "--write-manifest",
