@@ -264,7 +264,7 @@ def _complete_device_map(model: torch.nn.Module, device_map: dict[str, Any]) -> 
     """A user's (or a header plan's) map, plus a device for tensors it does not cover.
 
     A plan made from headers cannot see tensors the file lacks: tied copies (they follow the tensor
-    they share) and non-persistent buffers (they go to the map's first device).
+    they share) and non-persistent buffers (they go to the main device: the first GPU, else the CPU).
     """
     from accelerate.utils import find_tied_parameters
 
@@ -277,7 +277,9 @@ def _complete_device_map(model: torch.nn.Module, device_map: dict[str, Any]) -> 
         cleaned[str(name)] = device
     if not cleaned:
         raise ValueError("device_map is empty")
-    first = next(iter(cleaned.values()))
+    # dispatch_model's main device: the first accelerator in the map, else the CPU
+    main = sorted((d for d in cleaned.values() if d not in ("cpu", "disk")), key=str)
+    first: Device = main[0] if main else "cpu"
     partners = {name: group for group in find_tied_parameters(model) for name in group}
     for name in _model_tensors(model):
         if _device_of(name, cleaned) is not None:

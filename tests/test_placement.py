@@ -163,7 +163,7 @@ def test_hand_written_map_mixing_cpu_and_disk(llama_dir, reference_logits, tmp_p
     device_map.update({f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(6)})
     model = _meta_llama()
     result = load_with_device_map(llama_dir, model, device_map=device_map, offload_folder=tmp_path / "o")
-    assert result.device_map["model.rotary_emb"] == "disk"  # not in the map: follows its first entry
+    assert result.device_map["model.rotary_emb"] == "cpu"  # not in the map: goes to the main device
     assert model.model.layers[0].mlp.up_proj.weight.device.type == "cpu"
     assert "model.layers.1.mlp.up_proj.weight" in result.offload_index
     assert torch.equal(_logits(model), reference_logits)
