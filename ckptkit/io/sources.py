@@ -1,0 +1,179 @@
+"""What a resave reads: every tensor of a weight set as a :class:`PlannedTensor`.
+
+safetensors tensors whose dtype stays are planned as byte ranges of their file, so the writer
+copies them file-to-file without decoding; tensors to convert are read one at a time
+(:func:`ckptkit.io.tensors.read_tensor`) when the writer reaches them. torch files are opened with
+``mmap=True`` (file-backed, nothing read until written) and ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CkptWarning, CorruptCheckpointError
+from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
+from ckptkit.format.validate import check_weight_set
+from ckptkit.io.tensors import read_tensor, to_torch_dtype
+from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
+from ckptkit.io.writer import PlannedTensor
+
+__all__ = ["code_of", "plan_source_tensors", "tensor_bytes"]
+
+_CODE_OF_NAME = {info.name: code for code, info in DTYPES.items()}
+# Scale formats and packed sub-byte types are not numbers a cast should touch.
+_NOT_CAST = ("F8_E8M0", "F4", "F6_E2M3", "F6_E3M2")
+
+
+def code_of(dtype: torch.dtype, *, name: str = "", path: str | os.PathLike[str] | None = None) -> str:
+    """The safetensors code of a torch dtype (``torch.bfloat16`` -> ``"BF16"``).
+
+    Raises:
+        CorruptCheckpointError: safetensors cannot store that dtype.
+    """
+    code = _CODE_OF_NAME.get(str(dtype).removeprefix("torch."))
+    if code is None:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} has dtype {dtype}, which safetensors cannot store",
+            path=path,
+            fix="convert that tensor to a supported dtype before resaving",
+        )
+    return code
+
+
+def tensor_bytes(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> memoryview:
+    """The raw little-endian bytes of ``tensor`` (cast to ``dtype`` when floating), C order."""
+    tensor = tensor.detach()
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    flat = tensor.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _castable(code: str, target: str | None) -> bool:
+    info = DTYPES[code]
+    return target is not None and info.floating and code not in _NOT_CAST and code != target
+
+
+@contextlib.contextmanager
+def plan_source_tensors(
+    ckpt: CheckpointDir,
+    *,
+    dtype: torch.dtype | str | None = None,
+    unwrap: str | bool | None = None,
+) -> Iterator[list[PlannedTensor]]:
+    """Plan every tensor of ``ckpt``'s weight set, in key order, for :class:`ShardWriter`.
+
+    Key order is the files' order, then the tensors' order in each file (their offsets for
+    safetensors, the state dict's order for torch files). Files needed to produce converted
+    tensors stay open until the ``with`` block ends.
+
+    Args:
+        ckpt: the resolved source.
+        dtype: cast floating tensors to this dtype; ``None`` keeps every dtype (bytes are copied).
+        unwrap: for torch files, the key a state dict is nested under (see ``unwrap_state_dict``).
+
+    Raises:
+        CorruptCheckpointError: headers or index are inconsistent, a key is stored twice, or a
+            dtype cannot be stored.
+        IncompleteCheckpointError: a shard is missing.
+
+    Example:
+        >>> with plan_source_tensors(resolve_ckpt_dir("t5"), dtype="fp16") as tensors:  # doctest: +SKIP
+        ...     print(len(tensors), tensors[0].dtype)
+    """
+    target = to_torch_dtype(dtype) if dtype is not None else None
+    with contextlib.ExitStack() as stack:
+        if ckpt.format == "safetensors":
+            yield _plan_safetensors(ckpt, target, stack)
+        else:
+            yield _plan_torch(ckpt, target, unwrap)
+
+
+def _headers(ckpt: CheckpointDir) -> list[SafetensorsHeader]:
+    if ckpt.weight_set is not None:
+        check = check_weight_set(ckpt.weight_set)
+        check.raise_first()
+        for text in check.warnings:
+            warnings.warn(text, CkptWarning, stacklevel=5)
+        return [check.headers[p] for p in ckpt.weight_files]
+    return [read_header(p) for p in ckpt.weight_files]
+
+
+def _plan_safetensors(ckpt: CheckpointDir, target: torch.dtype | None, stack: contextlib.ExitStack) -> list[PlannedTensor]:
+    target_code = code_of(target) if target is not None else None
+    planned: list[PlannedTensor] = []
+    owner: dict[str, Path] = {}
+    for header in _headers(ckpt):
+        fd: int | None = None
+        for info in header.tensors.values():
+            _claim(owner, info.name, header.path)
+            if _castable(info.dtype, target_code):
+                if fd is None:
+                    fd = os.open(header.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    stack.callback(os.close, fd)
+                planned.append(_converted(fd, header, info, target, target_code))  # type: ignore[arg-type]
+            else:
+                planned.append(
+                    PlannedTensor(
+                        info.name, info.dtype, info.shape, info.nbytes,
+                        source_path=header.path, source_offset=header.data_start + info.begin,
+                    )  # fmt: skip
+                )
+    return planned
+
+
+def _converted(fd: int, header: SafetensorsHeader, info: TensorInfo, target: torch.dtype, code: str) -> PlannedTensor:
+    nbytes = DTYPES[code].nbytes(info.numel)
+    assert nbytes is not None
+    return PlannedTensor(
+        info.name, code, info.shape, nbytes,
+        produce=lambda: tensor_bytes(read_tensor(fd, header, info, dtype=target)),
+    )  # fmt: skip
+
+
+def _claim(owner: dict[str, Path], name: str, path: Path) -> None:
+    if name in owner:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} is stored in two files: {owner[name].name} and {path.name}",
+            path=path,
+            fix="remove the stale file, or resave from a directory holding one copy of each tensor",
+        )
+    owner[name] = path
+
+
+def _plan_torch(ckpt: CheckpointDir, target: torch.dtype | None, unwrap: str | bool | None) -> list[PlannedTensor]:
+    planned: list[PlannedTensor] = []
+    owner: dict[str, Path] = {}
+    for path in ckpt.weight_files:
+        state = unwrap_state_dict(load_torch_file(path, mmap=True), unwrap, path)
+        for name, tensor in state.items():
+            _claim(owner, name, path)
+            planned.append(_torch_tensor(name, tensor, target, path))
+    return planned
+
+
+def _torch_tensor(name: str, tensor: torch.Tensor, target: torch.dtype | None, path: Path) -> PlannedTensor:
+    if tensor.layout != torch.strided or tensor.is_quantized:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} is {tensor.layout} / quantized; safetensors stores dense tensors only",
+            path=path,
+            fix="convert it to a dense tensor (tensor.to_dense()) before resaving",
+        )
+    stored = code_of(tensor.dtype, name=name, path=path)
+    target_code = code_of(target) if target is not None else None
+    cast = target if _castable(stored, target_code) else None
+    code = target_code if cast is not None else stored
+    assert code is not None
+    nbytes = DTYPES[code].nbytes(tensor.numel())
+    assert nbytes is not None
+    return PlannedTensor(name, code, tuple(tensor.shape), nbytes, produce=lambda: tensor_bytes(tensor, cast))
