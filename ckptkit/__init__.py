@@ -16,13 +16,16 @@ _EXPORTS = {
     "CheckpointDir": "ckptkit.checkpoint",
     "CheckpointInfo": "ckptkit.inspect",
     "inspect_checkpoint": "ckptkit.inspect",
+    "materialize": "ckptkit.materialize",
     "parse_size": "ckptkit.format.sizes",
+    "resave": "ckptkit.resave",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
     "CkptWarning": "ckptkit.errors",
     "CorruptCheckpointError": "ckptkit.errors",
+    "DestinationExistsError": "ckptkit.errors",
     "IncompleteCheckpointError": "ckptkit.errors",
     "UnsafeCheckpointError": "ckptkit.errors",
     "VariantNotFoundError": "ckptkit.errors",
@@ -38,12 +41,15 @@ if TYPE_CHECKING:
         CkptError,
         CkptWarning,
         CorruptCheckpointError,
+        DestinationExistsError,
         IncompleteCheckpointError,
         UnsafeCheckpointError,
         VariantNotFoundError,
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.materialize import materialize
+    from ckptkit.resave import resave
     from ckptkit.resolve import resolve_ckpt_dir
 
 

@@ -4,14 +4,16 @@ An output (a directory or one file) is built in a hidden staging path next to it
 synced, and then put in place with one rename: ``renameat2(RENAME_EXCHANGE)`` swaps a new
 directory with an existing one atomically; where the filesystem cannot, the old directory is first
 renamed aside, and a later run under the same lock puts it back if the process died in between.
-Two writers of the same destination are serialized with a ``filelock`` lock file next to it.
+Two writers of the same destination are serialized with a ``filelock`` lock.
 Files are copied by streaming byte ranges, never read whole; symlinks are always followed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ckptkit.errors import DestinationExistsError, IncompleteCheckpointError
 from ckptkit.io.writer import copy_range
@@ -162,10 +165,21 @@ class Staging:
     existing: Path | None
 
 
-def _lock(destination: Path):  # type: ignore[no-untyped-def]
+def _lock(destination: Path) -> Any:
+    """A lock serializing writers of ``destination``.
+
+    The lock file lives in the system temp directory, named by a hash of the destination, so no
+    lock file is left beside the output (where uploads such as ``aws s3 sync`` would pick it up).
+    """
     from filelock import FileLock
 
-    return FileLock(str(destination.parent / f".{destination.name}.ckptkit.lock"))
+    directory = Path(tempfile.gettempdir()) / "ckptkit-locks"
+    if not directory.is_dir():
+        directory.mkdir(mode=0o777, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o1777)  # shared by every user, like /tmp itself
+    key = hashlib.sha256(os.fsencode(os.path.realpath(destination.parent)) + b"/" + os.fsencode(destination.name))
+    return FileLock(str(directory / f"{key.hexdigest()[:32]}.lock"), mode=0o666)
 
 
 def _recover(destination: Path) -> None:
