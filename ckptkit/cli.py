@@ -100,14 +100,18 @@ def _add_resave(sub: Any) -> None:
     parser.add_argument("src", help="a checkpoint directory, weights file, pipeline directory or hub form")
     parser.add_argument("dst", help="the output directory (may be SRC itself with --overwrite)")
     parser.add_argument(
-        "--max-shard-size", default="10GB", help="shard size limit (10GB, 500MiB, bytes) or 'none' for one file"
+        "--max-shard-size",
+        default="10GB",
+        help="shard size limit (10GB, 500MiB, bytes) or 'none' for one file",
     )
     parser.add_argument("--variant", help="variant to write (and read): fp16, bf16, ...")
     parser.add_argument("--dtype", help="cast floating tensors: fp16, bf16, fp32, ...")
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
     parser.add_argument("--weights-name", help="output weights name (model, diffusion_pytorch_model)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    parser.add_argument("--no-fsync", action="store_true", help="skip flushing to disk (faster, less durable)")
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="skip flushing to disk (faster, less durable)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=_run_resave)
 
@@ -128,14 +132,15 @@ def _run_resave(args: argparse.Namespace) -> int:
         fsync=not args.no_fsync,
         progress=False if (args.no_progress or args.json) else None,
     )
-    files = [{"path": str(p), "bytes": p.stat().st_size} for p in ckpt.weight_files]
+    sizes = {str(p): p.stat().st_size for p in ckpt.weight_files}
     if args.json:
+        files = [{"path": name, "bytes": size} for name, size in sizes.items()]
         _print_json({"ok": True, "path": str(ckpt.path), "variant": ckpt.variant, "files": files})
     else:
-        total = sum(f["bytes"] for f in files)
-        print(f"{ckpt.path}: {len(files)} file{'s' if len(files) != 1 else ''}, {format_size(total)}")
-        for entry in files:
-            print(f"  {format_size(entry['bytes']):>11}  {entry['path']}")
+        count = len(sizes)
+        print(f"{ckpt.path}: {count} file{'s' if count != 1 else ''}, {format_size(sum(sizes.values()))}")
+        for name, size in sizes.items():
+            print(f"  {format_size(size):>11}  {name}")
     return EXIT_OK
 
 
@@ -170,7 +175,11 @@ def _run_materialize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=False if (args.no_progress or args.json) else None,
     )
-    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    size = (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
     if args.json:
         _print_json({"ok": True, "path": str(path), "bytes": size})
     else:

@@ -109,12 +109,18 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir) -> Path:
     if isinstance(src, CheckpointDir):
         return Path(src.path)
     path = Path(os.path.expanduser(os.fspath(src)))
-    if path.is_dir() and (path / "snapshots").is_dir() and path.name.split("--")[0] in ("models", "datasets", "spaces"):
+    if (
+        path.is_dir()
+        and (path / "snapshots").is_dir()
+        and path.name.split("--")[0] in ("models", "datasets", "spaces")
+    ):
         return _cache_snapshot(path)
     if path.exists():
         return path
     if os.path.lexists(path):
-        raise CheckpointNotFoundError(f"link points to {os.readlink(path)!r}, which does not exist", path=path)
+        raise CheckpointNotFoundError(
+            f"link points to {os.readlink(path)!r}, which does not exist", path=path
+        )
     from ckptkit.resolve import resolve_ckpt_dir
 
     return Path(resolve_ckpt_dir(path).path)
@@ -139,7 +145,8 @@ def _cache_snapshot(repo_dir: Path) -> Path:
 
 def _write_tar(path: Path, files: list[tuple[str, Path]], mode: str, level: int, update: Any) -> None:
     kwargs: dict[str, Any] = {"compresslevel": level} if mode == "w:gz" else {}
-    with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT, **kwargs) as tar:  # type: ignore[call-overload]
+    opener: Any = tarfile.open
+    with open(path, "wb") as raw, opener(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT, **kwargs) as tar:
         tar.copybufsize = _CHUNK
         directories: set[str] = set()
         for rel, source in files:

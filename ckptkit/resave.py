@@ -119,7 +119,9 @@ def resave(
     if limit == 0:
         raise ValueError("max_shard_size must be positive (or None for a single file)")
     cast = canonical_dtype(dtype) if dtype is not None else None
-    source_root, jobs = _plan_jobs(src, subfolder=subfolder, variant=variant, weights_name=weights_name, dtype=cast)
+    source_root, jobs = _plan_jobs(
+        src, subfolder=subfolder, variant=variant, weights_name=weights_name, dtype=cast
+    )
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     if source_root is not None:
         _check_not_nested(source_root, dst_path)
@@ -131,7 +133,9 @@ def resave(
         with staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging:
             if staging.existing is not None:
                 _keep_existing(staging, jobs, fsync=fsync)
-            same_place = source_root is not None and os.path.realpath(source_root) == os.path.realpath(dst_path)
+            same_place = source_root is not None and os.path.realpath(source_root) == os.path.realpath(
+                dst_path
+            )
             if copy_other_files and source_root is not None and not same_place:
                 _copy_other_files(source_root, staging.path, jobs, fsync=fsync)
             written = [_write_job(job, staging.path, limit, fsync=fsync, bar=bar) for job in jobs]
@@ -173,7 +177,9 @@ def _is_pipeline(path: Path) -> bool:
     return path.is_dir() and (path / MODEL_INDEX_NAME).is_file() and not discover_weight_sets(path)
 
 
-def _job(rel: str, ckpt: CheckpointDir, variant: str | None, weights_name: str | None, dtype: str | None) -> _Job:
+def _job(
+    rel: str, ckpt: CheckpointDir, variant: str | None, weights_name: str | None, dtype: str | None
+) -> _Job:
     if weights_name is None:
         stem = ckpt.weight_set.name if ckpt.weight_set is not None else None
         if stem is None:
@@ -190,7 +196,9 @@ def _check_not_nested(source_root: Path, dst: Path) -> None:
     real_src, real_dst = os.path.realpath(source_root), os.path.realpath(dst)
     if real_src == real_dst:
         return
-    if real_dst.startswith(real_src.rstrip(os.sep) + os.sep) or real_src.startswith(real_dst.rstrip(os.sep) + os.sep):
+    if real_dst.startswith(real_src.rstrip(os.sep) + os.sep) or real_src.startswith(
+        real_dst.rstrip(os.sep) + os.sep
+    ):
         raise ValueError(f"{dst}: the output must not lie inside the source {source_root} or contain it")
 
 
@@ -212,7 +220,12 @@ def _is_weights_file(name: str) -> bool:
 def _is_stale(name: str, job: _Job) -> bool:
     """A safetensors file or index of the weights name and variant being written."""
     parsed = parse_weight_filename(name) or parse_index_filename(name)
-    return parsed is not None and parsed.ext == "safetensors" and parsed.stem == job.name and parsed.variant == job.variant
+    return (
+        parsed is not None
+        and parsed.ext == "safetensors"
+        and parsed.stem == job.name
+        and parsed.variant == job.variant
+    )
 
 
 def _job_of(rel: str, jobs: list[_Job]) -> list[_Job]:
@@ -255,7 +268,9 @@ def _write_job(job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar:
         if bar is not None:
             bar.total += sum(s.nbytes for s in shards)
             bar.refresh()
-        names = [s.filename for s in shards] + ([index_name_for(job.name, job.variant)] if len(shards) > 1 else [])
+        names = [s.filename for s in shards] + (
+            [index_name_for(job.name, job.variant)] if len(shards) > 1 else []
+        )
         for name in names:
             (directory / name).unlink(missing_ok=True)
         written = []
@@ -288,9 +303,15 @@ def _progress_bar(jobs: list[_Job], progress: bool | None) -> Any:
 
 def _result(dst: Path, jobs: list[_Job], written: list[list[Path]]) -> CheckpointDir:
     if len(jobs) == 1 and not jobs[0].rel:
-        return resolve_local(dst, variant=jobs[0].variant, variant_fallback="error", weights_name=jobs[0].name)
-    files = [dst / job.rel / p.name for job, paths in zip(jobs, written) for p in paths]
+        return resolve_local(
+            dst, variant=jobs[0].variant, variant_fallback="error", weights_name=jobs[0].name
+        )
+    files = [dst / job.rel / p.name for job, paths in zip(jobs, written, strict=True) for p in paths]
     variants = {job.variant for job in jobs}
     return CheckpointDir(
-        path=dst, weight_files=files, format="safetensors", variant=variants.pop() if len(variants) == 1 else None, root=dst
+        path=dst,
+        weight_files=files,
+        format="safetensors",
+        variant=variants.pop() if len(variants) == 1 else None,
+        root=dst,
     )

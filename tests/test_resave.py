@@ -77,7 +77,9 @@ def pixart_output(path: Path, **kwargs) -> torch.Tensor:
 def check_shards(directory: Path, limit: int | None, name: str, variant: str | None = None) -> list[Path]:
     """The set is named and indexed as transformers/diffusers write it; returns its shard paths."""
     tag = f".{variant}" if variant else ""
-    shards = sorted(p for p in directory.iterdir() if p.name.startswith(f"{name}{tag}") and p.suffix == ".safetensors")
+    shards = sorted(
+        p for p in directory.iterdir() if p.name.startswith(f"{name}{tag}") and p.suffix == ".safetensors"
+    )
     index_name = f"{name}.safetensors.index{tag}.json"
     if len(shards) == 1:
         assert shards[0].name == f"{name}{tag}.safetensors"
@@ -136,7 +138,10 @@ def test_core_ml_case_single_file_transformer(layouts, tmp_path):
     build_pixart().save_pretrained(src, max_shard_size="10KB")
     assert len(list(src.glob("*.safetensors"))) > 3
     ckpt = resave(src, tmp_path / "single", max_shard_size=None)
-    assert sorted(p.name for p in ckpt.path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in ckpt.path.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     assert torch.equal(pixart_output(ckpt.path), pixart_output(src))
 
 
@@ -188,7 +193,7 @@ def test_dtype_bf16_with_variant(layouts, tmp_path):
     ckpt = resave(src, tmp_path / "out", variant="bf16", max_shard_size=None)
     assert [p.name for p in ckpt.weight_files] == ["diffusion_pytorch_model.bf16.safetensors"]
     with safe_open(ckpt.weight_files[0], "pt") as handle:
-        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()}  # noqa: SIM118 (safe_open is no dict) == {"BF16"}
     default = load_file(src / "diffusion_pytorch_model.safetensors")
     assert_same_tensors(safetensors_state(ckpt.path, "*.bf16.safetensors"), _rounded(default, torch.bfloat16))
     assert pixart_output(ckpt.path, variant="bf16", dtype=torch.float32).shape == (1, 8, 8, 8)
@@ -218,21 +223,35 @@ def test_pipeline_resaves_every_component(layouts, tmp_path):
     out = ckpt.path
     assert (out / "model_index.json").read_bytes() == (src / "model_index.json").read_bytes()
     assert (out / "scheduler" / "scheduler_config.json").is_file()
-    for component, name in [("text_encoder", "model"), ("vae", "diffusion_pytorch_model"), ("transformer", "diffusion_pytorch_model")]:
+    for component, name in [
+        ("text_encoder", "model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("transformer", "diffusion_pytorch_model"),
+    ]:
         check_shards(out / component, 30_000, name, "fp16")
         assert (out / component / "config.json").is_file()
     assert {p.parent.name for p in ckpt.weight_files} == {"text_encoder", "vae", "transformer"}
     # vae has fp16 files: they are what was read; the others were cast from their defaults.
-    assert_same_tensors(safetensors_state(out / "vae"), safetensors_state(src / "vae", "*.fp16-*.safetensors"))
-    assert_same_tensors(safetensors_state(out / "text_encoder"), _rounded(safetensors_state(src / "text_encoder"), torch.float16))
-    assert torch.equal(vae_output(out, subfolder="vae", variant="fp16"), vae_output(src, subfolder="vae", variant="fp16"))
+    assert_same_tensors(
+        safetensors_state(out / "vae"), safetensors_state(src / "vae", "*.fp16-*.safetensors")
+    )
+    assert_same_tensors(
+        safetensors_state(out / "text_encoder"),
+        _rounded(safetensors_state(src / "text_encoder"), torch.float16),
+    )
+    assert torch.equal(
+        vae_output(out, subfolder="vae", variant="fp16"), vae_output(src, subfolder="vae", variant="fp16")
+    )
     assert pixart_output(out, subfolder="transformer", variant="fp16", dtype=torch.float32).isfinite().all()
     assert checksums(src) == before
 
 
 def test_pipeline_subfolder_writes_the_component_alone(layouts, tmp_path):
     ckpt = resave(layouts["pipeline"], tmp_path / "vae", subfolder="vae", max_shard_size=None)
-    assert sorted(p.name for p in ckpt.path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in ckpt.path.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     assert torch.equal(vae_output(ckpt.path), vae_output(layouts["pipeline"], subfolder="vae"))
 
 
@@ -270,7 +289,9 @@ def test_mixed_dtypes_and_odd_tensors_round_trip(tmp_path):
         got = safetensors_state(out.path)
         assert sorted(got) == sorted(state)
         for key, value in state.items():
-            assert got[key].dtype == value.dtype and torch.equal(got[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8))
+            assert got[key].dtype == value.dtype and torch.equal(
+                got[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)
+            )
     converted = safetensors_state(resave(src, tmp_path / "fp16", dtype="fp16", max_shard_size=None).path)
     for key, value in state.items():
         want = value.half() if value.is_floating_point() else value
@@ -285,9 +306,13 @@ def test_greedy_split_matches_huggingface_hub(tmp_path):
     sizes = [6, 6, 2, 6, 2, 2, 11, 1, 5]
     state = {f"t{i}": torch.zeros(n, dtype=torch.uint8) for i, n in enumerate(sizes)}
     for limit in (1, 6, 8, 10, 12, 100):
-        want = split_torch_state_dict_into_shards(state, max_shard_size=limit, filename_pattern="model{suffix}.safetensors")
+        want = split_torch_state_dict_into_shards(
+            state, max_shard_size=limit, filename_pattern="model{suffix}.safetensors"
+        )
         got = plan_shards(
-            [PlannedTensor(k, "U8", (v.numel(),), v.numel()) for k, v in state.items()], max_shard_size=limit, weights_name="model"
+            [PlannedTensor(k, "U8", (v.numel(),), v.numel()) for k, v in state.items()],
+            max_shard_size=limit,
+            weights_name="model",
         )
         assert {s.filename: [t.name for t in s.tensors] for s in got} == want.filename_to_tensors
 
@@ -296,14 +321,34 @@ def test_cli_resave(layouts, tmp_path, capsys):
     from ckptkit.cli import main
 
     out = tmp_path / "out"
-    code = main(["resave", str(layouts["t5_sharded"]), str(out), "--max-shard-size", "none", "--dtype", "bf16", "--json"])
+    code = main(
+        [
+            "resave",
+            str(layouts["t5_sharded"]),
+            str(out),
+            "--max-shard-size",
+            "none",
+            "--dtype",
+            "bf16",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and [Path(f["path"]).name for f in report["files"]] == ["model.safetensors"]
     assert main(["resave", str(layouts["t5_sharded"]), str(out)]) == 1
     assert "overwrite" in capsys.readouterr().err
-    assert main(["resave", str(layouts["t5_sharded"]), str(out), "--overwrite", "--variant", "fp16", "--no-fsync"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.fp16.safetensors", "model.safetensors"]
+    assert (
+        main(
+            ["resave", str(layouts["t5_sharded"]), str(out), "--overwrite", "--variant", "fp16", "--no-fsync"]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.fp16.safetensors",
+        "model.safetensors",
+    ]
     assert main(["resave", str(layouts["t5_sharded"]), str(tmp_path / "x"), "--max-shard-size", "lots"]) == 2
 
 

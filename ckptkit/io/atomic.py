@@ -178,7 +178,9 @@ def _lock(destination: Path) -> Any:
         directory.mkdir(mode=0o777, exist_ok=True)
         with contextlib.suppress(OSError):
             os.chmod(directory, 0o1777)  # shared by every user, like /tmp itself
-    key = hashlib.sha256(os.fsencode(os.path.realpath(destination.parent)) + b"/" + os.fsencode(destination.name))
+    key = hashlib.sha256(
+        os.fsencode(os.path.realpath(destination.parent)) + b"/" + os.fsencode(destination.name)
+    )
     return FileLock(str(directory / f"{key.hexdigest()[:32]}.lock"), mode=0o666)
 
 
@@ -213,9 +215,13 @@ def _check_destination(destination: Path, *, overwrite: bool, is_dir: bool) -> P
             fix=f"pass the link's target ({os.path.realpath(destination)}) or another path",
         )
     if is_dir and not destination.is_dir():
-        raise DestinationExistsError("exists and is not a directory", path=destination, fix="pass a directory path")
+        raise DestinationExistsError(
+            "exists and is not a directory", path=destination, fix="pass a directory path"
+        )
     if not is_dir and destination.is_dir():
-        raise DestinationExistsError("is a directory; the archive is a file", path=destination, fix="pass a file path")
+        raise DestinationExistsError(
+            "is a directory; the archive is a file", path=destination, fix="pass a file path"
+        )
     empty = is_dir and not any(os.scandir(destination))
     if not overwrite and not empty:
         raise DestinationExistsError(

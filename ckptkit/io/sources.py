@@ -56,7 +56,7 @@ def tensor_bytes(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> memo
     flat = tensor.contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def _castable(code: str, target: str | None) -> bool:
@@ -109,7 +109,9 @@ def _headers(ckpt: CheckpointDir) -> list[SafetensorsHeader]:
     return [read_header(p) for p in ckpt.weight_files]
 
 
-def _plan_safetensors(ckpt: CheckpointDir, target: torch.dtype | None, stack: contextlib.ExitStack) -> list[PlannedTensor]:
+def _plan_safetensors(
+    ckpt: CheckpointDir, target: torch.dtype | None, stack: contextlib.ExitStack
+) -> list[PlannedTensor]:
     target_code = code_of(target) if target is not None else None
     planned: list[PlannedTensor] = []
     owner: dict[str, Path] = {}
@@ -125,20 +127,29 @@ def _plan_safetensors(ckpt: CheckpointDir, target: torch.dtype | None, stack: co
             else:
                 planned.append(
                     PlannedTensor(
-                        info.name, info.dtype, info.shape, info.nbytes,
-                        source_path=header.path, source_offset=header.data_start + info.begin,
-                    )  # fmt: skip
+                        info.name,
+                        info.dtype,
+                        info.shape,
+                        info.nbytes,
+                        source_path=header.path,
+                        source_offset=header.data_start + info.begin,
+                    )
                 )
     return planned
 
 
-def _converted(fd: int, header: SafetensorsHeader, info: TensorInfo, target: torch.dtype, code: str) -> PlannedTensor:
+def _converted(
+    fd: int, header: SafetensorsHeader, info: TensorInfo, target: torch.dtype, code: str
+) -> PlannedTensor:
     nbytes = DTYPES[code].nbytes(info.numel)
     assert nbytes is not None
     return PlannedTensor(
-        info.name, code, info.shape, nbytes,
+        info.name,
+        code,
+        info.shape,
+        nbytes,
         produce=lambda: tensor_bytes(read_tensor(fd, header, info, dtype=target)),
-    )  # fmt: skip
+    )
 
 
 def _claim(owner: dict[str, Path], name: str, path: Path) -> None:
@@ -151,7 +162,9 @@ def _claim(owner: dict[str, Path], name: str, path: Path) -> None:
     owner[name] = path
 
 
-def _plan_torch(ckpt: CheckpointDir, target: torch.dtype | None, unwrap: str | bool | None) -> list[PlannedTensor]:
+def _plan_torch(
+    ckpt: CheckpointDir, target: torch.dtype | None, unwrap: str | bool | None
+) -> list[PlannedTensor]:
     planned: list[PlannedTensor] = []
     owner: dict[str, Path] = {}
     for path in ckpt.weight_files:

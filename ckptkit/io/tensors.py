@@ -62,8 +62,10 @@ def read_tensor(
     stored = to_torch_dtype(info.dtype)
     out = torch.empty(info.shape, dtype=stored)
     if info.nbytes:
-        view = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.dim() else memoryview(
-            out.reshape(1).view(torch.uint8).numpy()
+        view = (
+            memoryview(out.view(-1).view(torch.uint8).numpy())
+            if out.dim()
+            else memoryview(out.reshape(1).view(torch.uint8).numpy())
         )
         read_into(fd, header.data_start + info.begin, view.cast("B"), header.path)
     if dtype is not None and dtype != stored and stored.is_floating_point:

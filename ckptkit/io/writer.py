@@ -150,7 +150,9 @@ def _order(tensors: Sequence[PlannedTensor]) -> list[PlannedTensor]:
     return sorted(tensors, key=lambda t: (-_RANK.get(t.dtype, -1), t.name))
 
 
-def build_header(tensors: Sequence[PlannedTensor], metadata: dict[str, str] | None) -> tuple[bytes, list[PlannedTensor]]:
+def build_header(
+    tensors: Sequence[PlannedTensor], metadata: dict[str, str] | None
+) -> tuple[bytes, list[PlannedTensor]]:
     """The header bytes (u64 length + padded JSON) and the tensors in the order they follow it.
 
     Example:
@@ -327,7 +329,9 @@ class ShardWriter:
             raise ValueError(f"tensor {tensor.name!r} has neither a source range nor a producer")
         data = memoryview(tensor.produce()).cast("B")
         if len(data) != tensor.nbytes:
-            raise ValueError(f"tensor {tensor.name!r}: producer gave {len(data)} bytes, expected {tensor.nbytes}")
+            raise ValueError(
+                f"tensor {tensor.name!r}: producer gave {len(data)} bytes, expected {tensor.nbytes}"
+            )
         write_all(fd, data)
         if self.progress is not None:
             self.progress(tensor.nbytes)
