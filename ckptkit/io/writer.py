@@ -301,8 +301,8 @@ class ShardWriter:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             write_all(fd, header)
-            for tensor in ordered:
-                self._write_tensor(fd, tensor)
+            for run in _runs(ordered):
+                self._write_run(fd, run)
             expected = len(header) + shard.nbytes
             if os.fstat(fd).st_size != expected:
                 raise CorruptCheckpointError(
@@ -316,25 +316,48 @@ class ShardWriter:
             os.close(fd)
         return target
 
-    def _write_tensor(self, fd: int, tensor: PlannedTensor) -> None:
-        if tensor.nbytes == 0:
+    def _write_run(self, fd: int, run: list[PlannedTensor]) -> None:
+        first = run[0]
+        if first.source_path is not None:
+            length = sum(t.nbytes for t in run)
+            if length:
+                src = self._source_fd(first.source_path)
+                copy_range(
+                    src, first.source_offset, length, fd, path=first.source_path, progress=self.progress
+                )
             return
-        if tensor.source_path is not None:
-            src = self._source_fd(tensor.source_path)
-            copy_range(
-                src, tensor.source_offset, tensor.nbytes, fd, path=tensor.source_path, progress=self.progress
-            )
+        if first.nbytes == 0:
             return
-        if tensor.produce is None:
-            raise ValueError(f"tensor {tensor.name!r} has neither a source range nor a producer")
-        data = memoryview(tensor.produce()).cast("B")
-        if len(data) != tensor.nbytes:
+        if first.produce is None:
+            raise ValueError(f"tensor {first.name!r} has neither a source range nor a producer")
+        data = memoryview(first.produce()).cast("B")
+        if len(data) != first.nbytes:
             raise ValueError(
-                f"tensor {tensor.name!r}: producer gave {len(data)} bytes, expected {tensor.nbytes}"
+                f"tensor {first.name!r}: producer gave {len(data)} bytes, expected {first.nbytes}"
             )
         write_all(fd, data)
         if self.progress is not None:
-            self.progress(tensor.nbytes)
+            self.progress(first.nbytes)
+
+
+def _runs(ordered: Sequence[PlannedTensor]) -> list[list[PlannedTensor]]:
+    """Group tensors that lie back to back in one source file, so each group is one copy.
+
+    Shards written by the reference writer keep this order, so a re-shard copies few long ranges.
+    """
+    runs: list[list[PlannedTensor]] = []
+    for tensor in ordered:
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and tensor.source_path is not None
+            and last.source_path == tensor.source_path
+            and last.source_offset + last.nbytes == tensor.source_offset
+        ):
+            runs[-1].append(tensor)
+        else:
+            runs.append([tensor])
+    return runs
 
 
 def index_bytes(shards: Sequence[PlannedShard]) -> bytes:
