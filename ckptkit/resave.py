@@ -89,7 +89,8 @@ def resave(
             safetensors files of the same weights name and variant are removed once the new set is
             in place.
         copy_other_files: copy configs, tokenizer files, ``model_index.json`` and other non-weight
-            files as real files (links are followed). Other weight sets of ``src`` (other variants,
+            files as real files (links are followed): a pipeline's whole tree, or the files directly
+            in a model directory (not its subfolders). Other weight sets of ``src`` (other variants,
             ``.bin`` copies) are not copied; use :func:`materialize` for a full copy.
         progress: show a tqdm progress bar; ``None``: when stderr is a terminal.
         fsync: flush files and directories to disk before the swap (off: faster, still atomic
@@ -246,7 +247,14 @@ def _keep_existing(staging: Staging, jobs: list[_Job], *, fsync: bool) -> None:
 
 
 def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsync: bool) -> None:
+    """Copy the non-weight files: a pipeline's whole tree, a model directory's own files.
+
+    A model directory's subfolders are left out: a repo root can hold whole other models there.
+    """
+    pipeline = any(job.rel for job in jobs)
     for rel, path in walk_files(source_root, exclude=IGNORED_DIRS):
+        if not pipeline and "/" in rel:
+            continue
         if _job_of(rel, jobs) and _is_weights_file(rel.rpartition("/")[2]):
             continue
         target = staging / rel

@@ -359,3 +359,18 @@ def test_import_does_not_load_torch():
     code = "import sys, ckptkit; ckptkit.resave; ckptkit.materialize; assert 'torch' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_reshard_without_dtype_change_never_imports_torch(layouts, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ckptkit import resave; "
+        "resave(sys.argv[1], sys.argv[2], max_shard_size='30KB'); assert 'torch' not in sys.modules"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run(
+        [sys.executable, "-c", code, str(layouts["t5_sharded"]), str(tmp_path / "out")], check=True, env=env
+    )
+    assert_same_tensors(safetensors_state(tmp_path / "out"), safetensors_state(layouts["t5_sharded"]))

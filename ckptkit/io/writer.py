@@ -14,6 +14,7 @@ every tensor starts aligned. The same tensors therefore give the same bytes as `
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import math
@@ -22,6 +23,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES
@@ -37,6 +39,7 @@ __all__ = [
     "copy_range",
     "index_bytes",
     "plan_shards",
+    "preallocate",
     "write_all",
 ]
 
@@ -241,6 +244,38 @@ _copy_file_range = _cfr if hasattr(os, "copy_file_range") else None
 _sendfile = _sf if hasattr(os, "sendfile") else None
 
 
+def preallocate(fd: int, size: int, *, path: str | os.PathLike[str] | None = None) -> None:
+    """Reserve ``size`` bytes for a new file with ``fallocate(2)``, where the filesystem supports it.
+
+    The disk filling up then shows before anything is copied, and ext4 lays the file out in
+    fewer extents (measured faster to fill). Never emulated by writing zeros (as
+    ``posix_fallocate`` may be); unsupported filesystems just skip it.
+
+    Raises:
+        OSError: ``ENOSPC``, the disk cannot hold the file.
+    """
+    if size <= 0 or _fallocate is None:
+        return
+    if _fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(size)) == 0:
+        return
+    code = ctypes.get_errno()
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(code, f"no space left for {size} bytes", os.fspath(path) if path is not None else None)
+
+
+def _libc_fallocate() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_fallocate = _libc_fallocate() if os.name == "posix" else None
+
+
 def _buffered(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     chunk = os.pread(src_fd, min(count, _BUFFER_SIZE), offset)
     write_all(dst_fd, chunk)
@@ -300,6 +335,7 @@ class ShardWriter:
         target = self.directory / shard.filename
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
+            preallocate(fd, len(header) + shard.nbytes, path=target)
             write_all(fd, header)
             for run in _runs(ordered):
                 self._write_run(fd, run)
