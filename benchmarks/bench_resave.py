@@ -113,16 +113,17 @@ def _child(argv: list[str]) -> None:
 
 
 NOTES = """\
-Notes. ckptkit copies tensor bytes with `os.copy_file_range` (in-kernel, ext4 here: no reflink), one
-call per run of tensors that lie back to back in a source shard, and builds only the headers; its
-anonymous memory stays under 1 MiB whatever the size, and a plain re-shard never imports torch.
-`cp -r` issues one `copy_file_range` per whole file at offset 0. The remaining gap to `cp` was not
-pinned down on this shared, noisy VM: the same syscall pattern run by hand (whole shards into one
-file, with and without page-aligned destination offsets) took 0.9-3.1 s for 2.15 GB across repeats,
-as long as the resave itself. Outputs keep the reference writer's layout (header padded to a
-multiple of 8 only), so destination offsets cannot be page-aligned to the source's.
-load_file + save_torch_state_dict stays low in anonymous memory because safetensors 0.8 `load_file`
-tensors are backed by the mapped file; it is slower because it decodes and re-encodes every tensor.\
+Notes. ckptkit copies tensor bytes with `os.copy_file_range` (in-kernel; ext4 here, so no reflink),
+one call per run of tensors lying back to back in a source shard, into output files preallocated
+with `fallocate`; only the headers are built. Its anonymous memory stays under 1 MiB whatever the
+size, and a plain re-shard never imports torch. `cp -r` makes one `copy_file_range` call per whole
+file. The gap to `cp` was not pinned down on this shared VM (an earlier run, before preallocation and
+on a busier machine, gave 0.63x/0.67x): copying the same shards by hand into one file with the same
+calls took 1.4-1.8 s against 1.2-1.5 s for `cp` in the same minute (outliers of 5-6 s for both);
+page-aligning the destination offsets made no measurable difference, preallocating did (1.0-1.3 s),
+hence the `fallocate`. load_file + save_torch_state_dict stays low in anonymous memory because
+safetensors 0.8 `load_file` tensors are backed by the mapped file; it is slower because it decodes
+and re-encodes every tensor.\
 """
 
 

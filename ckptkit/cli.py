@@ -119,7 +119,7 @@ def _add_resave(sub: Any) -> None:
 def _run_resave(args: argparse.Namespace) -> int:
     from ckptkit.resave import resave
 
-    size = None if args.max_shard_size.strip().lower() in ("none", "0", "inf") else args.max_shard_size
+    size = None if args.max_shard_size.strip().lower() in ("none", "inf") else args.max_shard_size
     ckpt = resave(
         args.src,
         args.dst,

@@ -123,7 +123,7 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir) -> Path:
         )
     from ckptkit.resolve import resolve_ckpt_dir
 
-    return Path(resolve_ckpt_dir(path).path)
+    return Path(resolve_ckpt_dir(src).path)  # a hub form: pass it as the user wrote it
 
 
 def _cache_snapshot(repo_dir: Path) -> Path:

@@ -38,7 +38,9 @@ def main() -> None:
         sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
         with torch.no_grad():
             want = unet(sample, 10, encoder_hidden_states=text).sample
-            got = UNet2DConditionModel.from_pretrained(ckpt.path)(sample, 10, encoder_hidden_states=text).sample
+            got = UNet2DConditionModel.from_pretrained(ckpt.path)(
+                sample, 10, encoder_hidden_states=text
+            ).sample
         assert torch.equal(got, want)
         print("outputs identical:", torch.equal(got, want))
 

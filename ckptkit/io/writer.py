@@ -56,6 +56,9 @@ COPY_CHUNK = 64 * 2**20
 _BUFFER_SIZE = 8 * 2**20
 
 ProgressFn = Callable[[int], None]
+# What copy_file_range/sendfile answer when they cannot copy between these two files (other
+# filesystems, old kernels, macOS sendfile wanting a socket): fall back to the next method.
+_FALLBACK_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.ENOTSOCK)
 
 
 @dataclass
@@ -216,7 +219,7 @@ def copy_range(
             try:
                 moved = methods[0](src_fd, dst_fd, offset + done, count)
             except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                if exc.errno not in _FALLBACK_ERRNOS:
                     raise
                 methods.pop(0)
         if moved is None:
