@@ -139,7 +139,9 @@ def resave(
             )
             if copy_other_files and source_root is not None and not same_place:
                 _copy_other_files(source_root, staging.path, jobs, fsync=fsync)
-            written = [_write_job(job, staging.path, limit, fsync=fsync, bar=bar) for job in jobs]
+            written = [
+                _write_job(job, staging.path, limit, fsync=fsync, bar=bar, unwrap=unwrap) for job in jobs
+            ]
     finally:
         if bar is not None:
             bar.close()
@@ -264,14 +266,16 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
         copy_file(path, target, fsync=fsync)
 
 
-def _write_job(job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any) -> list[Path]:
+def _write_job(
+    job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any, unwrap: str | bool | None
+) -> list[Path]:
     from ckptkit.io.sources import plan_source_tensors
     from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
 
     directory = staging / job.rel if job.rel else staging
     directory.mkdir(parents=True, exist_ok=True)
     logger.info("resaving %s -> %s (%s, variant=%s)", job.ckpt.path, directory, job.name, job.variant)
-    with plan_source_tensors(job.ckpt, dtype=job.dtype) as tensors:
+    with plan_source_tensors(job.ckpt, dtype=job.dtype, unwrap=unwrap) as tensors:
         shards = plan_shards(tensors, max_shard_size=limit, weights_name=job.name, variant=job.variant)
         if bar is not None:
             bar.total += sum(s.nbytes for s in shards)

@@ -216,6 +216,30 @@ def test_torch_bin_with_dtype(layouts, tmp_path):
     assert_same_tensors(safetensors_state(ckpt.path), _rounded(want, torch.bfloat16))
 
 
+def test_torch_file_with_a_nested_state_dict_needs_unwrap(layouts, tmp_path):
+    from ckptkit import CorruptCheckpointError
+
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    state = torch.load(layouts["t5_bin"] / "pytorch_model.bin", weights_only=True)
+    torch.save({"state_dict": state, "epoch": 3}, src / "model.pt")
+    with pytest.raises(CorruptCheckpointError, match="unwrap"):
+        resave(src, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    ckpt = resave(src, tmp_path / "b", unwrap="state_dict", max_shard_size=None)
+    assert [p.name for p in ckpt.weight_files] == ["model.safetensors"]
+    assert_same_tensors(safetensors_state(ckpt.path), state)
+
+
+def test_progress_bar(layouts, tmp_path, capsys):
+    from ckptkit import materialize
+
+    resave(layouts["t5_sharded"], tmp_path / "a", max_shard_size=None, progress=True)
+    assert "resave" in capsys.readouterr().err
+    materialize(tmp_path / "a", tmp_path / "b.tar", archive="tar", progress=True)
+    assert "materialize" in capsys.readouterr().err
+
+
 def test_pipeline_resaves_every_component(layouts, tmp_path):
     src = layouts["pipeline"]
     before = checksums(src)

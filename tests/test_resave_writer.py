@@ -9,11 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import ckptkit.io.byte_copy as byte_copy
 import ckptkit.io.writer as writer
 from ckptkit import CorruptCheckpointError
 from ckptkit.format import read_header
+from ckptkit.io.byte_copy import copy_range
 from ckptkit.io.sources import tensor_bytes
-from ckptkit.io.writer import PlannedShard, PlannedTensor, ShardWriter, build_header, copy_range
+from ckptkit.io.writer import PlannedShard, PlannedTensor, ShardWriter, build_header
 
 
 def _planned(state: dict[str, torch.Tensor]) -> list[PlannedTensor]:
@@ -67,11 +69,11 @@ def test_planned_tensor_checks_its_size():
 @pytest.mark.parametrize("methods", ["copy_file_range", "sendfile", "buffer"])
 def test_copy_range_every_method(tmp_path, monkeypatch, methods):
     if methods != "copy_file_range":
-        monkeypatch.setattr(writer, "_copy_file_range", None)
+        monkeypatch.setattr(byte_copy, "_copy_file_range", None)
     if methods == "buffer":
-        monkeypatch.setattr(writer, "_sendfile", None)
-        monkeypatch.setattr(writer, "_BUFFER_SIZE", 1000)
-    monkeypatch.setattr(writer, "COPY_CHUNK", 4096)
+        monkeypatch.setattr(byte_copy, "_sendfile", None)
+        monkeypatch.setattr(byte_copy, "_BUFFER_SIZE", 1000)
+    monkeypatch.setattr(byte_copy, "COPY_CHUNK", 4096)
     data = os.urandom(50_000)
     (tmp_path / "src").write_bytes(data)
     calls: list[int] = []

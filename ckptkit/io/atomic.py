@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import DestinationExistsError, IncompleteCheckpointError
-from ckptkit.io.writer import copy_range
+from ckptkit.io.byte_copy import copy_range
 
 __all__ = [
     "Staging",
