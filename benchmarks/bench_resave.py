@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ from benchmarks.protocol import (
     warm_cache,
 )
 
+TITLE = "Resave"
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "benchmarks" / "data"
+DATA = Path(os.environ.get("CKPTKIT_BENCH_DATA", ROOT / "benchmarks" / "data"))
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
@@ -157,18 +159,31 @@ def _contenders(realistic: Path, diffusers_dir: Path | None, out: Path) -> dict[
     return contenders
 
 
-def _ratio(rows: dict[str, dict], a: str, b: str) -> float | None:
-    if "median_s" not in rows.get(a, {}) or "median_s" not in rows.get(b, {}):
+def _medians(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Median seconds and peak anon per contender, from the children's raw JSON lines."""
+    out = {}
+    for name, trials in results.items():
+        ok = [t for t in trials if "seconds" in t]
+        if ok:
+            out[name] = {
+                "seconds": statistics.median(t["seconds"] for t in ok),
+                "anon_mib": statistics.median(t["peak_anon_bytes"] for t in ok) / 2**20,
+            }
+    return out
+
+
+def _ratio(medians: dict[str, dict[str, float]], a: str, b: str) -> float | None:
+    """How many times faster ``a`` is than ``b`` (median against median)."""
+    if a not in medians or b not in medians:
         return None
-    return rows[b]["median_s"] / rows[a]["median_s"]
+    return medians[b]["seconds"] / medians[a]["seconds"]
 
 
-def _verdicts(rows: dict[str, dict]) -> list[str]:
+def _verdicts(medians: dict[str, dict[str, float]]) -> list[str]:
     lines = []
-    resave_rows = [r for name, r in rows.items() if name.startswith("ckptkit") and "peak_anon_mib" in r]
-    peak = max((r["peak_anon_mib"] for r in resave_rows), default=None)
-    if peak is not None:
-        worst = max(max(0.0, r["peak_anon_mib"]) for r in resave_rows)
+    peaks = [m["anon_mib"] for name, m in medians.items() if "ckptkit" in name]
+    if peaks:
+        worst = max(peaks)
         lines.append(
             f"- peak anonymous RSS of ckptkit resave (median per contender, worst shown): {worst:.1f} MiB "
             f"— target <= 64 MiB: {'met' if worst <= 64 else 'MISSED'}"
@@ -177,31 +192,85 @@ def _verdicts(rows: dict[str, dict]) -> list[str]:
         ("1GB shards", "ckptkit resave -> 1GB shards, no fsync"),
         ("one file", "ckptkit resave -> one file, no fsync"),
     ):
-        vs_cp = _ratio(rows, contender, "cp -r (floor, no fsync)")
+        vs_cp = _ratio(medians, contender, "cp -r (floor, no fsync)")
         if vs_cp is not None:
             lines.append(
                 f"- {label}, no fsync: {vs_cp:.2f}x `cp -r` throughput — target >= 0.8x: "
                 f"{'met' if vs_cp >= 0.8 else 'MISSED'}"
             )
-        vs_hub = _ratio(rows, contender, "load_file + save_torch_state_dict -> 1GB (no fsync)")
+        vs_hub = _ratio(medians, contender, "load_file + save_torch_state_dict -> 1GB (no fsync)")
         if vs_hub is not None:
             lines.append(
                 f"- {label}, no fsync: {vs_hub:.2f}x faster than load_file + save_torch_state_dict — "
                 f"target >= 2x: {'met' if vs_hub >= 2 else 'MISSED'}"
             )
-    fsync_cost = _ratio(rows, "ckptkit resave -> 1GB shards, fsync", "ckptkit resave -> 1GB shards, no fsync")
-    if fsync_cost is not None:
-        lines.append(f"- fsync costs: the fsync run takes {1 / fsync_cost:.2f}x the time of the no-fsync run")
+    fsync = _ratio(medians, "ckptkit resave -> 1GB shards, no fsync", "ckptkit resave -> 1GB shards, fsync")
+    if fsync is not None:
+        lines.append(f"- fsync costs: the fsync run takes {fsync:.2f}x the time of the no-fsync run")
     vs_diffusers = _ratio(
-        rows,
+        medians,
         "[diffusers ckpt] ckptkit resave -> 1GB, no fsync",
         "[diffusers ckpt] from_pretrained + save_pretrained -> 1GB (no fsync)",
     )
     if vs_diffusers is not None:
         lines.append(
-            f"- diffusers checkpoint: ckptkit resave {vs_diffusers:.2f}x faster than from_pretrained + save_pretrained"
+            f"- diffusers checkpoint: ckptkit resave {vs_diffusers:.2f}x faster than "
+            "from_pretrained + save_pretrained"
         )
     return lines
+
+
+def run(
+    *, trials: int = 5, data_dir: Path = DATA, total_bytes: int = 2 * 2**30, diffusers: bool = True
+) -> str:
+    """Run the resave benchmark; returns the markdown body of the "## Resave" section."""
+    data_dir = Path(data_dir)
+    realistic = make_realistic_checkpoint(data_dir / "realistic", total_bytes=total_bytes, shard_size="500MB")
+    diffusers_dir = make_diffusers_checkpoint(data_dir / "pixart-like-bf16") if diffusers else None
+    out = data_dir / "resave-out"
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+    try:
+        results = run_alternating(_contenders(realistic, diffusers_dir, out), trials=trials, env=env)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    medians = _medians(results)
+    nbytes = _dir_bytes(realistic)
+    dbytes = _dir_bytes(diffusers_dir) if diffusers_dir else 0
+    rows = summarize(results)
+    for row in rows:
+        name = row.get("contender", "")
+        if name in medians:
+            size = dbytes if name.startswith("[diffusers") else nbytes
+            row["GB/s"] = size / medians[name]["seconds"] / 1e9
+    shards = len(list(realistic.glob("*.safetensors")))
+    diffusers_text = (
+        f"; a diffusers PixArt-like transformer, {dbytes / 2**30:.2f} GiB bf16, saved by `save_pretrained` at 500 MB"
+        if dbytes
+        else "; the diffusers round trip was left out (--skip-diffusers)"
+    )
+    return "\n".join(
+        [
+            f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. The machine was shared with "
+            "other jobs (other helpers' benchmark and test runs) while this ran, so absolute times are noisy; "
+            "compare ratios within this table only.",
+            "",
+            f"Data: generated bf16 checkpoint, {nbytes / 2**30:.2f} GiB in {shards} shards of 500 MB "
+            "(transformers layout: one large embedding, 18-72 MiB matrices, hundreds of tiny norms)"
+            + diffusers_text
+            + f". Hot cache (sources read once before each trial), a fresh process per trial, {trials} trials "
+            "alternated, every trial starting after `sync`. Times are the median (min-max) of the operation "
+            "alone (imports excluded); peak anon is the peak `RssAnon` above the post-import baseline. "
+            "Output goes to the same ext4 disk as the source. Only ckptkit's fsync rows flush to disk; "
+            "`cp`, huggingface_hub and diffusers do not fsync.",
+            "",
+            markdown_table(rows),
+            "",
+            *_verdicts(medians),
+            "",
+            NOTES,
+        ]
+    )
 
 
 def _write_doc(section: str) -> None:
@@ -221,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--size", default="2GiB", help="size of the generated checkpoint")
+    parser.add_argument("--data", type=Path, default=DATA, help="where generated data goes")
     parser.add_argument("--skip-diffusers", action="store_true", help="leave out the diffusers round trip")
     parser.add_argument("--no-doc", action="store_true", help="print the section instead of writing the doc")
     args = parser.parse_args(argv)
@@ -230,64 +300,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from ckptkit.format.sizes import parse_size
 
-    total = parse_size(args.size)
-    print("preparing data ...", flush=True)
-    realistic = make_realistic_checkpoint(
-        DATA / f"realistic-{args.size}", total_bytes=total, shard_size="500MB"
+    body = run(
+        trials=args.trials,
+        data_dir=args.data,
+        total_bytes=parse_size(args.size),
+        diffusers=not args.skip_diffusers,
     )
-    diffusers_dir = None if args.skip_diffusers else make_diffusers_checkpoint(DATA / "pixart-like-bf16")
-    out = DATA / "resave-out"
-    out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
-    results = run_alternating(_contenders(realistic, diffusers_dir, out), trials=args.trials, env=env)
-    rows = summarize(results)
-    nbytes = _dir_bytes(realistic)
-    dbytes = _dir_bytes(diffusers_dir) if diffusers_dir else 0
-    for row in rows:
-        size = dbytes if row["contender"].startswith("[diffusers") else nbytes
-        if "median_s" in row:
-            row["GB/s"] = size / row["median_s"] / 1e9
-    by_name = {row["contender"]: row for row in rows}
     command = f"python -m benchmarks.bench_resave --trials {args.trials} --size {args.size}" + (
         " --skip-diffusers" if args.skip_diffusers else ""
     )
-    shards = len(list(realistic.glob("*.safetensors")))
-    section = "\n".join(
-        [
-            "## Resave",
-            "",
-            f"Command: `{command}` — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-            f"Machine: {machine_info()}.",
-            "The machine was shared with other jobs (other benchmark and test runs) while this ran, so "
-            "absolute times are noisy; compare ratios within this table only.",
-            "",
-            f"Data: generated bf16 checkpoint, {nbytes / 2**30:.2f} GiB in {shards} shards of 500 MB "
-            "(transformers layout: one 188 MiB embedding, 18-72 MiB matrices, hundreds of tiny norms)"
-            + (
-                f"; diffusers PixArt-like transformer, {dbytes / 2**30:.2f} GiB bf16, saved by `save_pretrained` at 500 MB."
-                if dbytes
-                else "."
-            )
-            + f" Hot cache (sources read once before each trial), a fresh process per trial, {args.trials} trials "
-            "alternated, every trial starting after `sync`. Times are the median (min-max) of the operation "
-            "alone (imports excluded); peak anon is the median peak `RssAnon` above the post-import baseline. "
-            "Output is written to the same ext4 disk as the source. Only ckptkit's fsync rows flush to disk; "
-            "`cp`, huggingface_hub and diffusers do not fsync.",
-            "",
-            markdown_table(rows),
-            "",
-            *_verdicts(by_name),
-            "",
-            NOTES,
-        ]
-    )
-    if args.no_doc:
-        print(section)
-    else:
+    section = f"## {TITLE}\n\nCommand: `{command}`\n\nMachine: {machine_info()}\n\n{body}\n"
+    print(section)
+    if not args.no_doc:
         _write_doc(section)
-        print(section)
-        print(f"\nwritten to {DOC}")
-    shutil.rmtree(out, ignore_errors=True)
+        print(f"written to {DOC}")
     return 0
 
 
