@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.components import MODEL_INDEX_NAME
 from ckptkit.format.dtypes import canonical_dtype
 from ckptkit.format.layout import IGNORED_DIRS, discover_weight_sets
@@ -166,6 +167,12 @@ def _plan_jobs(
                 if discover_weight_sets(component):
                     ckpt = resolve_local(component, subfolder=None, **options)  # type: ignore[arg-type]
                     jobs.append(_job(component.name, ckpt, variant, weights_name, dtype))
+            if not jobs:
+                raise CheckpointNotFoundError(
+                    "pipeline directory with no component holding weights",
+                    path=local,
+                    fix="check that the component folders (vae/, transformer/, ...) were downloaded",
+                )
             return local, jobs
         if local.is_file():
             ckpt = resolve_ckpt_dir(local, subfolder=subfolder, **options)  # type: ignore[arg-type]

@@ -123,6 +123,17 @@ def test_broken_sources_raise_typed_errors_and_write_nothing(layout_copy, tmp_pa
     assert not [p for p in tmp_path.iterdir() if ".ckptkit-" in p.name]
 
 
+def test_pipeline_without_weights_is_refused(tmp_path):
+    from ckptkit import CheckpointNotFoundError
+
+    pipeline = tmp_path / "pipe"
+    (pipeline / "scheduler").mkdir(parents=True)
+    (pipeline / "model_index.json").write_text('{"_class_name": "X", "scheduler": ["diffusers", "S"]}')
+    with pytest.raises(CheckpointNotFoundError, match="no component"):
+        resave(pipeline, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_inside_source_is_refused(layout_copy):
     directory = layout_copy("t5_single")
     with pytest.raises(ValueError, match="inside"):
