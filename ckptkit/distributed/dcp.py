@@ -116,7 +116,7 @@ def _lazy_save_planner_class() -> type:
         """Plans from meta tensors; reads each tensor from its file only when DCP writes it."""
 
         def __init__(self, entries: dict[str, CheckpointEntry]) -> None:
-            super().__init__(dedup_replicated_tensors=False)
+            super().__init__()
             self.entries = entries
             self.fds: dict[Path, int] = {}
 
@@ -233,12 +233,14 @@ def dcp_to_safetensors(
         try:
             for batch in _batches(list(keys), lambda n: layout.location[n].tensors[n].nbytes, limit):
                 state = {keys[n]: torch.empty(shapes[n], dtype=stored[n]) for n in batch}
-                dcp.load(
-                    state,
-                    storage_reader=dcp.FileSystemReader(os.fspath(dcp_dir)),
-                    planner=DefaultLoadPlanner(allow_partial_load=True),
-                    no_dist=True,
-                )
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+                    dcp.load(
+                        state,
+                        storage_reader=dcp.FileSystemReader(os.fspath(dcp_dir)),
+                        planner=DefaultLoadPlanner(allow_partial_load=True),
+                        no_dist=True,
+                    )
                 for n in batch:
                     shard = layout.location[n]
                     fd = fds.get(shard.filename)
