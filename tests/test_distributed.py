@@ -161,6 +161,47 @@ def test_save_refuses_non_empty_destination_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # our own dcp.load below, no_dist
+def test_dcp_round_trip_in_one_process(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    from transformers import LlamaForCausalLM
+
+    from ckptkit.distributed import safetensors_to_dcp
+
+    ckpt = save_tiny_llama(tmp_path / "ckpt")
+    reference = load_reference(ckpt)
+    safetensors_to_dcp(ckpt, tmp_path / "dcp", prefix="model.")
+    # torch's own loader reads it into a {"model": state_dict} training state
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(tiny_llama_config())
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=os.fspath(tmp_path / "dcp"), no_dist=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    back = dcp_to_safetensors(
+        tmp_path / "dcp", tmp_path / "back", prefix="model.", max_shard_size=None, dtype="bf16"
+    )
+    assert [p.name for p in back.weight_files] == ["model.safetensors"]
+    for key, value in load_file(back.weight_files[0]).items():
+        assert value.dtype == torch.bfloat16
+        assert torch.equal(value, reference[key].bfloat16()), key
+    with pytest.raises(CorruptCheckpointError, match=r"model\."):
+        dcp_to_safetensors(tmp_path / "dcp", tmp_path / "none", prefix="optim.")
+    assert not (tmp_path / "none").exists()
+
+
+def test_torch_file_checkpoint_is_read_by_boxes(tmp_path):
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 4))
+    (tmp_path / "bin").mkdir()
+    torch.save(source.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    target = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 4))
+    result = load_sharded_distributed(tmp_path / "bin", target)
+    assert result.bytes_read == sum(t.numel() * 4 for t in source.state_dict().values())
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]), key
+
+
 def test_dcp_to_safetensors_names_a_missing_dcp_directory(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match=r"\.metadata"):
         dcp_to_safetensors(tmp_path, tmp_path / "out")

@@ -87,13 +87,18 @@ def safetensors_to_dcp(
     mine = _share(entries, group.rank, group.size)
     meta = {k: torch.empty(entries[k].shape, dtype=entries[k].dtype, device="meta") for k in mine}
     planner = _LazySavePlanner({k: entries[k] for k in mine})
-    dcp.save(
-        meta,
-        storage_writer=dcp.FileSystemWriter(os.fspath(dcp_dir), single_file_per_rank=False),
-        planner=planner,
-        process_group=process_group,
-        no_dist=group.dist is None,
-    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.save(
+                meta,
+                storage_writer=dcp.FileSystemWriter(os.fspath(dcp_dir), single_file_per_rank=False),
+                planner=planner,
+                process_group=process_group,
+                no_dist=group.dist is None,
+            )
+    finally:
+        planner.close()
     return Path(dcp_dir)
 
 
@@ -125,7 +130,7 @@ def _lazy_save_planner_class() -> type:
                 return super().resolve_data(write_item)
             return _read_whole(self.entries[write_item.index.fqn], self.fds)
 
-        def __del__(self) -> None:
+        def close(self) -> None:
             for fd in self.fds.values():
                 os.close(fd)
             self.fds.clear()
