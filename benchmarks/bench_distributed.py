@@ -34,6 +34,8 @@ from pathlib import Path
 
 CKPT = Path(os.environ.get("CKPTKIT_BENCH_DIR", "/tmp/ckptkit-bench")) / "dist-2gib"
 CONTENDERS = ("ckptkit", "full_clone", "full_mmap", "rank0_bcast")
+#: ``--replicated``: every parameter ``Replicate()``; each rank reads it all vs rank 0 reads and broadcasts.
+REPLICATED = ("replicated_read", "replicated_bcast")
 HIDDEN, KV, FFN, VOCAB, LAYERS, TINY = 4096, 1024, 11008, 32000, 5, 40
 
 
@@ -98,6 +100,28 @@ def build_model(mesh):
     return root
 
 
+def build_replicated_model(mesh):
+    """The same tree with every parameter a ``Replicate()`` DTensor (allocated, untouched)."""
+    import torch
+    from torch.distributed.tensor import DTensor, Replicate
+
+    from ckptkit.format import read_header
+
+    root = torch.nn.Module()
+    for shard in sorted(CKPT.glob("*.safetensors")):
+        for name, info in read_header(shard).tensors.items():
+            *path, leaf = name.split(".")
+            module = root
+            for part in path:
+                if not hasattr(module, part):
+                    module.add_module(part, torch.nn.Module())
+                module = getattr(module, part)
+            local = torch.empty(info.shape, dtype=torch.bfloat16)
+            tensor = DTensor.from_local(local, mesh, [Replicate()], run_check=False)
+            module.register_parameter(leaf, torch.nn.Parameter(tensor))
+    return root
+
+
 class Sampler(threading.Thread):
     """Peak RssAnon / RssFile (MiB) above the values at start, sampled every 2 ms."""
 
@@ -144,15 +168,21 @@ def worker(rank: int, world: int, contender: str, store: str, out: str) -> None:
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(minutes=10)
     )
     mesh = init_device_mesh("cpu", (world,))
-    model = build_model(mesh)
+    model = build_replicated_model(mesh) if contender in REPLICATED else build_model(mesh)
     files = sorted(CKPT.glob("*.safetensors"))
     dist.barrier()
     sampler = Sampler()
     sampler.start()
     start = time.perf_counter()
     read = 0
-    if contender == "ckptkit":
+    if contender == "ckptkit" or contender == "replicated_read":
         read = load_sharded_distributed(CKPT, model).bytes_read
+    elif contender == "replicated_bcast":
+        if rank == 0:
+            read = load_sharded_distributed(CKPT, model).bytes_read
+        with torch.no_grad():
+            for param in model.parameters():
+                dist.broadcast(param.to_local(), src=0)
     else:
         full: dict[str, torch.Tensor] = {}
         if contender != "rank0_bcast" or rank == 0:
@@ -212,7 +242,10 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--replicated", action="store_true", help="compare read-by-every-rank with broadcast")
     args = parser.parse_args()
+    if args.replicated:
+        args.contenders = list(REPLICATED)
     make_checkpoint(CKPT)
     total = sum(p.stat().st_size for p in CKPT.glob("*.safetensors"))
     results: dict[tuple[str, int], list[dict]] = {}
@@ -251,10 +284,10 @@ def main() -> None:
     print(table)
     print("checksums agree:", len(checks) == 1, checks)
     if args.write_docs:
-        write_docs(table, total, args)
+        write_docs(table, total, args, replicated=args.replicated)
 
 
-def write_docs(table: str, total: int, args: argparse.Namespace) -> None:
+def write_docs(table: str, total: int, args: argparse.Namespace, *, replicated: bool) -> None:
     import safetensors
     import torch
 
@@ -282,6 +315,31 @@ compare ratios within one row group, not absolute times. torch {torch.__version_
 """
     docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
     text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    if replicated:
+        # appended under the main table: replicated params, read by every rank vs broadcast from rank 0
+        marker = "### Replicated parameters: read vs broadcast"
+        block = f"""{marker}
+
+Every parameter `Replicate()` (a {total / 2**30:.2f} GiB model on every rank): `replicated_read` =
+`load_sharded_distributed` on every rank (each reads the whole file from the page cache);
+`replicated_bcast` = rank 0 reads, then `dist.broadcast` of each tensor over gloo. Same protocol.
+
+{table}
+
+Command: `python benchmarks/bench_distributed.py --replicated --trials {args.trials} --ranks {" ".join(map(str, args.ranks))} --write-docs`
+({time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}).
+"""
+        if marker in text:
+            head, _, rest = text.partition(marker)
+            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
+            text = head + block.rstrip() + "\n" + tail
+        else:
+            head, sep, rest = text.partition("## Distributed")
+            nxt = rest.find("\n## ")
+            body, tail = (rest, "") if nxt < 0 else (rest[:nxt], rest[nxt:])
+            text = head + sep + body.rstrip() + "\n\n" + block.rstrip() + "\n" + tail
+        docs.write_text(text)
+        return
     if "## Distributed" in text:
         head, _, rest = text.partition("## Distributed")
         tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
