@@ -213,7 +213,8 @@ def trial(contender: str, world: int) -> dict:
         "file": max(r["RssFile"] for r in ranks),
         "anon_sum": sum(r["RssAnon"] for r in ranks),
         "read": max(r["read"] for r in ranks),
-        "check": sum(r["check"] for r in ranks),
+        # replicated parameters are summed once per rank
+        "check": sum(r["check"] for r in ranks) / (world if contender in REPLICATED else 1),
     }
 
 
@@ -259,6 +260,8 @@ def main() -> None:
                     "full_clone": 1.5 * world,
                     "full_mmap": 1.2 * world,
                     "rank0_bcast": 2.5,
+                    "replicated_read": 1.2 * world,
+                    "replicated_bcast": 1.2 * world,
                 }
                 if need[contender] * total > available() * 0.8:
                     print(
