@@ -16,13 +16,26 @@ _EXPORTS = {
     "CheckpointDir": "ckptkit.checkpoint",
     "CheckpointInfo": "ckptkit.inspect",
     "inspect_checkpoint": "ckptkit.inspect",
+    "MemoryPlan": "ckptkit.plan",
+    "plan_memory": "ckptkit.plan",
+    "VerifyReport": "ckptkit.verify",
+    "verify_checkpoint": "ckptkit.verify",
+    "write_manifest": "ckptkit.checksums",
     "parse_size": "ckptkit.format.sizes",
+    "DevicePlan": "ckptkit.placement_plan",
+    "PlacementResult": "ckptkit.placement",
+    "infer_device_map": "ckptkit.placement",
+    "load_with_device_map": "ckptkit.placement",
+    "plan_device_map": "ckptkit.placement_plan",
+    "materialize": "ckptkit.materialize",
+    "resave": "ckptkit.resave",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
     "CkptWarning": "ckptkit.errors",
     "CorruptCheckpointError": "ckptkit.errors",
+    "DestinationExistsError": "ckptkit.errors",
     "IncompleteCheckpointError": "ckptkit.errors",
     "UnsafeCheckpointError": "ckptkit.errors",
     "VariantNotFoundError": "ckptkit.errors",
@@ -32,19 +45,27 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
     from ckptkit.checkpoint import CheckpointDir
+    from ckptkit.checksums import write_manifest
     from ckptkit.errors import (
         AmbiguousCheckpointError,
         CheckpointNotFoundError,
         CkptError,
         CkptWarning,
         CorruptCheckpointError,
+        DestinationExistsError,
         IncompleteCheckpointError,
         UnsafeCheckpointError,
         VariantNotFoundError,
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.materialize import materialize
+    from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
+    from ckptkit.placement_plan import DevicePlan, plan_device_map
+    from ckptkit.plan import MemoryPlan, plan_memory
+    from ckptkit.resave import resave
     from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.verify import VerifyReport, verify_checkpoint
 
 
 def __getattr__(name: str) -> Any:
