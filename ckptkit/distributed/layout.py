@@ -4,22 +4,23 @@ Every rank computes the same layout from the same list of tensors, so each one k
 byte goes before any is written. The rules are those of transformers / huggingface_hub
 ``split_state_dict_into_shards_factory``: tensors are taken in key order and a new shard starts when
 the next tensor would push the current one past ``max_shard_size``; a tensor larger than that gets a
-shard of its own. Inside a file, tensors are ordered by element size (largest first), then name, and
-the JSON header is padded with spaces to a multiple of 8 bytes, so every tensor starts aligned to its
-element size, as safetensors itself writes them.
+shard of its own. Inside a file, tensors are ordered as safetensors orders them (dtype alignment
+descending, then name) and the JSON header is padded with spaces to a multiple of 8 bytes. The
+splitting, header and index rules are those of :mod:`ckptkit.io.writer` (the streaming shard writer),
+used here so that both writers lay out files identically.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import struct
 from dataclasses import dataclass, field
 
 from ckptkit.format.dtypes import DTYPES
-from ckptkit.format.naming import index_filename, weights_filename
+from ckptkit.format.naming import index_filename
 from ckptkit.format.safetensors_header import TensorInfo
 from ckptkit.format.sizes import parse_size
+from ckptkit.io.writer import PlannedShard, PlannedTensor, build_header, plan_shards
 
 __all__ = ["ShardFile", "ShardLayout", "TensorSpec", "plan_layout"]
 
@@ -90,6 +91,10 @@ class ShardLayout:
         weight_map = {name: shard.filename for shard in self.files for name in shard.tensors}
         return {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
 
+    def index_bytes(self) -> bytes:
+        """The index file's bytes, as :func:`ckptkit.io.writer.index_bytes` writes them."""
+        return (json.dumps(self.index_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
 
 def plan_layout(
     tensors: list[TensorSpec],
@@ -121,52 +126,28 @@ def plan_layout(
     """
     limit = None if max_shard_size is None else parse_size(max_shard_size)
     seen: set[str] = set()
-    groups: list[list[TensorSpec]] = []
-    current: list[TensorSpec] = []
-    current_size = total = 0
+    planned = []
     for spec in tensors:
         if spec.name in seen:
             raise ValueError(f"tensor {spec.name!r} is listed twice")
         seen.add(spec.name)
-        size = spec.nbytes
-        total += size
-        if limit is not None and size > limit:
-            groups.append([spec])
-            continue
-        if limit is not None and current and current_size + size > limit:
-            groups.append(current)
-            current, current_size = [], 0
-        current.append(spec)
-        current_size += size
-    if current or not groups:
-        groups.append(current)
-
+        planned.append(PlannedTensor(spec.name, spec.dtype, spec.shape, spec.nbytes))
+    shards = plan_shards(planned, max_shard_size=limit, weights_name=weights_name, variant=variant)
     file_metadata = {**(metadata or {}), "format": "pt"}
-    count = len(groups)
-    files = [
-        _shard_file(
-            weights_filename(weights_name, variant=variant, shard=(number, count) if count > 1 else None),
-            group,
-            file_metadata,
-        )
-        for number, group in enumerate(groups, start=1)
-    ]
-    index_name = index_filename(weights_name, variant=variant) if count > 1 else None
-    layout = ShardLayout(files=files, index_name=index_name, total_size=total)
+    files = [_shard_file(shard, file_metadata) for shard in shards]
+    index_name = index_filename(weights_name, variant=variant) if len(shards) > 1 else None
+    layout = ShardLayout(files=files, index_name=index_name, total_size=sum(s.nbytes for s in shards))
     layout.location = {name: shard for shard in files for name in shard.tensors}
     return layout
 
 
-def _shard_file(filename: str, group: list[TensorSpec], metadata: dict[str, str]) -> ShardFile:
-    ordered = sorted(group, key=lambda s: (-DTYPES[s.dtype].bits, s.name))
-    entries: dict[str, object] = {"__metadata__": metadata}
+def _shard_file(shard: PlannedShard, metadata: dict[str, str]) -> ShardFile:
+    header, ordered = build_header(shard.tensors, metadata)
     infos: dict[str, TensorInfo] = {}
     offset = 0
-    for spec in ordered:
-        end = offset + spec.nbytes
-        infos[spec.name] = TensorInfo(spec.name, spec.dtype, spec.shape, offset, end)
-        entries[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, end]}
-        offset = end
-    text = json.dumps(entries, separators=(",", ":")).encode()
-    text += b" " * (-(8 + len(text)) % 8)
-    return ShardFile(filename=filename, header=struct.pack("<Q", len(text)) + text, tensors=infos)
+    for tensor in ordered:
+        infos[tensor.name] = TensorInfo(
+            tensor.name, tensor.dtype, tensor.shape, offset, offset + tensor.nbytes
+        )
+        offset += tensor.nbytes
+    return ShardFile(filename=shard.filename, header=header, tensors=infos)

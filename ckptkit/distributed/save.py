@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -284,9 +283,7 @@ def _finish(
     save_config: bool,
 ) -> None:
     if layout.index_name is not None:
-        (tmp / layout.index_name).write_text(
-            json.dumps(layout.index_json(), indent=2, sort_keys=False) + "\n"
-        )
+        (tmp / layout.index_name).write_bytes(layout.index_bytes())
     if save_config and model is not None:
         _write_config(model, tmp)
     _fsync_dir(tmp)
