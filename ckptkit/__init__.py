@@ -16,6 +16,8 @@ _EXPORTS = {
     "CheckpointDir": "ckptkit.checkpoint",
     "CheckpointInfo": "ckptkit.inspect",
     "inspect_checkpoint": "ckptkit.inspect",
+    "LoadResult": "ckptkit.load",
+    "load_sharded": "ckptkit.load",
     "parse_size": "ckptkit.format.sizes",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.load import LoadResult, load_sharded
     from ckptkit.resolve import resolve_ckpt_dir
 
 
