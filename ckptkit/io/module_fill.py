@@ -48,6 +48,7 @@ class ModuleSlots:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        _tie_declared_weights(module)
         self._slots: dict[str, _Slot] = {}
         self._tensor: dict[str, torch.Tensor] = {}
         by_id: dict[int, str] = {}
@@ -135,3 +136,13 @@ class ModuleSlots:
                 owner._buffers[name] = value
         for alias in self.aliases(key):
             self._tensor[alias] = value
+
+
+def _tie_declared_weights(module: nn.Module) -> None:
+    # transformers models declare tied weights (T5's embed_tokens = shared) and tie them in
+    # ``tie_weights()``; a model built under ``init_empty_weights`` comes untied. Tying first makes
+    # the aliases one tensor, so filling one fills both, as ``from_pretrained`` does. It links
+    # parameters and copies no data.
+    tie = getattr(module, "tie_weights", None)
+    if callable(tie) and hasattr(module, "_tied_weights_keys"):
+        tie()
