@@ -94,7 +94,9 @@ def make_tiny_tensors_file(path: str | os.PathLike[str], n: int = 5000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(1)
     tensors = {
-        f"lora.{i // 2}.{'down' if i % 2 else 'up'}.weight": torch.rand(32, 32, generator=generator).to(torch.bfloat16)
+        f"lora.{i // 2}.{'down' if i % 2 else 'up'}.weight": torch.rand(32, 32, generator=generator).to(
+            torch.bfloat16
+        )
         for i in range(n)
     }
     tmp = path.with_suffix(".tmp")

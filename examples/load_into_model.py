@@ -48,7 +48,9 @@ def main() -> None:
         ids = torch.tensor([[1, 5, 7, 2]])
         reference = T5EncoderModel.from_pretrained(directory).eval()
         with torch.no_grad():
-            same = torch.allclose(model.eval()(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state)
+            same = torch.allclose(
+                model.eval()(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state
+            )
         print("same outputs as from_pretrained:", same)
         if not same:
             raise SystemExit(1)

@@ -29,7 +29,9 @@ def _assert_no_meta(model: nn.Module) -> None:
     assert not [n for n, p in model.named_parameters() if p.is_meta]
 
 
-def _assert_same_model(got: nn.Module, want: nn.Module, got_out: torch.Tensor, want_out: torch.Tensor) -> None:
+def _assert_same_model(
+    got: nn.Module, want: nn.Module, got_out: torch.Tensor, want_out: torch.Tensor
+) -> None:
     """Bit-identical weights, and outputs equal up to float rounding: kernels may take another
     path for the same values in differently laid-out memory (from_pretrained keeps file-mapped
     tensors; cloning them makes the outputs bit-identical too)."""
@@ -53,7 +55,10 @@ def test_meta_t5_matches_from_pretrained(layouts, layout):
     ids = torch.tensor([[1, 5, 7, 9, 2]])
     with torch.no_grad():
         _assert_same_model(
-            model, reference, model(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state
+            model,
+            reference,
+            model(input_ids=ids).last_hidden_state,
+            reference(input_ids=ids).last_hidden_state,
         )
 
 
@@ -79,7 +84,9 @@ def test_meta_vae_fp16_variant_matches_from_pretrained(layouts):
     model = _meta_diffusers(AutoencoderKL, directory)
     load_sharded(directory, model=model, variant="fp16")
     reference = AutoencoderKL.from_pretrained(directory, variant="fp16", torch_dtype=torch.float16)
-    for (name, got), (_, want) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+    for (name, got), (_, want) in zip(
+        model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
         assert got.dtype == want.dtype == torch.float16, name
         assert torch.equal(got, want), name
 
@@ -166,7 +173,10 @@ def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
 
 
 def test_strict_lists_missing_and_unexpected_and_touches_nothing(tmp_path):
-    save_file({"a.weight": torch.ones(2, 2), "a.bias": torch.ones(2), "c": torch.ones(1)}, tmp_path / "model.safetensors")
+    save_file(
+        {"a.weight": torch.ones(2, 2), "a.bias": torch.ones(2), "c": torch.ones(1)},
+        tmp_path / "model.safetensors",
+    )
     model = _Small()
     before = _snapshot(model)
     with pytest.raises(CkptError, match=r"1 missing keys \['b'\], 1 unexpected keys \['c'\]"):
@@ -186,7 +196,10 @@ def test_strict_with_strip_prefixes(tmp_path):
 
 
 def test_shape_mismatch_raises_before_touching(tmp_path):
-    save_file({"a.weight": torch.ones(3, 2), "a.bias": torch.ones(2), "b": torch.ones(3)}, tmp_path / "model.safetensors")
+    save_file(
+        {"a.weight": torch.ones(3, 2), "a.bias": torch.ones(2), "b": torch.ones(3)},
+        tmp_path / "model.safetensors",
+    )
     model = _Small()
     before = _snapshot(model)
     with pytest.raises(CkptError, match=r"a\.weight: checkpoint \(3, 2\) vs model \(2, 2\)"):

@@ -17,7 +17,7 @@ def test_prefix_keeps_and_strips():
 
 
 def test_collisions_are_refused():
-    with pytest.raises(AmbiguousCheckpointError, match="'module.w' and 'w' both become 'w'"):
+    with pytest.raises(AmbiguousCheckpointError, match=r"'module.w' and 'w' both become 'w'"):
         select_keys(["module.w", "w"], strip_prefixes="module.")
 
 

@@ -29,7 +29,9 @@ def _targets(header, dtype=None):
     return {
         name: torch.empty(
             info.shape,
-            dtype=dtype if dtype is not None and to_torch_dtype(info.dtype).is_floating_point else to_torch_dtype(info.dtype),
+            dtype=dtype
+            if dtype is not None and to_torch_dtype(info.dtype).is_floating_point
+            else to_torch_dtype(info.dtype),
         )
         for name, info in header.tensors.items()
     }
@@ -60,7 +62,7 @@ def test_file_shrunk_after_header_is_named(mixed_file):
     header = read_header(mixed_file)
     mixed_file.write_bytes(mixed_file.read_bytes()[:-100])
     out = _targets(header)
-    with pytest.raises(CorruptCheckpointError, match="mixed.safetensors.*ended"):
+    with pytest.raises(CorruptCheckpointError, match=r"mixed.safetensors.*ended"):
         read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()])
 
 
