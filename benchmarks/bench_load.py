@@ -282,9 +282,11 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
     model_bytes = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
     shards = _shards(ckpt)
     sections = []
+    medians: dict[str, dict[str, float]] = {}
 
     def table(title: str, results: dict, base: str, note: str) -> None:
         rows = summarize(results)
+        medians[title] = {r["contender"]: r["median_s"] for r in rows if "median_s" in r}
         _ratios(rows, base, label=f"speedup_vs_{base}")
         sections.append(f"### {title}\n\n{note}\n\n{markdown_table(_mib(rows))}\n")
 
@@ -329,6 +331,8 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
         before_each=lambda _: warm_cache([*shards, diffusers_dir]),
     )
     rows = summarize(model)
+    raw = {"hot": hot, "cold": cold, "tiny": tiny_results, "model": model, "model_bytes": model_bytes}
+    (data_dir / "load_results.json").write_text(json.dumps(raw, indent=1))
     for row in rows:
         if "median_anon_bytes" in row:
             row["anon_vs_model_bytes"] = row["median_anon_bytes"] / model_bytes
@@ -342,7 +346,48 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
         "zero-copy time alone.\n\n"
         f"{markdown_table(_mib(rows))}\n"
     )
+    anon = {r["contender"]: r.get("median_anon_bytes", 0) / model_bytes for r in rows}
+    sections.insert(0, _targets(medians, anon))
     return "\n".join(sections)
+
+
+def _targets(medians: dict[str, dict[str, float]], anon: dict[str, float]) -> str:
+    """The issue's targets, met or not, from this run's medians."""
+    hot = medians.get("Materialized dict, hot cache", {})
+    cold = medians.get("Materialized dict, cold cache", {})
+
+    def ratio(table: dict[str, float], a: str, b: str) -> float:
+        return table[a] / table[b] if table.get(a) and table.get(b) else float("nan")
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    speedup = ratio(hot, "st_load_file+clone", "ckptkit")
+    vs_cat = ratio(hot, "ckptkit", "cat_floor")
+    vs_memcpy = ratio(hot, "ckptkit", "memcpy_floor")
+    vs_dd = ratio(cold, "dd_floor", "ckptkit")
+    lines = [
+        "### Targets (this run, medians)",
+        "",
+        f"- hot, materialized: {speedup:.2f}x faster than safetensors `load_file`+clone (target >= 1.5x: "
+        f"{mark(speedup >= 1.5)}); {vs_cat:.2f}x the `cat` floor (target <= 1.5x: {mark(vs_cat <= 1.5)}); "
+        f"{vs_memcpy:.2f}x a plain memcpy of the same bytes into fresh memory.",
+        f"- cold, materialized: {vs_dd:.2f}x `dd` throughput (target >= 0.8x: {mark(vs_dd >= 0.8)}).",
+        f"- into a meta model: peak anonymous RSS {anon.get('ckptkit', float('nan')):.3f}x the model's bytes "
+        f"(target <= 1.05x: {mark(anon.get('ckptkit', 9.0) <= 1.05)}).",
+        "",
+        "Every private load writes each byte into freshly allocated memory, and on this VM the kernel's "
+        "first-touch page faults dominate: the memcpy floor (a single `clone()` of the same byte count, no "
+        "file I/O at all) is itself several times slower than `cat`, which copies into one reused buffer. "
+        "No private-memory loader can beat that floor; ckptkit's reads go straight into the destination "
+        "(no second copy, no file-backed detour), so its distance from it is the overhead left. "
+        "Hugepages (`MADV_HUGEPAGE`) cut the faults 512x when free 2 MiB pages exist but stall in "
+        "compaction when memory is fragmented (measured 0.2 s to 3.6 s for the same load), so they are not used.",
+        "The 2-core VM was shared with other sessions during the run (load average above), hence the wide "
+        "min/max; compare ratios within a table.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
