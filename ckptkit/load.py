@@ -152,6 +152,12 @@ def load_sharded(
             unwrap=unwrap,
             progress=progress,
         )
+    if prefix and isinstance(result, dict) and not result:
+        warnings.warn(
+            f"{checkpoint.path}: no key starts with prefix {prefix!r}; nothing was loaded",
+            CkptWarning,
+            stacklevel=2,
+        )
     logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
     return result
 

@@ -374,3 +374,9 @@ def test_prefix_opens_only_needed_shards(tmp_path):
     assert set(got) == {"conv.weight", "conv.bias"}
     with pytest.raises(CorruptCheckpointError, match="model-00002-of-00002"):
         load_sharded(tmp_path / "c")
+
+
+@pytest.mark.parametrize("layout", ["t5_sharded", "t5_bin"])
+def test_prefix_matching_nothing_warns(layouts, layout):
+    with pytest.warns(CkptWarning, match="no key starts with prefix 'vae.'"):
+        assert load_sharded(layouts[layout], prefix="vae.") == {}

@@ -75,11 +75,12 @@ def load_torch_weights(
 
     for path in files:
         check_torch_file(path)
+    where = files[0].parent if files else None
     slots = ModuleSlots(model) if model is not None else None
     result: LoadResult | None = None
     if slots is not None and index_keys is not None:
         keys = [k for path in files for k in index_keys.get(path, [])]
-        result = plan_module_keys(slots, select(keys), strict=strict, where=files[0].parent)
+        result = plan_module_keys(slots, select(keys), strict=strict, where=where)
     out: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
     states: list[tuple[Path, KeySelection, dict[str, torch.Tensor]]] = []
@@ -107,7 +108,7 @@ def load_torch_weights(
         merged = KeySelection()
         for _, selection, _ in states:
             merged.update(selection)
-        result = plan_module_keys(slots, merged, strict=strict, where=files[0].parent)
+        result = plan_module_keys(slots, merged, strict=strict, where=where)
         for path, selection, state in states:
             _fill(slots, selection, state, path, device, dtype, seen)
     return result
