@@ -79,7 +79,7 @@ def machine_info() -> str:
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- nproc: {_command(['nproc'])}; uname -m: {_command(['uname', '-m'])}; "
         f"Python {platform.python_version()}",
-        f"- load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+        f"- load average (1, 5, 15 min) when written: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
         if Path("/proc/loadavg").exists()
         else "- load average: unknown",
         f"- packages: {versions}",
