@@ -21,6 +21,8 @@ _EXPORTS = {
     "VerifyReport": "ckptkit.verify",
     "verify_checkpoint": "ckptkit.verify",
     "write_manifest": "ckptkit.checksums",
+    "LoadResult": "ckptkit.load",
+    "load_sharded": "ckptkit.load",
     "parse_size": "ckptkit.format.sizes",
     "DevicePlan": "ckptkit.placement_plan",
     "PlacementResult": "ckptkit.placement",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.load import LoadResult, load_sharded
     from ckptkit.materialize import materialize
     from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
     from ckptkit.placement_plan import DevicePlan, plan_device_map

@@ -9,6 +9,7 @@ import torch
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
+from ckptkit.io.buffers import raw_bytes
 
 __all__ = ["read_into", "read_tensor", "to_torch_dtype"]
 
@@ -62,8 +63,7 @@ def read_tensor(
     stored = to_torch_dtype(info.dtype)
     out = torch.empty(info.shape, dtype=stored)
     if info.nbytes:
-        flat = out.reshape(-1).view(torch.uint8).numpy()
-        read_into(fd, header.data_start + info.begin, memoryview(flat).cast("B"), header.path)  # type: ignore[arg-type]
+        read_into(fd, header.data_start + info.begin, raw_bytes(out), header.path)
     if dtype is not None and dtype != stored and stored.is_floating_point:
         out = out.to(dtype)
     return out

@@ -1,0 +1,76 @@
+"""Choosing and renaming checkpoint keys: ``prefix=`` and ``strip_prefixes=`` (no I/O here)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from ckptkit.errors import AmbiguousCheckpointError
+
+__all__ = ["WRAPPER_PREFIXES", "KeySelection", "select_keys"]
+
+#: Prefixes training wrappers add: DDP/DataParallel, ``torch.compile``, FSDP.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+class KeySelection(dict[str, str]):
+    """Output key -> key in the checkpoint, in checkpoint order."""
+
+    @property
+    def source_keys(self) -> set[str]:
+        return set(self.values())
+
+
+def _strip(key: str, prefixes: Sequence[str]) -> str:
+    # Wrappers nest ("module._orig_mod.x"), so strip until no prefix matches.
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if prefix and key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def select_keys(
+    keys: Iterable[str],
+    *,
+    prefix: str | None = None,
+    strip_prefixes: Sequence[str] | str | None = None,
+    where: str | os.PathLike[str] | None = None,
+) -> KeySelection:
+    """Which checkpoint keys to load, and under which names.
+
+    ``strip_prefixes`` is applied first (repeatedly, so nested wrappers all go), then ``prefix``
+    keeps only the keys under it and removes it.
+
+    Args:
+        keys: the checkpoint's keys.
+        prefix: keep keys starting with this (``"vae."``) and strip it.
+        strip_prefixes: wrapper prefixes to remove where present (``("module.", "_orig_mod.")``).
+        where: the checkpoint, for messages.
+
+    Raises:
+        AmbiguousCheckpointError: two checkpoint keys end up with the same name.
+
+    Example:
+        >>> dict(select_keys(["module.vae.a", "module.t5.b"], prefix="vae.", strip_prefixes=["module."]))
+        {'a': 'module.vae.a'}
+    """
+    prefixes = (strip_prefixes,) if isinstance(strip_prefixes, str) else tuple(strip_prefixes or ())
+    selection = KeySelection()
+    for key in keys:
+        name = _strip(key, prefixes) if prefixes else key
+        if prefix:
+            if not name.startswith(prefix):
+                continue
+            name = name[len(prefix) :]
+        if name in selection:
+            raise AmbiguousCheckpointError(
+                f"keys {selection[name]!r} and {key!r} both become {name!r} after removing prefixes",
+                path=where,
+                fix="pass a narrower prefix= or fewer strip_prefixes",
+            )
+        selection[name] = key
+    return selection

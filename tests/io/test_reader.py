@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ckptkit import CorruptCheckpointError
+from ckptkit.format.safetensors_header import read_header
+from ckptkit.io import reader
+from ckptkit.io.buffers import raw_bytes
+from ckptkit.io.reader import TensorRead, read_tensors
+from ckptkit.io.tensors import to_torch_dtype
+
+
+@pytest.fixture
+def mixed_file(tmp_path):
+    torch.manual_seed(0)
+    tensors = {f"tiny.{i}": torch.randn(7) for i in range(50)}
+    tensors["big"] = torch.randn(300, 70).to(torch.bfloat16)
+    tensors["ints"] = torch.arange(1000, dtype=torch.int64)
+    tensors["empty"] = torch.empty(0, 3)
+    tensors["scalar"] = torch.tensor(3.5)
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, path)
+    return path
+
+
+def _targets(header, dtype=None):
+    return {
+        name: torch.empty(
+            info.shape,
+            dtype=dtype
+            if dtype is not None and to_torch_dtype(info.dtype).is_floating_point
+            else to_torch_dtype(info.dtype),
+        )
+        for name, info in header.tensors.items()
+    }
+
+
+@pytest.mark.parametrize("chunk", [reader.CHUNK_BYTES, 256, 6])
+@pytest.mark.parametrize("threads", [1, 4])
+def test_batched_and_chunked_reads_match(mixed_file, monkeypatch, chunk, threads):
+    monkeypatch.setattr(reader, "CHUNK_BYTES", chunk)
+    header = read_header(mixed_file)
+    out = _targets(header)
+    read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=threads)
+    want = load_file(mixed_file)
+    assert all(torch.equal(out[k], v) and out[k].dtype == v.dtype for k, v in want.items())
+
+
+def test_staged_cast_matches(mixed_file, monkeypatch):
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 64)
+    header = read_header(mixed_file)
+    out = _targets(header, torch.float64)
+    read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=3)
+    for key, value in load_file(mixed_file).items():
+        want = value.double() if value.dtype.is_floating_point else value
+        assert out[key].dtype == want.dtype and torch.equal(out[key], want), key
+
+
+def test_file_shrunk_after_header_is_named(mixed_file):
+    header = read_header(mixed_file)
+    mixed_file.write_bytes(mixed_file.read_bytes()[:-100])
+    out = _targets(header)
+    with pytest.raises(CorruptCheckpointError, match=r"mixed.safetensors.*ended"):
+        read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()])
+
+
+def test_wrong_target_size_is_refused(mixed_file):
+    header = read_header(mixed_file)
+    with pytest.raises(Exception, match="elements"):
+        read_tensors([TensorRead(header, header.tensors["big"], torch.empty(3, dtype=torch.bfloat16))])
+
+
+def test_raw_bytes_views_any_dtype():
+    t = torch.zeros(3, dtype=torch.bfloat16)
+    view = raw_bytes(t)
+    assert len(view) == 6
+    view[0:2] = torch.tensor([2.0], dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes()
+    assert t[0].item() == 2.0
