@@ -28,7 +28,7 @@ _EXPORTS = {
     "VariantNotFoundError": "ckptkit.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
     from ckptkit.checkpoint import CheckpointDir

@@ -59,13 +59,12 @@ def _print_info(info: Any, indent: str = "") -> None:
         mark = "*" if weight_set.selected else " "
         missing = f"  MISSING {len(weight_set.missing)}" if weight_set.missing else ""
         print(f"{indent}  {mark} {weight_set.label:<60} variant={weight_set.variant or 'default'}{missing}")
-    if info.selected:
-        if info.tensor_count is not None:
-            dtypes = ", ".join(f"{code} {format_size(n)}" for code, n in info.bytes_by_dtype.items())
-            print(
-                f"{indent}  tensors {info.tensor_count:,}  parameters {info.parameter_count:,}  "
-                f"bytes {format_size(info.total_bytes or 0)}  ({dtypes})"
-            )
+    if info.selected and info.tensor_count is not None:
+        dtypes = ", ".join(f"{code} {format_size(n)}" for code, n in info.bytes_by_dtype.items())
+        print(
+            f"{indent}  tensors {info.tensor_count:,}  parameters {info.parameter_count:,}  "
+            f"bytes {format_size(info.total_bytes or 0)}  ({dtypes})"
+        )
     if info.variants:
         print(f"{indent}  variants: {', '.join(info.variants)}")
     total = sum(f.size or 0 for f in info.files)

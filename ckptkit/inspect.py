@@ -9,10 +9,13 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
-from ckptkit.format.layout import discover_weight_sets, select_weight_set
+from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
+from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
@@ -122,7 +125,7 @@ def inspect_checkpoint(
     spec: str | os.PathLike[str],
     *,
     variant: str | None = None,
-    **resolve_kwargs: object,
+    **resolve_kwargs: Any,
 ) -> CheckpointInfo:
     """Describe a checkpoint: files, weight sets, tensors, parameters, dtypes, links, problems.
 
@@ -145,7 +148,9 @@ def inspect_checkpoint(
     if not (path.exists() or path.is_symlink()):
         from ckptkit.resolve import resolve_ckpt_dir
 
-        resolved = resolve_ckpt_dir(spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs)  # type: ignore[arg-type]
+        resolved = resolve_ckpt_dir(
+            spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs
+        )  # type: ignore[arg-type]
         path, root = resolved.path, resolved.root
     elif subfolder:
         path = path / str(subfolder)
@@ -155,10 +160,19 @@ def inspect_checkpoint(
     return _inspect_dir(path, root or path, variant=variant, selected_file=selected_file)
 
 
-def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_file: Path | None) -> CheckpointInfo:
+def _inspect_dir(
+    directory: Path,
+    root: Path,
+    *,
+    variant: str | None,
+    selected_file: Path | None,
+    is_component: bool = False,
+) -> CheckpointInfo:
     info = CheckpointInfo(path=str(directory))
     if not directory.is_dir():
-        info.problems.append(Problem("error", "CheckpointNotFoundError", str(directory), f"{directory}: no such directory"))
+        info.problems.append(
+            Problem("error", "CheckpointNotFoundError", str(directory), f"{directory}: no such directory")
+        )
         return info
     info.files = _list_files(directory, root, info.problems)
     components = read_model_index(directory) if (directory / "model_index.json").is_file() else None
@@ -167,7 +181,9 @@ def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_f
             info.component_classes[component.name] = [component.library, component.class_name]
             sub = directory / component.name
             if sub.is_dir():
-                info.components[component.name] = _inspect_dir(sub, root, variant=variant, selected_file=None)
+                info.components[component.name] = _inspect_dir(
+                    sub, root, variant=variant, selected_file=None, is_component=True
+                )
     try:
         sets = discover_weight_sets(directory)
     except CkptError as exc:
@@ -175,9 +191,12 @@ def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_f
         return info
     info.variants = sorted({s.variant or "default" for s in sets}, key=lambda v: (v != "default", v))
     if not sets:
-        if components is None:
+        # Schedulers and tokenizers hold no weights; a model directory (config.json) must.
+        if components is None and (not is_component or (directory / "config.json").is_file()):
             info.problems.append(
-                Problem("error", "CheckpointNotFoundError", str(directory), f"{directory}: no weights files here")
+                Problem(
+                    "error", "CheckpointNotFoundError", str(directory), f"{directory}: no weights files here"
+                )
             )
         return info
     chosen = None
@@ -211,11 +230,16 @@ def _inspect_dir(directory: Path, root: Path, *, variant: str | None, selected_f
     return info
 
 
-def _describe_selected(info: CheckpointInfo, chosen) -> None:  # type: ignore[no-untyped-def]
+def _describe_selected(info: CheckpointInfo, chosen: WeightSet) -> None:
     check = check_weight_set(chosen)
     info.problems.extend(Problem.from_error(e) for e in check.errors)
-    info.problems.extend(Problem("warning", "warning", str(chosen.index_file or chosen.directory), w) for w in check.warnings)
-    if chosen.format != "safetensors" or not check.headers:
+    info.problems.extend(
+        Problem("warning", "warning", str(chosen.index_file or chosen.directory), w) for w in check.warnings
+    )
+    if chosen.format == "torch":
+        _describe_torch(info, chosen)
+        return
+    if not check.headers:
         return
     tensors = [t for header in check.headers.values() for t in header.tensors.values()]
     info.tensor_count = len(tensors)
@@ -226,6 +250,41 @@ def _describe_selected(info: CheckpointInfo, chosen) -> None:  # type: ignore[no
         by_dtype[tensor.dtype] += tensor.nbytes
     info.bytes_by_dtype = dict(sorted(by_dtype.items()))
     info.metadata = next(iter(check.headers.values())).metadata
+
+
+def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
+    # Counted from the pickle alone; storages shared by tied weights are counted once in bytes.
+    codes = {d.name: d.code for d in DTYPES.values()}
+    entries: list[TorchTensorEntry] = []
+    for path in chosen.files:
+        try:
+            scanned = scan_torch_file(path)
+        except CkptError as exc:
+            info.problems.append(Problem.from_error(exc))
+            return
+        if scanned is None:
+            info.problems.append(
+                Problem(
+                    "warning",
+                    "warning",
+                    str(path),
+                    f"{path}: pre-1.6 torch format; contents need torch to list",
+                )
+            )
+            return
+        entries.extend(scanned.values())
+    by_dtype: Counter[str] = Counter()
+    seen: set[tuple[str, str]] = set()
+    for entry in entries:
+        code = codes.get(entry.dtype, entry.dtype)
+        storage = (code, entry.storage_key)
+        if storage not in seen:
+            seen.add(storage)
+            by_dtype[code] += entry.storage_numel * (DTYPES[code].bits // 8 if code in DTYPES else 0)
+    info.tensor_count = len(entries)
+    info.parameter_count = sum(e.numel for e in entries)
+    info.bytes_by_dtype = dict(sorted(by_dtype.items()))
+    info.total_bytes = sum(by_dtype.values())
 
 
 def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[FileEntry]:
@@ -244,11 +303,21 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
                 outside = os.path.commonpath([real, real_root]) != real_root
                 if size is None:
                     problems.append(
-                        Problem("error", "IncompleteCheckpointError", str(full), f"{full}: link to {target!r} dangles")
+                        Problem(
+                            "error",
+                            "IncompleteCheckpointError",
+                            str(full),
+                            f"{full}: link to {target!r} dangles",
+                        )
                     )
                 elif outside:
                     problems.append(
-                        Problem("warning", "warning", str(full), f"{full}: links outside the checkpoint, to {real}")
+                        Problem(
+                            "warning",
+                            "warning",
+                            str(full),
+                            f"{full}: links outside the checkpoint, to {real}",
+                        )
                     )
             if filename.endswith(".incomplete"):
                 problems.append(

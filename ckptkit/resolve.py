@@ -113,9 +113,7 @@ def resolve_local(
     selection.weight_set.raise_if_unusable()
     if selection.warning:
         warnings.warn(selection.warning, CkptWarning, stacklevel=3)
-    return CheckpointDir.from_selection(
-        path, selection, subfolder=subfolder, root=root or path, **origin
-    )
+    return CheckpointDir.from_selection(path, selection, subfolder=subfolder, root=root or path, **origin)
 
 
 def _resolve_file(path: Path, *, variant: str | None, root: Path | None, **origin: object) -> CheckpointDir:
@@ -139,7 +137,9 @@ def _resolve_file(path: Path, *, variant: str | None, root: Path | None, **origi
                     path.parent, Selection(weight_set, variant), root=root or path.parent, **origin
                 )
     single = WeightSet(path.parent, parsed.stem, parsed.format, parsed.variant, [path])
-    return CheckpointDir.from_selection(path.parent, Selection(single, variant), root=root or path.parent, **origin)
+    return CheckpointDir.from_selection(
+        path.parent, Selection(single, variant), root=root or path.parent, **origin
+    )
 
 
 def _components_hint(directory: Path) -> str | None:

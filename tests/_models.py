@@ -19,8 +19,14 @@ def build_t5(seed: int = 0):
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0,
+        vocab_size=99,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
     )
     return T5EncoderModel(config).eval()
 
@@ -30,10 +36,14 @@ def build_vae(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3,
+        in_channels=3,
+        out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
         sample_size=16,
     ).eval()
 
@@ -43,8 +53,16 @@ def build_pixart(seed: int = 0):
 
     torch.manual_seed(seed)
     return PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-        cross_attention_dim=16, caption_channels=32, sample_size=8, patch_size=2, norm_num_groups=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        cross_attention_dim=16,
+        caption_channels=32,
+        sample_size=8,
+        patch_size=2,
+        norm_num_groups=4,
     ).eval()
 
 
@@ -81,7 +99,9 @@ def save_layouts(root: Path) -> dict[str, Path]:
     out["t5_fp16_only"] = root / "t5_fp16_only"
     build_t5().half().save_pretrained(out["t5_fp16_only"], max_shard_size="20KB", variant="fp16")
     out["t5_bin"] = root / "t5_bin"
-    t5.save_pretrained(out["t5_bin"], safe_serialization=False) if _transformers_saves_bin() else _save_bin(t5, out["t5_bin"])
+    t5.save_pretrained(out["t5_bin"], safe_serialization=False) if _transformers_saves_bin() else _save_bin(
+        t5, out["t5_bin"]
+    )
 
     out["vae_variants"] = root / "vae_variants"
     vae.save_pretrained(out["vae_variants"], max_shard_size="50KB")
@@ -100,7 +120,9 @@ def save_layouts(root: Path) -> dict[str, Path]:
     build_vae().half().save_pretrained(pipeline / "vae", max_shard_size="50KB", variant="fp16")
     pixart.save_pretrained(pipeline / "transformer")
     (pipeline / "scheduler").mkdir()
-    (pipeline / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DPMSolverMultistepScheduler"}))
+    (pipeline / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DPMSolverMultistepScheduler"})
+    )
     (pipeline / "model_index.json").write_text(
         json.dumps(
             {

@@ -58,6 +58,10 @@ def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | Non
         if isinstance(value, list) and len(value) == 2:
             library, class_name = value
             components.append(
-                Component(key, library if isinstance(library, str) else None, class_name if isinstance(class_name, str) else None)
+                Component(
+                    key,
+                    library if isinstance(library, str) else None,
+                    class_name if isinstance(class_name, str) else None,
+                )
             )
     return components

@@ -55,6 +55,8 @@ class WeightSet:
         scheme: ``"legacy"`` when the variant shards use the legacy naming, else ``"current"``.
         missing: files the set needs that do not exist (shards an index names, gaps in numbering).
         errors: what made the set unreadable (a bad index), kept as errors to raise on use.
+        stray: shard-named files of the same name and variant that the index does not list
+            (left over from an earlier save); never loaded.
     """
 
     directory: Path
@@ -67,6 +69,7 @@ class WeightSet:
     missing: list[Path] = field(default_factory=list)
     errors: list[CkptError] = field(default_factory=list)
     index: ShardIndex | None = field(default=None, repr=False)
+    stray: list[Path] = field(default_factory=list)
 
     @property
     def sharded(self) -> bool:
@@ -102,7 +105,11 @@ class WeightSet:
             )
 
     def mtime(self) -> float:
-        stamps = [p.stat().st_mtime for p in [*self.files, *([self.index_file] if self.index_file else [])] if p.exists()]
+        stamps = [
+            p.stat().st_mtime
+            for p in [*self.files, *([self.index_file] if self.index_file else [])]
+            if p.exists()
+        ]
         return max(stamps, default=0.0)
 
 
@@ -113,10 +120,14 @@ def _walk_files(directory: Path) -> list[Path]:
         raise CheckpointNotFoundError("directory does not exist", path=directory) from None
     except NotADirectoryError:
         raise CheckpointNotFoundError("is not a directory", path=directory) from None
-    return [Path(e.path) for e in entries if not e.is_dir() or (e.is_symlink() and not os.path.exists(e.path))]
+    return [
+        Path(e.path) for e in entries if not e.is_dir() or (e.is_symlink() and not os.path.exists(e.path))
+    ]
 
 
-def discover_weight_sets(directory: str | os.PathLike[str], *, files: Iterable[Path] | None = None) -> list[WeightSet]:
+def discover_weight_sets(
+    directory: str | os.PathLike[str], *, files: Iterable[Path] | None = None
+) -> list[WeightSet]:
     """Find every weight set directly inside ``directory`` (not in subfolders).
 
     Never raises for a damaged set: its problems are kept in ``WeightSet.missing`` / ``.errors``.
@@ -171,6 +182,20 @@ def discover_weight_sets(directory: str | os.PathLike[str], *, files: Iterable[P
         parsed_file = parse_weight_filename(name)
         if parsed_file is None:
             continue
+        owner = next(
+            (
+                s
+                for s in sets
+                if s.index_file is not None
+                and parsed_file.shard is not None
+                and (s.name, s.variant, s.format)
+                == (parsed_file.stem, parsed_file.variant, parsed_file.format)
+            ),
+            None,
+        )
+        if owner is not None:
+            owner.stray.append(path)
+            continue
         if parsed_file.shard is None:
             sets.append(
                 WeightSet(directory, parsed_file.stem, parsed_file.format, parsed_file.variant, [path])
@@ -178,7 +203,7 @@ def discover_weight_sets(directory: str | os.PathLike[str], *, files: Iterable[P
             continue
         key = (parsed_file.stem, parsed_file.ext, parsed_file.variant, parsed_file.shard[1])
         groups.setdefault(key, []).append((parsed_file.shard[0], path))
-    for (stem, ext, variant, count), members in groups.items():
+    for (stem, _ext, variant, count), members in groups.items():
         present = dict(members)
         example = members[0][1].name
         weight_set = WeightSet(

@@ -128,9 +128,7 @@ def parse_weight_filename(name: str) -> WeightFileName | None:
     for pattern, scheme in ((_SHARD_CURRENT, "current"), (_SHARD_LEGACY, "legacy")):
         match = pattern.match(name)
         if match and _variant_allowed(match["stem"], match["variant"]):
-            return WeightFileName(
-                match["stem"], match["ext"], match["variant"], _shard(match), scheme
-            )
+            return WeightFileName(match["stem"], match["ext"], match["variant"], _shard(match), scheme)
     match = _SHARD_PLAIN.match(name)
     if match:
         return WeightFileName(match["stem"], match["ext"], None, _shard(match))

@@ -167,7 +167,9 @@ def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: i
     except DuplicateKeyError as dup:
         raise CorruptCheckpointError(f"header names {dup.key!r} twice", path=path) from None
     except UnicodeDecodeError as exc:
-        raise CorruptCheckpointError(f"header is not UTF-8 ({exc.reason} at byte {exc.start})", path=path) from None
+        raise CorruptCheckpointError(
+            f"header is not UTF-8 ({exc.reason} at byte {exc.start})", path=path
+        ) from None
     except (ValueError, RecursionError) as exc:
         raise CorruptCheckpointError(f"header is not valid JSON ({exc})", path=path) from None
     if not isinstance(parsed, dict):

@@ -59,6 +59,12 @@ def check_weight_set(weight_set: WeightSet) -> WeightSetCheck:
             weight_set.raise_if_unusable()
         except CkptError as exc:
             check.errors.append(exc)
+    if weight_set.stray:
+        names = ", ".join(p.name for p in weight_set.stray)
+        check.warnings.append(
+            f"{weight_set.index_file}: shard files the index does not list are ignored: {names} "
+            "(left over from an earlier save? delete them)"
+        )
     if weight_set.format != "safetensors":
         return check
     for path in weight_set.files:
@@ -89,8 +95,8 @@ def _check_keys(check: WeightSetCheck) -> None:
         return
     for name, shard in index.weight_map.items():
         shard_path = index.directory / shard
-        header = check.headers.get(shard_path)
-        if header is not None and name not in header.tensors:
+        shard_header = check.headers.get(shard_path)
+        if shard_header is not None and name not in shard_header.tensors:
             check.errors.append(
                 CorruptCheckpointError(
                     f"index says tensor {name!r} is in {shard}, but that shard does not hold it",

@@ -62,10 +62,8 @@ def read_tensor(
     stored = to_torch_dtype(info.dtype)
     out = torch.empty(info.shape, dtype=stored)
     if info.nbytes:
-        view = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.dim() else memoryview(
-            out.reshape(1).view(torch.uint8).numpy()
-        )
-        read_into(fd, header.data_start + info.begin, view.cast("B"), header.path)
+        flat = out.reshape(-1).view(torch.uint8).numpy()
+        read_into(fd, header.data_start + info.begin, memoryview(flat).cast("B"), header.path)  # type: ignore[arg-type]
     if dtype is not None and dtype != stored and stored.is_floating_point:
         out = out.to(dtype)
     return out

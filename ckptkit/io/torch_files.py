@@ -64,7 +64,9 @@ def find_wrappers(obj: Any) -> list[str]:
     return [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
 
 
-def unwrap_state_dict(obj: Any, unwrap: str | bool | None, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(
+    obj: Any, unwrap: str | bool | None, path: str | os.PathLike[str]
+) -> dict[str, torch.Tensor]:
     """The tensors of a loaded torch file, unwrapping ``{"state_dict": ...}`` only when asked.
 
     Args:
