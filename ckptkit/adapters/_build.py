@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -13,6 +14,7 @@ from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.io.tensors import to_torch_dtype
 
 __all__ = [
+    "assign_state_dict",
     "choose_dtype",
     "fill_model",
     "keep_in_fp32_matcher",
@@ -38,7 +40,9 @@ def user_dtype(torch_dtype: object, dtype: object) -> torch.dtype | str | None:
     return to_torch_dtype(value)
 
 
-def choose_dtype(ckpt: CheckpointDir, requested: torch.dtype | str | None, default: torch.dtype | None) -> torch.dtype | None:
+def choose_dtype(
+    ckpt: CheckpointDir, requested: torch.dtype | str | None, default: torch.dtype | None
+) -> torch.dtype | None:
     """The dtype to load in: the user's; else the variant-fallback cast; else the library default.
 
     ``default`` ``None`` means "as stored" (transformers' ``"auto"`` without a config dtype).
@@ -104,14 +108,7 @@ def fill_model(
     if needs_split:
         _cast(model, dtype, keep_fp32)  # type: ignore[arg-type]
     _tie(model, tied or {})
-    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise CorruptCheckpointError(
-            f"the checkpoint lacks {len(missing)} tensors the model needs: {shown}",
-            path=ckpt.index_file or (ckpt.weight_files[0] if ckpt.weight_files else ckpt.path),
-            fix="check that config.json and the weights belong to the same model",
-        )
+    _raise_missing(model, ckpt.index_file or (ckpt.weight_files[0] if ckpt.weight_files else ckpt.path))
     if unexpected:
         warnings.warn(
             f"{ckpt.path}: {len(unexpected)} tensors in the checkpoint are not used by "
@@ -121,7 +118,9 @@ def fill_model(
         )
 
 
-def _read_into(model: torch.nn.Module, ckpt: CheckpointDir, *, dtype: torch.dtype | None, device: torch.device) -> list[str]:
+def _read_into(
+    model: torch.nn.Module, ckpt: CheckpointDir, *, dtype: torch.dtype | None, device: torch.device
+) -> list[str]:
     """Read the checkpoint into the model; returns the unexpected keys.
 
     This is ckptkit's ``load_sharded(ckpt, model=model, dtype=dtype, device=device, strict=False)``
@@ -141,7 +140,9 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype, keep_fp32: Callable[[str],
             module_name, _, leaf = name.rpartition(".")
             module = model.get_submodule(module_name)
             if leaf in module._parameters:
-                module._parameters[leaf] = torch.nn.Parameter(tensor.data.to(target), requires_grad=tensor.requires_grad)
+                module._parameters[leaf] = torch.nn.Parameter(
+                    tensor.data.to(target), requires_grad=tensor.requires_grad
+                )
             else:
                 module._buffers[leaf] = tensor.to(target)
 
@@ -170,3 +171,36 @@ def place_model(model: torch.nn.Module, device_map: object, dtype: torch.dtype |
     logger.info("dispatching %s over %s", type(model).__name__, device_map)
     return dispatch_model(model, device_map=device_map)  # type: ignore[arg-type]
 
+
+def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, path: object) -> None:
+    """Put ``state`` into a meta-device ``model`` (``assign``: the tensors become the parameters).
+
+    Raises:
+        CorruptCheckpointError: shapes differ, or the model keeps tensors the state dict lacks.
+    """
+    from ckptkit.adapters._read import assign_tensor
+
+    slots = {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
+    where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
+    unexpected = [k for k in state if k not in slots]
+    for name in [k for k in state if k in slots]:
+        assign_tensor(model, name, state.pop(name), path=where)
+    _tie(model, {})
+    _raise_missing(model, where)
+    if unexpected:
+        warnings.warn(
+            f"{where}: {len(unexpected)} tensors are not used by {type(model).__name__}: {', '.join(unexpected[:5])}",
+            CkptWarning,
+            stacklevel=3,
+        )
+
+
+def _raise_missing(model: torch.nn.Module, where: str | os.PathLike[str]) -> None:
+    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CorruptCheckpointError(
+            f"the checkpoint lacks {len(missing)} tensors the model needs: {shown}",
+            path=where,
+            fix="check that the config and the weights belong to the same model",
+        )

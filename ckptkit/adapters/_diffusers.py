@@ -25,7 +25,10 @@ from ckptkit.format.components import CONFIG_NAME
 __all__ = ["diffusers_class", "load_diffusers_model"]
 
 #: diffusers' own remapping of the legacy ``Transformer2DModel`` name, by ``norm_type``.
-LEGACY_TRANSFORMER_2D = {"ada_norm_single": "PixArtTransformer2DModel", "ada_norm_zero": "DiTTransformer2DModel"}
+LEGACY_TRANSFORMER_2D = {
+    "ada_norm_single": "PixArtTransformer2DModel",
+    "ada_norm_zero": "DiTTransformer2DModel",
+}
 
 
 def diffusers_class(config: dict[str, Any], *, path: Path, accept: Callable[[str], bool], what: str) -> type:
@@ -70,14 +73,20 @@ def load_diffusers_model(
     device_map: object,
     hub: dict[str, Any],
     config_overrides: dict[str, Any],
+    model_class: type | None = None,
 ) -> torch.nn.Module:
-    """Resolve, build on meta, fill and place one diffusers model (see :func:`ckptkit.adapters.load_vae`)."""
+    """Resolve, build on meta, fill and place one diffusers model (see :func:`ckptkit.adapters.load_vae`).
+
+    Args:
+        model_class: build this ``ConfigMixin`` class instead of the one ``config.json`` names (a
+            project's own class, such as Wan's ``WanModel``).
+    """
     from accelerate import init_empty_weights
 
     request = ComponentRequest(spec, subfolder, component, classes, variant, variant_fallback, hub)
     ckpt = resolve_component(request)
     config = read_config(ckpt)
-    cls = diffusers_class(config, path=Path(ckpt.path) / CONFIG_NAME, accept=accept, what=what)
+    cls = model_class or diffusers_class(config, path=Path(ckpt.path) / CONFIG_NAME, accept=accept, what=what)
     requested = user_dtype(torch_dtype, dtype)
     if requested == "auto":
         requested = None
@@ -86,8 +95,9 @@ def load_diffusers_model(
     keep = getattr(cls, "_keep_in_fp32_modules", None) if load_dtype != torch.float32 else None
 
     with init_empty_weights():
-        model = cls.from_config(config, **config_overrides)
+        model = cls.from_config(config, **config_overrides)  # type: ignore[attr-defined]
     read_device, dispatch_map = split_device_map(device_map)
     fill_model(model, ckpt, dtype=load_dtype, keep_fp32=keep_in_fp32_matcher(keep), device=read_device)
-    model.register_to_config(_name_or_path=os.fspath(spec))
+    if hasattr(model, "register_to_config"):
+        model.register_to_config(_name_or_path=os.fspath(spec))
     return place_model(model, dispatch_map, load_dtype).eval()

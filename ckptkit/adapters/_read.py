@@ -1,7 +1,7 @@
 """Reading a resolved checkpoint into a meta-device module.
 
-Stands in for ``load_sharded(ckpt, model=model, strict=False)`` (issue #3) until that verb is on
-main: it only walks the selected files and hands each tensor to :func:`ckptkit.io.tensors.read_tensor`
+Stands in for ``load_sharded(ckpt, model=model, strict=False)`` and
+``load_sharded(ckpt, prefix=..., dtype=...)`` (issue #3) until that verb is on main: it only walks the selected files and hands each tensor to :func:`ckptkit.io.tensors.read_tensor`
 or :func:`ckptkit.io.torch_files.load_torch_file`.
 """
 
@@ -17,7 +17,7 @@ from ckptkit.format.safetensors_header import read_header
 from ckptkit.io.tensors import read_tensor
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 
-__all__ = ["assign_tensor", "read_state_into"]
+__all__ = ["assign_tensor", "read_state_dict", "read_state_into"]
 
 
 def read_state_into(
@@ -53,7 +53,9 @@ def read_state_into(
     return unexpected
 
 
-def assign_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor, *, path: str | os.PathLike[str]) -> None:
+def assign_tensor(
+    model: torch.nn.Module, name: str, tensor: torch.Tensor, *, path: str | os.PathLike[str]
+) -> None:
     """Put ``tensor`` in the parameter or buffer slot ``name`` of ``model``, replacing it (``assign``).
 
     Raises:
@@ -70,6 +72,35 @@ def assign_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor, *, pa
         )
     if leaf in module._parameters:
         requires_grad = old.requires_grad if old is not None else False
-        module._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=requires_grad and tensor.is_floating_point())
+        module._parameters[leaf] = torch.nn.Parameter(
+            tensor, requires_grad=requires_grad and tensor.is_floating_point()
+        )
     else:
         module._buffers[leaf] = tensor
+
+
+def read_state_dict(
+    ckpt: CheckpointDir, *, prefix: str | None = None, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``ckpt`` (only those under ``prefix``, with it stripped), floating ones cast to ``dtype``."""
+    out: dict[str, torch.Tensor] = {}
+    for path in ckpt.weight_files:
+        if ckpt.format == "safetensors":
+            header = read_header(path)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for name, info in header.tensors.items():
+                    if prefix is None or name.startswith(prefix):
+                        out[name[len(prefix or "") :]] = read_tensor(fd, header, info, dtype=dtype)
+            finally:
+                os.close(fd)
+            continue
+        state = unwrap_state_dict(load_torch_file(path), None, path)
+        for name in list(state):
+            tensor = state.pop(name)
+            if prefix is not None and not name.startswith(prefix):
+                continue
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            out[name[len(prefix or "") :]] = tensor
+    return out

@@ -23,7 +23,7 @@ from ckptkit.format.components import CONFIG_NAME
 from ckptkit.format.safetensors_header import read_header
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["TOKENIZER_FILES", "load_t5", "load_tokenizer"]
 
@@ -50,7 +50,7 @@ def load_t5(
     with_tokenizer: bool = False,
     tokenizer_subfolder: str | None = None,
     **kwargs: Any,
-) -> PreTrainedModel | tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> Any:
     """Load a T5 or UMT5 text encoder the way ``T5EncoderModel.from_pretrained`` does, through ckptkit.
 
     The class comes from ``config.json`` (``model_type`` ``t5`` -> ``T5EncoderModel``, ``umt5`` ->
