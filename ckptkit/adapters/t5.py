@@ -16,7 +16,7 @@ from ckptkit.adapters._build import (
     split_device_map,
     user_dtype,
 )
-from ckptkit.adapters._component import ComponentRequest, resolve_component
+from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
 from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptkit.format.components import CONFIG_NAME
@@ -102,21 +102,16 @@ def load_t5(
         hub,
     )
     ckpt = resolve_component(request)
-    if not (Path(ckpt.path) / CONFIG_NAME).is_file():
-        raise CheckpointNotFoundError(
-            "no config.json beside the weights; the model cannot be built without it",
-            path=Path(ckpt.path) / CONFIG_NAME,
-            fix="point at the directory saved by save_pretrained (or pass subfolder=)",
-        )
-    config = transformers.AutoConfig.from_pretrained(ckpt.path, **kwargs)
-    class_name = ENCODER_CLASSES.get(config.model_type)
+    raw = read_config(ckpt)
+    class_name = ENCODER_CLASSES.get(str(raw.get("model_type")))
     if class_name is None:
         raise CorruptCheckpointError(
-            f"config.json describes a {config.model_type!r} model, not a T5 encoder "
-            f"({', '.join(ENCODER_CLASSES)})",
+            f"config.json describes a {raw.get('model_type') or raw.get('_class_name')!r} model, "
+            f"not a T5 encoder (model_type one of {', '.join(ENCODER_CLASSES)})",
             path=Path(ckpt.path) / CONFIG_NAME,
-            fix="use load_t5 on a T5/UMT5 text encoder",
+            fix="point load_t5 at a T5/UMT5 text encoder (pass subfolder='text_encoder' for a pipeline)",
         )
+    config = transformers.AutoConfig.from_pretrained(ckpt.path, **kwargs)
     cls = getattr(transformers, class_name)
     requested = user_dtype(torch_dtype, dtype)
     default = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else _stored_dtype(ckpt)
