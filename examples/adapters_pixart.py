@@ -21,7 +21,9 @@ from ckptkit.adapters import load_dit, load_t5, load_vae
 def build_pipeline(root: Path) -> None:
     torch.manual_seed(0)
     t5 = T5EncoderModel(
-        T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+        T5Config(
+            vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+        )
     )
     t5.save_pretrained(root / "text_encoder", max_shard_size="20KB")
     vae = AutoencoderKL(
@@ -64,7 +66,9 @@ def main() -> int:
         transformer = load_dit(root)
         for model in (text_encoder, vae, transformer):
             dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-            print(f"{type(model).__name__:<26} {sum(p.numel() for p in model.parameters()):>7} params  {dtypes}")
+            print(
+                f"{type(model).__name__:<26} {sum(p.numel() for p in model.parameters()):>7} params  {dtypes}"
+            )
 
         reference = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=torch.float16)
         for key, tensor in reference.state_dict().items():

@@ -51,7 +51,7 @@ def diffusers_class(config: dict[str, Any], *, path: Path, accept: Callable[[str
         )
     if not accept(name):  # type: ignore[arg-type]
         raise CorruptCheckpointError(
-            f"config.json describes a {name}, not a {what}",
+            f"config.json describes {name}, not the {what} this loader builds",
             path=path,
             fix=f"pass subfolder= the {what} folder",
         )

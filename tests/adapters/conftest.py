@@ -22,7 +22,9 @@ def more_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 
     out["wan_dit"] = root / "wan_dit"
     _models.build_wan_dit().save_pretrained(out["wan_dit"], max_shard_size="30KB")
-    _models.build_wan_dit().to(torch.bfloat16).save_pretrained(out["wan_dit"], max_shard_size="30KB", variant="bf16")
+    _models.build_wan_dit().to(torch.bfloat16).save_pretrained(
+        out["wan_dit"], max_shard_size="30KB", variant="bf16"
+    )
     out["wan_vae"] = root / "wan_vae"
     _models.build_wan_vae().save_pretrained(out["wan_vae"])
     out["ltx_dit"] = root / "ltx_dit"

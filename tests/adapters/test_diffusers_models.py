@@ -23,7 +23,9 @@ def run(model) -> torch.Tensor:
     dtype = model.dtype
     with torch.no_grad():
         if isinstance(model, AutoencoderKL):
-            return model.decode(model.encode(torch.randn(1, 3, 16, 16, dtype=dtype)).latent_dist.mode()).sample
+            return model.decode(
+                model.encode(torch.randn(1, 3, 16, 16, dtype=dtype)).latent_dist.mode()
+            ).sample
         if isinstance(model, (AutoencoderKLWan, AutoencoderKLLTXVideo)):
             video = torch.randn(1, 3, 5, 16, 16, dtype=dtype)
             return model.decode(model.encode(video).latent_dist.mode()).sample
@@ -36,7 +38,9 @@ def run(model) -> torch.Tensor:
             ).sample
         if isinstance(model, WanTransformer3DModel):
             return model(
-                torch.randn(1, 4, 2, 8, 8, dtype=dtype), torch.tensor([10]), torch.randn(1, 5, 16, dtype=dtype)
+                torch.randn(1, 4, 2, 8, 8, dtype=dtype),
+                torch.tensor([10]),
+                torch.randn(1, 5, 16, dtype=dtype),
             ).sample
         if isinstance(model, LTXVideoTransformer3DModel):
             return model(
@@ -145,7 +149,9 @@ def test_fp16_only_vae_falls_back_with_warning(more_layouts):
 def test_missing_variant_falls_back_cast(layouts):
     with pytest.warns(CkptWarning, match="variant 'fp16' was requested"):
         ours = load_dit(layouts["pipeline"], subfolder="transformer", variant="fp16")
-    reference = PixArtTransformer2DModel.from_pretrained(layouts["pipeline"], subfolder="transformer", dtype=torch.float16)
+    reference = PixArtTransformer2DModel.from_pretrained(
+        layouts["pipeline"], subfolder="transformer", dtype=torch.float16
+    )
     assert_same_model(ours, reference)
     with pytest.raises(VariantNotFoundError):
         load_dit(layouts["pipeline"], subfolder="transformer", variant="fp16", variant_fallback="error")
@@ -157,9 +163,9 @@ def test_config_overrides_pass_through(layouts):
 
 
 def test_wrong_component_is_a_typed_error(layouts, more_layouts):
-    with pytest.raises(CorruptCheckpointError, match="not a transformer"):
+    with pytest.raises(CorruptCheckpointError, match="not the transformer"):
         load_dit(layouts["vae_variants"])
-    with pytest.raises(CorruptCheckpointError, match="not a autoencoder|not an autoencoder"):
+    with pytest.raises(CorruptCheckpointError, match="not the autoencoder"):
         load_vae(layouts["pixart"])
 
 
@@ -175,5 +181,5 @@ def test_pipeline_without_the_component(layout_copy):
 def test_missing_config(layout_copy):
     directory = layout_copy("vae_variants")
     (directory / "config.json").unlink()
-    with pytest.raises(CheckpointNotFoundError, match="config.json"):
+    with pytest.raises(CheckpointNotFoundError, match=r"config\.json"):
         load_vae(directory)

@@ -117,7 +117,9 @@ def test_umt5_class_and_tokenizer_from_config(more_layouts):
     assert tokenizer("a red cat").input_ids == reference("a red cat").input_ids
 
 
-@pytest.mark.parametrize(("name", "cls"), [("pixart_pipeline", T5EncoderModel), ("wan_pipeline", UMT5EncoderModel)])
+@pytest.mark.parametrize(
+    ("name", "cls"), [("pixart_pipeline", T5EncoderModel), ("wan_pipeline", UMT5EncoderModel)]
+)
 def test_pipeline_picks_text_encoder_and_tokenizer(more_layouts, name, cls):
     ours, tokenizer = load_t5(more_layouts[name], with_tokenizer=True)
     assert_same_model(ours, cls.from_pretrained(more_layouts[name], subfolder="text_encoder"))

@@ -58,6 +58,10 @@ def shim_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     wan22.mkdir()
     torch.save(umt5.state_dict(), wan22 / "models_t5_umt5-xxl-enc-bf16.pth")
     torch.save(_models.build_wan_vae(seed=1).state_dict(), wan22 / "Wan2.2_VAE.pth")
-    _models.build_wan_dit(seed=2).to(torch.bfloat16).save_pretrained(wan22 / "low_noise_model", max_shard_size="30KB")
-    _models.build_wan_dit(seed=3).to(torch.bfloat16).save_pretrained(wan22 / "high_noise_model", max_shard_size="30KB")
+    _models.build_wan_dit(seed=2).to(torch.bfloat16).save_pretrained(
+        wan22 / "low_noise_model", max_shard_size="30KB"
+    )
+    _models.build_wan_dit(seed=3).to(torch.bfloat16).save_pretrained(
+        wan22 / "high_noise_model", max_shard_size="30KB"
+    )
     return out

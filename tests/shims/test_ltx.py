@@ -56,7 +56,10 @@ def test_single_file_configs_and_state_dicts(shim_layouts):
     assert {v.dtype for v in single.transformer_state_dict(dtype="bf16").values()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize(("name", "precision"), [("ltx_single", "bfloat16"), ("ltx_single", "float32"), ("ltx_single_bf16", "mixed")])
+@pytest.mark.parametrize(
+    ("name", "precision"),
+    [("ltx_single", "bfloat16"), ("ltx_single", "float32"), ("ltx_single_bf16", "mixed")],
+)
 def test_create_transformer_matches_ltx(shim_layouts, name, precision):
     path = shim_layouts[name]
     ours = create_transformer(str(path), precision, model_class=LTXVideoTransformer3DModel)

@@ -31,7 +31,10 @@ def test_wan21_parts(shim_layouts):
     assert list(parts.dit) == [""]
     assert parts.dit[""].index_file == root / "diffusion_pytorch_model.safetensors.index.json"
 
-    for ours, path in [(parts.t5_state_dict(), parts.t5_checkpoint), (parts.vae_state_dict(), parts.vae_checkpoint)]:
+    for ours, path in [
+        (parts.t5_state_dict(), parts.t5_checkpoint),
+        (parts.vae_state_dict(), parts.vae_checkpoint),
+    ]:
         expected = torch.load(path, map_location="cpu")  # what Wan does (without weights_only)
         assert ours.keys() == expected.keys()
         assert all(ours[k].dtype == v.dtype and torch.equal(ours[k], v) for k, v in expected.items())
@@ -76,7 +79,7 @@ def test_missing_parts_are_reported(shim_layouts, tmp_path):
     shutil.copytree(shim_layouts["wan21"], root)
     (root / "models_t5_umt5-xxl-enc-bf16.pth").unlink()
     parts = wan_checkpoint(root)
-    with pytest.raises(CheckpointNotFoundError, match="models_t5_umt5-xxl-enc-bf16.pth"):
+    with pytest.raises(CheckpointNotFoundError, match=r"models_t5_umt5-xxl-enc-bf16\.pth"):
         parts.t5_state_dict()
     with pytest.raises(CheckpointNotFoundError, match="is not a directory"):
         wan_checkpoint(tmp_path / "absent")
