@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -16,6 +17,7 @@ from ckptkit.io.tensors import to_torch_dtype
 __all__ = [
     "assign_state_dict",
     "choose_dtype",
+    "config_kwargs",
     "fill_model",
     "keep_in_fp32_matcher",
     "place_model",
@@ -24,6 +26,27 @@ __all__ = [
 ]
 
 logger = logging.getLogger("ckptkit")
+
+#: ``from_pretrained`` arguments about downloading or loading that ckptkit's own resolution and
+#: reading replace; they are accepted and not passed to the config.
+LOADER_ONLY_KWARGS = frozenset(
+    {
+        "use_safetensors",
+        "force_download",
+        "proxies",
+        "resume_download",
+        "output_loading_info",
+        "disable_mmap",
+        "mirror",
+        "offload_folder",
+        "offload_state_dict",
+        "offload_buffers",
+        "ignore_mismatched_sizes",
+        "weights_only",
+        "_fast_init",
+        "key_mapping",
+    }
+)
 
 #: ``device_map`` values that ask accelerate to plan the placement.
 PLANNED_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -38,6 +61,28 @@ def user_dtype(torch_dtype: object, dtype: object) -> torch.dtype | str | None:
     if value is None or value == "auto":
         return value  # type: ignore[return-value]
     return to_torch_dtype(value)
+
+
+def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``**kwargs`` of a ``from_pretrained`` call: (config overrides, loader options).
+
+    Loader options kept: ``max_memory`` (for ``device_map="auto"``). Quantization is refused rather
+    than silently ignored.
+
+    Raises:
+        ValueError: ``quantization_config`` was given.
+    """
+    if kwargs.get("quantization_config") is not None:
+        raise ValueError(
+            "ckptkit adapters do not quantize; call the library's from_pretrained for quantization_config"
+        )
+    loader = {
+        k: kwargs[k] for k in kwargs if k in LOADER_ONLY_KWARGS or k in ("max_memory", "quantization_config")
+    }
+    ignored = sorted(k for k in loader if k != "max_memory")
+    if ignored:
+        logger.info("ckptkit resolves and reads the weights itself; ignoring %s", ignored)
+    return {k: v for k, v in kwargs.items() if k not in loader}, loader
 
 
 def choose_dtype(
@@ -159,7 +204,9 @@ def _tie(model: torch.nn.Module, tied: dict[str, str]) -> None:
         tie()
 
 
-def place_model(model: torch.nn.Module, device_map: object, dtype: torch.dtype | None) -> torch.nn.Module:
+def place_model(
+    model: torch.nn.Module, device_map: object, dtype: torch.dtype | None, *, max_memory: object = None
+) -> torch.nn.Module:
     """Dispatch a filled model over devices with accelerate (``"auto"`` or a per-module dict)."""
     if device_map is None:
         return model
@@ -167,7 +214,12 @@ def place_model(model: torch.nn.Module, device_map: object, dtype: torch.dtype |
 
     if isinstance(device_map, str):
         no_split = getattr(model, "_no_split_modules", None) or []
-        device_map = infer_auto_device_map(model, no_split_module_classes=list(no_split), dtype=dtype)
+        device_map = infer_auto_device_map(
+            model,
+            max_memory=max_memory,
+            no_split_module_classes=list(no_split),
+            dtype=dtype,  # type: ignore[arg-type]
+        )
     logger.info("dispatching %s over %s", type(model).__name__, device_map)
     return dispatch_model(model, device_map=device_map)  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ import torch
 
 from ckptkit.adapters._build import (
     choose_dtype,
+    config_kwargs,
     fill_model,
     keep_in_fp32_matcher,
     place_model,
@@ -94,10 +95,11 @@ def load_diffusers_model(
     load_dtype = choose_dtype(ckpt, requested, torch.float32)
     keep = getattr(cls, "_keep_in_fp32_modules", None) if load_dtype != torch.float32 else None
 
+    overrides, loader = config_kwargs(config_overrides)
     with init_empty_weights():
-        model = cls.from_config(config, **config_overrides)  # type: ignore[attr-defined]
+        model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     read_device, dispatch_map = split_device_map(device_map)
     fill_model(model, ckpt, dtype=load_dtype, keep_fp32=keep_in_fp32_matcher(keep), device=read_device)
     if hasattr(model, "register_to_config"):
         model.register_to_config(_name_or_path=os.fspath(spec))
-    return place_model(model, dispatch_map, load_dtype).eval()
+    return place_model(model, dispatch_map, load_dtype, max_memory=loader.get("max_memory")).eval()

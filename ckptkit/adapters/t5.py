@@ -10,6 +10,7 @@ import torch
 
 from ckptkit.adapters._build import (
     choose_dtype,
+    config_kwargs,
     fill_model,
     keep_in_fp32_matcher,
     place_model,
@@ -72,12 +73,15 @@ def load_t5(
         with_tokenizer: also load the tokenizer and return ``(model, tokenizer)``.
         tokenizer_subfolder: where the tokenizer is (default: the model folder when it holds one,
             else the pipeline's ``tokenizer`` folder).
-        kwargs: passed to the config (``AutoConfig.from_pretrained(..., **kwargs)``).
+        kwargs: passed to the config (``AutoConfig.from_pretrained(..., **kwargs)``), except
+            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``force_download``, ...),
+            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
 
     Returns:
         The encoder in eval mode, or ``(encoder, tokenizer)``.
 
     Raises:
+        ValueError: ``quantization_config`` (not supported; use transformers for it).
         CheckpointNotFoundError: no weights or no config.json.
         VariantNotFoundError: the variant rules refuse.
         IncompleteCheckpointError, CorruptCheckpointError: missing shards, bad headers, weights that
@@ -111,7 +115,8 @@ def load_t5(
             path=Path(ckpt.path) / CONFIG_NAME,
             fix="point load_t5 at a T5/UMT5 text encoder (pass subfolder='text_encoder' for a pipeline)",
         )
-    config = transformers.AutoConfig.from_pretrained(ckpt.path, **kwargs)
+    overrides, loader = config_kwargs(kwargs)
+    config = transformers.AutoConfig.from_pretrained(ckpt.path, **overrides)
     cls = getattr(transformers, class_name)
     requested = user_dtype(torch_dtype, dtype)
     default = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else _stored_dtype(ckpt)
@@ -137,7 +142,7 @@ def load_t5(
     if load_dtype is not None:
         model.config.dtype = load_dtype
     model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
-    model = place_model(model, dispatch_map, load_dtype).eval()
+    model = place_model(model, dispatch_map, load_dtype, max_memory=loader.get("max_memory")).eval()
     if not with_tokenizer:
         return model
     return model, load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)

@@ -67,12 +67,15 @@ def load_vae(
         device_map: a device (``"cuda:0"``), ``"auto"`` or a module -> device dict (accelerate).
         low_cpu_mem_usage: accepted for compatibility; loading always goes through the meta device.
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"`` when the variant is missing.
-        kwargs: config overrides, passed to ``cls.from_config(config, **kwargs)``.
+        kwargs: config overrides, passed to ``cls.from_config(config, **kwargs)``, except
+            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``disable_mmap``, ...),
+            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
 
     Returns:
         The autoencoder in eval mode.
 
     Raises:
+        ValueError: ``quantization_config`` (not supported; use diffusers for it).
         CheckpointNotFoundError: no weights or no config.json.
         VariantNotFoundError: the variant rules refuse.
         IncompleteCheckpointError, CorruptCheckpointError: missing shards, bad headers, a config that

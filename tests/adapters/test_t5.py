@@ -184,3 +184,19 @@ def test_unused_tensors_warn(layout_copy):
         warnings.simplefilter("always")
         load_t5(directory)
     assert any(issubclass(w.category, CkptWarning) and "extra.weight" in str(w.message) for w in caught)
+
+
+def test_loader_options_are_accepted_not_put_in_the_config(layouts):
+    ours = load_t5(
+        layouts["t5_single"], use_safetensors=True, force_download=False, output_loading_info=False
+    )
+    assert not hasattr(ours.config, "use_safetensors")
+    with pytest.raises(ValueError, match="quantization_config"):
+        load_t5(layouts["t5_single"], quantization_config={"load_in_8bit": True})
+
+
+@pytest.mark.parametrize("device_map", ["auto", {"shared": "cpu", "encoder": "cpu"}])
+def test_planned_device_maps_dispatch_with_accelerate(layouts, device_map):
+    ours = load_t5(layouts["t5_single"], device_map=device_map)
+    assert set(ours.hf_device_map.values()) == {"cpu"}  # set by accelerate's dispatch_model
+    assert_same_model(ours, T5EncoderModel.from_pretrained(layouts["t5_single"]))
