@@ -135,8 +135,8 @@ def fill_model(
 ) -> None:
     """Fill a meta-device ``model`` from ``ckpt``, cast it, and tie its shared weights.
 
-    Tensors keep their stored dtype when ``dtype`` is ``None``; else floating tensors go to
-    ``dtype``, except those ``keep_fp32`` names, which go to float32.
+    Tensors keep their stored dtype when ``dtype`` is ``None``; else floating tensors are read at
+    ``dtype``, except those ``keep_fp32`` names, which are read at float32.
 
     Args:
         tied: target -> source parameter names that share storage (transformers' ``_tied_weights_keys``).
@@ -145,13 +145,19 @@ def fill_model(
         CorruptCheckpointError: a tensor's shape differs from the model's, or the checkpoint lacks
             tensors the model needs.
     """
-    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    needs_split = dtype is not None and any(keep_fp32(n) for n in names)
-    # One read at the final dtype when no module is kept in fp32; else read as stored and cast per
-    # tensor, so a kept module is never rounded through the lower dtype.
-    unexpected = _read_into(model, ckpt, dtype=None if needs_split else dtype, device=device)
-    if needs_split:
-        _cast(model, dtype, keep_fp32)  # type: ignore[arg-type]
+    unexpected = _read_into(model, ckpt, dtype=dtype, device=device)
+    kept = [n for n, t in _tensors(model) if keep_fp32(n) and t.is_floating_point() and not t.is_meta]
+    if dtype is not None and dtype != torch.float32 and kept:
+        # The kept modules were read at ``dtype`` with the rest; read them again from the file at
+        # float32 (exact, and only they), so nothing is rounded and no float32 copy of the model exists.
+        shell = _shell(model, kept)
+        _read_into(shell, ckpt, dtype=torch.float32, device=device)
+        for name in kept:
+            _put(
+                model,
+                name,
+                shell.get_parameter(name) if _is_parameter(shell, name) else shell.get_buffer(name),
+            )
     _tie(model, tied or {})
     _raise_missing(model, ckpt.index_file or (ckpt.weight_files[0] if ckpt.weight_files else ckpt.path))
     if unexpected:
@@ -176,20 +182,41 @@ def _read_into(
     return read_state_into(model, ckpt, dtype=dtype, device=device)
 
 
-def _cast(model: torch.nn.Module, dtype: torch.dtype, keep_fp32: Callable[[str], bool]) -> None:
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if not tensor.is_floating_point() or tensor.is_meta:
-            continue
-        target = torch.float32 if keep_fp32(name) else dtype
-        if tensor.dtype != target:
-            module_name, _, leaf = name.rpartition(".")
-            module = model.get_submodule(module_name)
-            if leaf in module._parameters:
-                module._parameters[leaf] = torch.nn.Parameter(
-                    tensor.data.to(target), requires_grad=tensor.requires_grad
-                )
-            else:
-                module._buffers[leaf] = tensor.to(target)
+def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+def _is_parameter(model: torch.nn.Module, name: str) -> bool:
+    module_name, _, leaf = name.rpartition(".")
+    return leaf in model.get_submodule(module_name)._parameters
+
+
+def _shell(model: torch.nn.Module, names: list[str]) -> torch.nn.Module:
+    """A module holding only ``names`` of ``model`` (same tensors, same dotted names)."""
+    shell = torch.nn.Module()
+    for name in names:
+        module_name, _, leaf = name.rpartition(".")
+        holder = shell
+        for part in module_name.split(".") if module_name else []:
+            if part not in holder._modules:
+                holder.add_module(part, torch.nn.Module())
+            holder = holder._modules[part]  # type: ignore[assignment]
+        if _is_parameter(model, name):
+            holder.register_parameter(leaf, model.get_parameter(name))
+        else:
+            holder.register_buffer(leaf, model.get_buffer(name))
+    return shell
+
+
+def _put(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if leaf in module._parameters:
+        module._parameters[leaf] = (
+            tensor if isinstance(tensor, torch.nn.Parameter) else torch.nn.Parameter(tensor)
+        )
+    else:
+        module._buffers[leaf] = tensor
 
 
 def _tie(model: torch.nn.Module, tied: dict[str, str]) -> None:
