@@ -49,3 +49,11 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks and rewrite docs/benchmarks.md (takes minutes; needs ~6 GiB of disk)."""
     _install(session, "hf", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Fuzz the header and index parsers with atheris (default 60 s; pass libFuzzer flags after --)."""
+    _install(session, "fuzz")
+    args = session.posargs or ["-max_total_time=60"]
+    session.run("python", "fuzz/fuzz_parsers.py", *args, env={"PYTHONPATH": "."})

@@ -82,9 +82,70 @@ def _print_info(info: Any, indent: str = "") -> None:
         print(f"{indent}  {problem.severity.upper()}: {problem.message}")
 
 
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def _add_resolve(sub: Any) -> None:
+    parser = sub.add_parser(
+        "resolve",
+        help="print the local directory that holds a checkpoint (downloading only what it needs)",
+        description="Resolve a path, hub cache folder, snapshot or repo id to one local directory; "
+        'prints only that directory, so it can be used as --ckpt_dir "$(ckptkit resolve ...)".',
+        epilog="examples:\n  ckptkit resolve PixArt-alpha/PixArt-XL-2-1024-MS --subfolder vae\n"
+        "  ckptkit resolve org/name --variant fp16 --offline --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "spec", help="a directory, weights file, models--org--name folder, snapshot or repo id"
+    )
+    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, text_encoder, ...)")
+    parser.add_argument("--revision", help="branch, tag or commit (hub forms)")
+    parser.add_argument("--cache-dir", help="hub cache (default: HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument("--variant", help="the variant wanted (fp16, bf16, ...)")
+    parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
+    parser.set_defaults(run=_run_resolve)
+
+
+def _run_resolve(args: argparse.Namespace) -> int:
+    import warnings
+
+    from ckptkit.resolve import resolve_ckpt_dir
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ckpt = resolve_ckpt_dir(
+            args.spec,
+            subfolder=args.subfolder,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            variant=args.variant,
+            local_files_only=True if args.offline else None,
+        )
+    for warning in caught:
+        print(f"ckptkit resolve: warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        _print_json(
+            {
+                "ok": True,
+                "path": str(ckpt.path),
+                "repo_id": ckpt.repo_id,
+                "revision": ckpt.revision,
+                "subfolder": ckpt.subfolder,
+                "variant": ckpt.variant,
+                "format": ckpt.format,
+                "index_file": str(ckpt.index_file) if ckpt.index_file else None,
+                "weight_files": [str(p) for p in ckpt.weight_files],
+                "warnings": [str(w.message) for w in caught],
+            }
+        )
+    else:
+        print(ckpt.path)
+    return EXIT_OK
+
+
 # -- entry point -------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Any], None]] = [_add_inspect]
+COMMANDS: list[Callable[[Any], None]] = [_add_resolve, _add_inspect]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
+from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
@@ -125,6 +126,7 @@ def inspect_checkpoint(
     spec: str | os.PathLike[str],
     *,
     variant: str | None = None,
+    confine: bool | None = None,
     **resolve_kwargs: Any,
 ) -> CheckpointInfo:
     """Describe a checkpoint: files, weight sets, tensors, parameters, dtypes, links, problems.
@@ -135,7 +137,12 @@ def inspect_checkpoint(
     Args:
         spec: a directory or weights file (or any form :func:`resolve_ckpt_dir` accepts).
         variant: the variant a load would ask for; decides which set is ``selected``.
+        confine: refuse (:class:`UnsafeCheckpointError`) any file whose real path lies outside the
+            checkpoint root, before reading it; ``None`` follows ``CKPTKIT_CONFINE``.
         resolve_kwargs: passed to :func:`resolve_ckpt_dir` for forms that are not local paths.
+
+    Raises:
+        UnsafeCheckpointError: with ``confine``, a file links outside the checkpoint.
 
     Example:
         >>> info = inspect_checkpoint("pixart/transformer")  # doctest: +SKIP
@@ -157,6 +164,9 @@ def inspect_checkpoint(
     selected_file = None
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
         selected_file, path = path, path.parent
+    if confine_enabled(confine) and path.is_dir():
+        files = [Path(d) / f for d, _, names in os.walk(path) for f in names]
+        enforce_confinement(files, root or path, confine=True)
     return _inspect_dir(path, root or path, variant=variant, selected_file=selected_file)
 
 
@@ -300,7 +310,7 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
             outside = False
             if target is not None:
                 real = os.path.realpath(full)
-                outside = os.path.commonpath([real, real_root]) != real_root
+                outside = is_outside(full, real_root)
                 if size is None:
                     problems.append(
                         Problem(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from ckptkit.checkpoint import CheckpointDir
-from ckptkit.errors import CheckpointNotFoundError, CkptWarning
+from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheckpointError
 from ckptkit.format.components import read_model_index
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.repo_files import parse_cache_path, parse_repo_spec
 
 __all__ = ["resolve_ckpt_dir", "resolve_local"]
 
@@ -27,37 +29,76 @@ def resolve_ckpt_dir(
     allow_patterns: list[str] | str | None = None,
     variant_fallback: str = "warn",
     weights_name: str | None = None,
+    endpoint: str | None = None,
 ) -> CheckpointDir:
     """Turn any way of naming a checkpoint into one concrete, validated local directory.
 
+    Forms of ``spec``: a local directory (a component, or a pipeline with ``subfolder=``); a local
+    weights file; a hub cache repo folder ``.../models--org--name`` (``refs/<revision or main>`` is
+    followed); a snapshot ``.../snapshots/<commit>`` (kept as is, never ``realpath``-ed); a folder made by
+    ``snapshot_download(local_dir=...)``; a repo id ``"org/name"``; ``"org/name/path/in/repo.safetensors"``.
+
+    Hub forms look in the cache first (``cache_dir``, else ``HF_HUB_CACHE``, else ``$HF_HOME/hub``) and
+    make no HTTP request when every file the component needs is there. Otherwise, unless
+    ``local_files_only=True`` or ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set, they download
+    through huggingface_hub only the component's ``config.json``, the selected weight set (index and
+    shards of the chosen variant, safetensors before ``.bin``), its tokenizer files for a text encoder
+    and ``model_index.json`` for a pipeline component.
+
     Args:
-        spec: a local directory or weights file, or a :class:`CheckpointDir`.
+        spec: one of the forms above, or a :class:`CheckpointDir` (returned as is).
         subfolder: a component of a pipeline (``"vae"``, ``"transformer"``).
-        revision: branch, tag or commit (hub forms).
-        cache_dir: the hub cache to look in (hub forms).
+        revision: branch, tag or commit (hub forms; default ``main``).
+        cache_dir: the hub cache to use (hub forms).
         variant: the variant wanted (``"fp16"``); see the variant rules.
-        local_files_only: never download (hub forms).
+        local_files_only: never download (hub forms); ``None`` follows ``HF_HUB_OFFLINE``.
         token: hub token (hub forms).
-        allow_patterns: override the files to download (hub forms).
+        allow_patterns: download these files instead of the computed minimum (hub forms).
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"``.
         weights_name: only consider weights of this name (``"model"``, ``"diffusion_pytorch_model"``).
+        endpoint: the Hub to download from (default ``HF_ENDPOINT``).
 
     Returns:
-        The :class:`CheckpointDir`.
+        The :class:`CheckpointDir`: its selected weight set is complete (every indexed shard present,
+        no dangling link).
 
     Raises:
-        CheckpointNotFoundError: nothing found at ``spec``.
+        CheckpointNotFoundError: nothing found; the message lists every place looked and, offline, the
+            command that would fetch it.
         VariantNotFoundError: the variant rules refuse.
-        IncompleteCheckpointError: the selected set misses files.
+        IncompleteCheckpointError: the selected set misses files; says which and how to resume.
 
     Example:
-        >>> ckpt = resolve_ckpt_dir("./pixart", subfolder="transformer", variant="fp16")  # doctest: +SKIP
+        >>> ckpt = resolve_ckpt_dir("PixArt-alpha/PixArt-XL-2-1024-MS", subfolder="vae")  # doctest: +SKIP
         >>> ckpt.weight_files  # doctest: +SKIP
-        [PosixPath('pixart/transformer/diffusion_pytorch_model.fp16.safetensors')]
+        [PosixPath('.../models--PixArt-alpha--PixArt-XL-2-1024-MS/snapshots/<commit>/vae/diffusion_pytorch_model.safetensors')]
     """
     if isinstance(spec, CheckpointDir) and subfolder is None:
         return spec
-    path = Path(os.path.expanduser(os.fspath(spec)))
+    raw = os.fspath(spec)
+    path = Path(os.path.expanduser(raw))
+    hub_options: dict[str, Any] = {
+        "revision": revision,
+        "variant": variant,
+        "variant_fallback": variant_fallback,
+        "weights_name": weights_name,
+        "allow_patterns": [allow_patterns] if isinstance(allow_patterns, str) else allow_patterns,
+        "token": token,
+        "endpoint": endpoint,
+        "local_files_only": local_files_only,
+    }
+    in_cache = parse_cache_path(path)
+    if in_cache is not None:
+        storage, repo_id, commit, in_repo = in_cache
+        if commit is not None:
+            hub_options["revision"] = commit
+        return _resolve_hub(
+            repo_id,
+            _join(in_repo, subfolder),
+            cache_dir=storage.parent,
+            from_repo_folder=commit is None,
+            **hub_options,
+        )
     if path.exists() or path.is_symlink():
         return resolve_local(
             path,
@@ -66,11 +107,46 @@ def resolve_ckpt_dir(
             variant_fallback=variant_fallback,
             weights_name=weights_name,
         )
+    repo = parse_repo_spec(raw) if isinstance(raw, str) else None
+    if repo is not None:
+        repo_id, in_repo = repo
+        looked = [f"{path.absolute()} (as a local path)"]
+        return _resolve_hub(
+            repo_id, _join(in_repo, subfolder), cache_dir=cache_dir, looked=looked, **hub_options
+        )
     raise CheckpointNotFoundError(
-        "no such file or directory",
-        path=path,
-        fix="check the path; hub repo ids are resolved once the hub forms are installed",
+        "no such file or directory, and not a hub repo id (org/name)",
+        path=path.absolute(),
+        fix="check the path, or give a repo id such as 'org/name' (with subfolder=)",
     )
+
+
+def _join(*parts: str | None) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def _resolve_hub(
+    repo_id: str,
+    in_repo: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    local_files_only: bool | None,
+    from_repo_folder: bool = False,
+    **options: Any,
+) -> CheckpointDir:
+    from ckptkit.hub import HubSpec, default_cache_dir, is_offline, resolve_hub
+
+    is_file = bool(in_repo) and parse_weight_filename(in_repo.rsplit("/", 1)[-1]) is not None
+    spec = HubSpec(
+        repo_id=repo_id,
+        directory="" if is_file else in_repo,
+        filename=in_repo if is_file else None,
+        cache_dir=default_cache_dir(cache_dir),
+        offline=bool(local_files_only) or is_offline(),
+        pick_only_snapshot=from_repo_folder,
+        **options,
+    )
+    return resolve_hub(spec)
 
 
 def resolve_local(
@@ -111,6 +187,7 @@ def resolve_local(
         sets, variant=variant, variant_fallback=variant_fallback, name=weights_name, where=path
     )
     selection.weight_set.raise_if_unusable()
+    _raise_if_dangling(selection.weight_set)
     if selection.warning:
         warnings.warn(selection.warning, CkptWarning, stacklevel=3)
     return CheckpointDir.from_selection(path, selection, subfolder=subfolder, root=root or path, **origin)
@@ -140,6 +217,17 @@ def _resolve_file(path: Path, *, variant: str | None, root: Path | None, **origi
     return CheckpointDir.from_selection(
         path.parent, Selection(single, variant), root=root or path.parent, **origin
     )
+
+
+def _raise_if_dangling(weight_set: WeightSet) -> None:
+    # A link into a deleted blob still lists as a file; it must not pass for a present shard.
+    dangling = [p for p in weight_set.files if not p.exists()]
+    if dangling:
+        raise IncompleteCheckpointError(
+            "dangling link (its target is gone): " + ", ".join(p.name for p in dangling),
+            path=dangling[0],
+            fix="download the file again (huggingface_hub re-creates the link), or copy it in",
+        )
 
 
 def _components_hint(directory: Path) -> str | None:

@@ -155,3 +155,17 @@ def test_format_and_inspect_never_import_torch(layouts) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_confine_refuses_links_outside_before_reading(layouts, tmp_path, monkeypatch) -> None:
+    from ckptkit.errors import UnsafeCheckpointError
+
+    root = tmp_path / "upload"
+    root.mkdir()
+    (root / "model.safetensors").symlink_to(layouts["t5_single"] / "model.safetensors")
+    with pytest.raises(UnsafeCheckpointError, match="outside the checkpoint root"):
+        inspect_checkpoint(root, confine=True)
+    monkeypatch.setenv("CKPTKIT_CONFINE", "1")
+    with pytest.raises(UnsafeCheckpointError):
+        inspect_checkpoint(root)
+    assert inspect_checkpoint(root, confine=False).ok

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.dtypes import DTYPES
 
 __all__ = ["TorchTensorEntry", "scan_torch_file"]
 
@@ -129,7 +130,15 @@ def scan_torch_file(path: str | os.PathLike[str]) -> dict[str, TorchTensorEntry]
         (4096, 4096)
     """
     path = Path(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
     if not zipfile.is_zipfile(path):
+        if magic == b"PK\x03\x04":
+            raise CorruptCheckpointError(
+                "zip archive without its directory: the file is truncated",
+                path=path,
+                fix="download or copy it again",
+            )
         return None
     try:
         with zipfile.ZipFile(path) as archive:
@@ -140,6 +149,11 @@ def scan_torch_file(path: str | os.PathLike[str]) -> dict[str, TorchTensorEntry]
             if info.file_size > MAX_PICKLE_SIZE:
                 raise CorruptCheckpointError(f"data.pkl is {info.file_size} bytes, too large", path=path)
             data = archive.read(info)
+            record_sizes = {
+                n.rsplit("/data/", 1)[-1]: archive.getinfo(n).file_size
+                for n in archive.namelist()
+                if "/data/" in n
+            }
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise CorruptCheckpointError(
             f"damaged zip ({exc})", path=path, fix="the file is truncated or damaged; copy it again"
@@ -152,7 +166,22 @@ def scan_torch_file(path: str | os.PathLike[str]) -> dict[str, TorchTensorEntry]
         raise CorruptCheckpointError(f"damaged pickle ({type(exc).__name__}: {exc})", path=path) from None
     entries: dict[str, TorchTensorEntry] = {}
     _collect(obj, "", entries)
+    for entry in entries.values():
+        size = record_sizes.get(entry.storage_key)
+        needed = entry.storage_numel * _itemsize(entry.dtype)
+        if size is None or size < needed:
+            raise CorruptCheckpointError(
+                f"storage {entry.storage_key} of tensor {entry.name!r} needs {needed} bytes "
+                f"but the archive holds {size if size is not None else 'no such entry'}",
+                path=path,
+                fix="the file is damaged; copy it again",
+            )
     return entries
+
+
+def _itemsize(dtype: str) -> int:
+    bits = next((d.bits for d in DTYPES.values() if d.name == dtype), 8)
+    return max(bits // 8, 1)
 
 
 def _collect(obj: Any, prefix: str, out: dict[str, TorchTensorEntry]) -> None:

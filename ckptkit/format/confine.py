@@ -1,0 +1,51 @@
+"""Keeping reads inside a checkpoint: which files' real paths leave its root.
+
+Links are followed by default (hub snapshots are made of them; people link big files in from
+other disks). With ``confine=True`` or ``CKPTKIT_CONFINE=1`` a file whose real path lies outside
+the checkpoint root is refused before anything is read — for services opening untrusted uploads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ckptkit.errors import UnsafeCheckpointError
+
+__all__ = ["CONFINE_ENV", "confine_enabled", "enforce_confinement", "is_outside"]
+
+CONFINE_ENV = "CKPTKIT_CONFINE"
+
+
+def confine_enabled(confine: bool | None) -> bool:
+    """``confine`` when given, else whether ``CKPTKIT_CONFINE`` is set to a true value."""
+    if confine is not None:
+        return bool(confine)
+    return os.environ.get(CONFINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_outside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether the real path of ``path`` (links followed) lies outside the real path of ``root``."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, real_root]) != real_root
+
+
+def enforce_confinement(
+    paths: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str], *, confine: bool | None
+) -> None:
+    """Raise :class:`UnsafeCheckpointError` for the first path outside ``root`` when confinement is on.
+
+    Example:
+        >>> enforce_confinement(ckpt.weight_files, ckpt.root, confine=True)  # doctest: +SKIP
+    """
+    if not confine_enabled(confine):
+        return
+    for path in paths:
+        if is_outside(path, root):
+            raise UnsafeCheckpointError(
+                f"resolves to {os.path.realpath(path)}, outside the checkpoint root {Path(root)}",
+                path=path,
+                fix="copy the file into the checkpoint (ckptkit materialize), or pass confine=False "
+                "if you trust where the link points",
+            )

@@ -1,0 +1,411 @@
+"""Hub repos and the huggingface_hub cache: find a component offline first, else download the minimum.
+
+The cache is read and written by huggingface_hub's own functions (``HfApi.resolve_revision``,
+``get_cached_repo_tree``, ``try_to_load_from_cache``, ``snapshot_download``); which files a component
+needs is decided by :mod:`ckptkit.repo_files` from the repo's listing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
+from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.repo_files import plan_files
+
+__all__ = ["HubSpec", "default_cache_dir", "is_offline", "resolve_hub"]
+
+logger = logging.getLogger("ckptkit")
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REPO_FOLDER_PREFIX = "models--"
+
+
+@dataclass
+class HubSpec:
+    """A component of a hub repo to resolve.
+
+    Attributes:
+        repo_id: ``"org/name"``.
+        directory: the folder inside the repo that holds the weights (``""`` for the root).
+        filename: the path in the repo of one weights file (the file form), else ``None``.
+        cache_dir: the hub cache (``cache_dir`` argument, ``HF_HUB_CACHE`` or ``$HF_HOME/hub``).
+        revision: branch, tag or commit asked for (``None`` = ``main``).
+        pick_only_snapshot: for a ``models--org--name`` folder given without a ``refs/main``, use its
+            only snapshot.
+    """
+
+    repo_id: str
+    directory: str = ""
+    filename: str | None = None
+    cache_dir: Path = field(default_factory=Path)
+    revision: str | None = None
+    variant: str | None = None
+    variant_fallback: str = "warn"
+    weights_name: str | None = None
+    allow_patterns: list[str] | None = None
+    token: str | bool | None = None
+    endpoint: str | None = None
+    offline: bool = False
+    pick_only_snapshot: bool = False
+    looked: list[str] = field(default_factory=list)
+
+    @property
+    def storage(self) -> Path:
+        return self.cache_dir / (_REPO_FOLDER_PREFIX + self.repo_id.replace("/", "--"))
+
+    @property
+    def label(self) -> str:
+        where = self.filename or self.directory
+        return f"{self.repo_id}/{where}" if where else self.repo_id
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``, read now and as huggingface_hub read them at import."""
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in constants.ENV_VARS_TRUE_VALUES
+
+
+def default_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The hub cache huggingface_hub uses: ``cache_dir``, else ``HF_HUB_CACHE``, else ``$HF_HOME/hub``."""
+    from huggingface_hub import constants
+
+    return Path(os.path.expanduser(os.fspath(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)))
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Miss:
+    commit: str | None
+    missing: list[str] = field(default_factory=list)
+    error: CkptError | None = None
+    listed: bool = False  # the missing list comes from the repo's listing, not a guess
+
+
+def _cached_commit(spec: HubSpec) -> str | None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RevisionResolutionError
+
+    if spec.revision is not None and _COMMIT.match(spec.revision):
+        return spec.revision
+    try:
+        resolved = HfApi().resolve_revision(
+            spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
+        )
+        return str(resolved.resolved)
+    except RevisionResolutionError:
+        pass
+    snapshots = spec.storage / "snapshots"
+    if spec.pick_only_snapshot and spec.revision is None and snapshots.is_dir():
+        commits = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+        if len(commits) == 1:
+            logger.info("%s has no refs/main; using its only snapshot %s", spec.storage, commits[0])
+            return commits[0]
+        if len(commits) > 1:
+            raise CheckpointNotFoundError(
+                "no refs/main and several snapshots: " + ", ".join(commits),
+                path=spec.storage,
+                fix="pass revision= one of those commits",
+            )
+    return None
+
+
+def _local_listing(snapshot: Path, directory: str) -> list[str]:
+    """Files under the snapshot root, its top-level folders and ``directory``: enough to plan from."""
+    out: list[str] = []
+    folders = {directory} if directory else set()
+    with os.scandir(snapshot) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                folders.add(entry.name)
+            else:
+                out.append(entry.name)
+    for folder in folders:
+        try:
+            with os.scandir(snapshot / folder) as entries:
+                out += [f"{folder}/{e.name}" for e in entries if not e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return out
+
+
+def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Miss:
+    """Resolve from the cache alone (no HTTP); a :class:`_Miss` says what is lacking."""
+    from huggingface_hub import get_cached_repo_tree, try_to_load_from_cache
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    commit = commit or _cached_commit(spec)
+    spec.looked.append(str(spec.storage / "refs" / (spec.revision or "main")))
+    if commit is None:
+        return _Miss(None)
+    snapshot = spec.storage / "snapshots" / commit
+    spec.looked.append(str(snapshot / (spec.filename or spec.directory)))
+    if not snapshot.is_dir():
+        return _Miss(commit)
+    try:
+        tree = get_cached_repo_tree(spec.repo_id, revision=commit, cache_dir=spec.cache_dir)
+        listing, listed = [f.path for f in tree], True
+    except CachedRepoTreeNotFoundError:
+        listing, listed = _local_listing(snapshot, spec.directory), False
+    try:
+        plan = plan_files(
+            listing,
+            directory=spec.directory,
+            filename=spec.filename,
+            snapshot=snapshot,
+            variant=spec.variant,
+            variant_fallback=spec.variant_fallback,
+            weights_name=spec.weights_name,
+            label=spec.repo_id,
+        )
+    except CkptError as exc:
+        pinned = spec.revision is not None and _COMMIT.match(spec.revision)
+        if listed and (pinned or spec.offline):
+            raise  # the listing of that very commit says so
+        # A branch may have moved on since it was cached, and a cache without a listing shows only
+        # what was downloaded: let the Hub's listing decide when it can be asked.
+        return _Miss(commit, error=exc, listed=listed)
+    needed = plan.files
+    if spec.allow_patterns is not None and listed:
+        needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))
+    missing = [
+        f
+        for f in needed
+        if not isinstance(try_to_load_from_cache(spec.repo_id, f, spec.cache_dir, commit), str)
+    ]
+    if missing:
+        return _Miss(commit, missing, listed=listed)
+    chosen = plan.selection.weight_set if plan.selection else None
+    if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
+        # Only the cache was listed: the variant asked for may still exist on the Hub.
+        return _Miss(commit, [], listed=False)
+    return _resolve_snapshot(spec, snapshot, commit)
+
+
+def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
+    from ckptkit.resolve import resolve_local
+
+    origin = {"repo_id": spec.repo_id, "revision": commit}
+    try:
+        if spec.filename is not None:
+            ckpt = resolve_local(snapshot / spec.filename, root=spec.storage, **origin)
+            ckpt.subfolder = posixpath.dirname(spec.filename) or None
+            return ckpt
+        return resolve_local(
+            snapshot,
+            subfolder=spec.directory or None,
+            variant=spec.variant,
+            variant_fallback=spec.variant_fallback,
+            weights_name=spec.weights_name,
+            root=spec.storage,
+            **origin,
+        )
+    except IncompleteCheckpointError as exc:
+        raise IncompleteCheckpointError(
+            exc.detail, path=exc.path, fix=_resume_fix(spec, commit, None)
+        ) from None
+
+
+# -- download -----------------------------------------------------------------------------------
+
+
+def _download(spec: HubSpec) -> str:
+    """List the repo, plan the component's files, and fetch them with ``snapshot_download``."""
+    import httpx2
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        RevisionResolutionError,
+    )
+
+    api = HfApi(endpoint=spec.endpoint, token=spec.token)
+    where = spec.endpoint or api.endpoint
+    spec.looked.append(f"{where}/{spec.repo_id} (revision {spec.revision or 'main'})")
+    try:
+        revision = api.resolve_revision(spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir)
+        listing = api.list_repo_files(spec.repo_id, revision=revision.resolved)
+        snapshot = spec.storage / "snapshots" / revision.resolved
+        plan = plan_files(
+            listing,
+            directory=spec.directory,
+            filename=spec.filename,
+            snapshot=snapshot,
+            variant=spec.variant,
+            variant_fallback=spec.variant_fallback,
+            weights_name=spec.weights_name,
+            label=spec.repo_id,
+        )
+        patterns = spec.allow_patterns if spec.allow_patterns is not None else plan.files
+        logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
+        snapshot_download(
+            spec.repo_id,
+            revision=revision,
+            cache_dir=spec.cache_dir,
+            allow_patterns=patterns,
+            token=spec.token,
+            endpoint=spec.endpoint,
+        )
+    except RevisionNotFoundError:
+        raise CheckpointNotFoundError(
+            f"revision {spec.revision!r} does not exist in {spec.repo_id}",
+            path=f"{where}/{spec.repo_id}",
+            fix="pass an existing branch, tag or commit as revision=",
+        ) from None
+    except RepositoryNotFoundError:
+        raise CheckpointNotFoundError(
+            f"repo {spec.repo_id} was not found on {where} (or it is private/gated and no valid token was given)",
+            path=spec.label,
+            fix="check the repo id, log in with `hf auth login` or pass token=; looked in: "
+            + "; ".join(spec.looked),
+        ) from None
+    except (
+        RevisionResolutionError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        httpx2.TransportError,
+        HfHubHTTPError,
+    ) as exc:
+        raise _HubUnreachable(
+            f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc})",
+            path=spec.label,
+            fix=f"check the network or HF_ENDPOINT; looked in: {'; '.join(spec.looked)}; "
+            f"fetch it with: {_fetch_command(spec, None)}",
+        ) from None
+    return revision.resolved
+
+
+def _resolve_unlisted_snapshot(spec: HubSpec, miss: _Miss) -> None:
+    """Without the Hub, a cached snapshot that has no listing is judged by what is on disk.
+
+    Its own error (a dangling link, an unfinished blob, a missing shard) is the one worth showing,
+    not "not in the cache"; raises it, or returns when the snapshot cannot say more.
+    """
+    if miss.commit is None or miss.listed:
+        return
+    snapshot = spec.storage / "snapshots" / miss.commit
+    if snapshot.is_dir():
+        _resolve_snapshot(spec, snapshot, miss.commit)
+
+
+class _HubUnreachable(CheckpointNotFoundError):
+    """The Hub could not be asked (network, endpoint or offline mode)."""
+
+
+def resolve_hub(spec: HubSpec) -> CheckpointDir:
+    """Resolve a hub component: from the cache with no request when it is all there, else download it.
+
+    Raises:
+        CheckpointNotFoundError: not cached and offline, or no such repo/revision/folder/file.
+        IncompleteCheckpointError: cached in part while offline, or still incomplete after downloading.
+        VariantNotFoundError: the variant rules refuse.
+    """
+    found = _from_cache(spec)
+    if isinstance(found, CheckpointDir):
+        return found
+    if spec.offline:
+        _resolve_unlisted_snapshot(spec, found)
+        raise _offline_miss(spec, found)
+    try:
+        commit = _download(spec)
+    except _HubUnreachable:
+        _resolve_unlisted_snapshot(spec, found)
+        raise
+    again = _from_cache(spec, commit)
+    if isinstance(again, CheckpointDir):
+        return again
+    if again.error is not None:
+        raise again.error
+    raise IncompleteCheckpointError(
+        "still missing after download: " + ", ".join(again.missing),
+        path=spec.storage / "snapshots" / commit,
+        fix=_resume_fix(spec, commit, again.missing),
+    )
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+def _custom_cache(spec: HubSpec) -> list[str]:
+    from huggingface_hub import constants
+
+    if os.path.abspath(spec.cache_dir) == os.path.abspath(os.path.expanduser(constants.HF_HUB_CACHE)):
+        return []
+    return ["--cache-dir", str(spec.cache_dir)]
+
+
+def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
+    words = ["hf", "download", spec.repo_id]
+    if files:
+        words += files
+    elif spec.filename:
+        words.append(spec.filename)
+    elif spec.directory:
+        for pattern in (f"{spec.directory}/*", MODEL_INDEX_NAME):
+            words += ["--include", pattern]
+    if spec.revision:
+        words += ["--revision", spec.revision]
+    words += _custom_cache(spec)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _ckptkit_command(spec: HubSpec) -> str:
+    words = ["ckptkit", "resolve", spec.label]
+    if spec.revision:
+        words += ["--revision", spec.revision]
+    if spec.variant:
+        words += ["--variant", spec.variant]
+    words += _custom_cache(spec)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _resume_fix(spec: HubSpec, commit: str, missing: list[str] | None) -> str:
+    incomplete = list((spec.storage / "blobs").glob("*.incomplete"))
+    # huggingface_hub restarts a file rather than resuming another process's *.incomplete.
+    note = (
+        f" ({len(incomplete)} interrupted downloads left *.incomplete files in {spec.storage / 'blobs'}; "
+        "they are not reused and can be deleted)"
+        if incomplete
+        else ""
+    )
+    return (
+        f"download the missing files again{note}: `{_fetch_command(spec, missing)}` "
+        f"or `{_ckptkit_command(spec)}` while online"
+    )
+
+
+def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
+    why = "local_files_only=True" if not is_offline() else "HF_HUB_OFFLINE=1"
+    looked = "; ".join(dict.fromkeys(spec.looked))
+    if miss.error is not None:
+        exc = miss.error
+        extra = f"looked in: {looked}; downloads are off ({why}); fetch with: `{_fetch_command(spec, None)}`"
+        return type(exc)(exc.detail, path=exc.path, fix=f"{exc.fix}; {extra}" if exc.fix else extra)
+    if miss.commit is not None and miss.missing and miss.listed:
+        return IncompleteCheckpointError(
+            f"{len(miss.missing)} needed files are not in the cache and downloads are off ({why}): "
+            + ", ".join(miss.missing),
+            path=spec.storage / "snapshots" / miss.commit,
+            fix=_resume_fix(spec, miss.commit, miss.missing),
+        )
+    return CheckpointNotFoundError(
+        f"{spec.label} (revision {spec.revision or 'main'}) is not in the hub cache and downloads are off ({why})",
+        path=spec.storage,
+        fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing or None)}` "
+        f"(or `{_ckptkit_command(spec)}` while online, which fetches only the files needed)",
+    )
