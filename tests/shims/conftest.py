@@ -65,3 +65,25 @@ def shim_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFact
         wan22 / "high_noise_model", max_shard_size="30KB"
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def hub_repos(shim_layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repos the shims fetch from, served by the ``hub`` fixture of tests/conftest.py.
+
+    org/t5: T5 + tokenizer (Open-Sora's T5 repo); org/PixArt-XL-2-1024-MS: a PixArt pipeline with a
+    tokenizer (LTX-Video's text encoder repo); org/LTX-Video: two single files; org/OpenSora-STDiT:
+    a model.safetensors.
+    """
+    from tests.shims.test_opensora import trained_state
+
+    root = tmp_path_factory.mktemp("shim-hub-repos")
+    org = root / "org"
+    shutil.copytree(shim_layouts["t5_with_tokenizer"], org / "t5")
+    shutil.copytree(shim_layouts["pixart_repo"], org / "PixArt-XL-2-1024-MS")
+    (org / "LTX-Video").mkdir(parents=True)
+    shutil.copy(shim_layouts["ltx_single"], org / "LTX-Video" / "ltxv-tiny.safetensors")
+    shutil.copy(shim_layouts["ltx_single_bf16"], org / "LTX-Video" / "ltxv-tiny-bf16.safetensors")
+    (org / "OpenSora-STDiT").mkdir()
+    save_file(trained_state(), org / "OpenSora-STDiT" / "model.safetensors")
+    return root
