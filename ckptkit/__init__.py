@@ -16,6 +16,11 @@ _EXPORTS = {
     "CheckpointDir": "ckptkit.checkpoint",
     "CheckpointInfo": "ckptkit.inspect",
     "inspect_checkpoint": "ckptkit.inspect",
+    "MemoryPlan": "ckptkit.plan",
+    "plan_memory": "ckptkit.plan",
+    "VerifyReport": "ckptkit.verify",
+    "verify_checkpoint": "ckptkit.verify",
+    "write_manifest": "ckptkit.checksums",
     "parse_size": "ckptkit.format.sizes",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
@@ -32,6 +37,7 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
     from ckptkit.checkpoint import CheckpointDir
+    from ckptkit.checksums import write_manifest
     from ckptkit.errors import (
         AmbiguousCheckpointError,
         CheckpointNotFoundError,
@@ -44,7 +50,9 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.plan import MemoryPlan, plan_memory
     from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.verify import VerifyReport, verify_checkpoint
 
 
 def __getattr__(name: str) -> Any:

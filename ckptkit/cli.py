@@ -143,9 +143,191 @@ def _run_resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- verify ------------------------------------------------------------------------------------
+
+
+def _add_verify(sub: Any) -> None:
+    parser = sub.add_parser(
+        "verify",
+        help="check structure and content (hub blob hashes, download metadata, SHA256SUMS), offline",
+        description=(
+            "Check a checkpoint offline: every structural rule of the format core for every weight set, "
+            "then file contents against the hub cache blob names (sha256 / git sha1), the download "
+            "metadata of snapshot_download(local_dir=...), and SHA256SUMS manifests. "
+            "Exit 0 when nothing is wrong, 1 when a problem is found (one line each, naming the file)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  ckptkit verify ~/.cache/huggingface/hub/models--org--name/snapshots/<commit>\n"
+            "  ckptkit verify ./pixart --no-checksums         # structure only, in milliseconds\n"
+            "  ckptkit verify ./pixart --write-manifest       # then copy it anywhere and verify again\n"
+            "  ckptkit verify ./pixart/transformer --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "spec",
+        help="a checkpoint directory, weights file, hub snapshot or hub cache folder (models--org--name)",
+    )
+    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
+    parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
+    parser.add_argument("--revision", help="for a hub cache folder: the ref or commit (default main)")
+    parser.add_argument(
+        "--checksums",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hash file contents (default); --no-checksums checks structure and recorded sizes only",
+    )
+    parser.add_argument(
+        "--write-manifest",
+        action="store_true",
+        help=f"when nothing is wrong, write {_MANIFEST} (sha256sum format) into the directory",
+    )
+    parser.add_argument(
+        "--confine", action="store_true", help="fail when a link leads outside the checkpoint root"
+    )
+    parser.set_defaults(run=_run_verify)
+
+
+_MANIFEST = "SHA256SUMS"
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from ckptkit.verify import verify_checkpoint
+
+    report = verify_checkpoint(
+        args.spec,
+        checksums=args.checksums,
+        subfolder=args.subfolder,
+        variant=args.variant,
+        revision=args.revision,
+        confine=True if args.confine else None,
+        write_manifest=args.write_manifest,
+        progress=None if sys.stderr.isatty() else False,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+        return EXIT_OK if report.ok else EXIT_PROBLEMS
+    for problem in report.problems:
+        print(f"{problem.severity.upper()}: {problem.message}")
+    for link in report.outside_links:
+        print(f"LINK OUTSIDE ROOT: {link}")
+    errors = sum(p.severity == "error" for p in report.problems)
+    status = "OK" if report.ok else f"FAILED ({errors} problem{'s' if errors != 1 else ''})"
+    if report.checksums:
+        content = (
+            f"{len(report.verified)} verified by hash, {len(report.unverified)} with no recorded digest, "
+            f"{format_size(report.bytes_hashed)} hashed"
+        )
+    else:
+        content = "checksums skipped (structure and sizes only)"
+    print(f"{status}: {report.path}: {len(report.files)} files, {content}, in {report.seconds:.2f} s")
+    if report.manifest_written:
+        print(f"wrote {report.manifest_written}")
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def _size_argument(text: str) -> int:
+    from ckptkit.format.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
+
+
+def _add_plan(sub: Any) -> None:
+    parser = sub.add_parser(
+        "plan",
+        help="per-device memory for the weights (replicate / FSDP / offload), from headers alone",
+        description=(
+            "Estimate per-device memory for a checkpoint's weights from its safetensors headers (no "
+            "weights are read, torch is not imported): resident weights, the FSDP shard per device, "
+            "the unshard peak of the largest wrapped block (blocks.N. / layers.N. / "
+            "transformer_blocks.N.), whether it fits and the headroom left for activations. "
+            "Exit 0 when the chosen strategy fits, 1 when it does not."
+        ),
+        epilog=(
+            "examples:\n"
+            "  ckptkit plan ./Wan2.1-T2V-14B --devices 5 --device-memory 24GiB --dtype bf16\n"
+            "  ckptkit plan ./pixart --subfolder transformer --devices 1 --device-memory 80GB --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("spec", help="a checkpoint directory or weights file")
+    parser.add_argument("--devices", type=_positive_int, default=1, help="number of devices (default 1)")
+    parser.add_argument(
+        "--device-memory", type=_size_argument, required=True, help="memory per device: 24GiB, 80GB, bytes"
+    )
+    parser.add_argument("--dtype", help="dtype on the device (bf16, fp16, fp32); default: as stored")
+    parser.add_argument(
+        "--strategy",
+        choices=["replicate", "fsdp", "offload"],
+        help="decides the exit code (default: fsdp for several devices, else replicate)",
+    )
+    parser.add_argument("--subfolder", help="component of a pipeline (transformer, ...)")
+    parser.add_argument("--variant", help="the variant a load would use (fp16, ...)")
+    parser.set_defaults(run=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from ckptkit.plan import plan_memory
+
+    plan = plan_memory(
+        args.spec,
+        devices=args.devices,
+        device_memory=args.device_memory,
+        dtype=args.dtype,
+        strategy=args.strategy,
+        subfolder=args.subfolder,
+        variant=args.variant,
+    )
+    if args.json:
+        _print_json(plan.to_dict())
+        return EXIT_OK if plan.fits else EXIT_PROBLEMS
+    block = plan.largest_block
+    print(f"{plan.path}")
+    print(
+        f"  weights {format_size(plan.weights_bytes)} ({plan.parameter_count:,} parameters, "
+        f"{plan.dtype or 'stored dtypes'}); {len(plan.blocks)} blocks, largest "
+        + (f"{block.name} {format_size(block.bytes)}" if block else "none found")
+        + f"; outside blocks {format_size(plan.other_bytes)}"
+    )
+    print(f"  {plan.devices} x {format_size(plan.device_memory)}")
+    print(
+        f"    {'strategy':<11} {'resident':>11} {'+ unshard':>11} {'= peak':>11} {'host':>11} {'headroom':>12}  fits"
+    )
+    for estimate in plan.estimates.values():
+        mark = "*" if estimate.strategy == plan.strategy else " "
+        headroom = ("-" if estimate.headroom_bytes < 0 else "") + format_size(abs(estimate.headroom_bytes))
+        print(
+            f"  {mark} {estimate.strategy:<11} {format_size(estimate.resident_bytes):>11} "
+            f"{format_size(estimate.unshard_bytes):>11} {format_size(estimate.peak_bytes):>11} "
+            f"{format_size(estimate.host_bytes):>11} {headroom:>12}  {'yes' if estimate.fits else 'NO'}"
+        )
+    verdict = "fits" if plan.fits else "does NOT fit"
+    print(
+        f"  {plan.strategy} {verdict}; activations, optimizer state and the CUDA context come out of the headroom"
+    )
+    return EXIT_OK if plan.fits else EXIT_PROBLEMS
+
+
 # -- entry point -------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Any], None]] = [_add_resolve, _add_inspect]
+COMMANDS: list[Callable[[Any], None]] = [_add_resolve, _add_inspect, _add_verify, _add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:

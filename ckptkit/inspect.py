@@ -15,6 +15,7 @@ from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
@@ -87,6 +88,8 @@ class CheckpointInfo:
         links: the files that are symlinks, with where they point.
         components: for a pipeline, component name -> its own :class:`CheckpointInfo`.
         problems: everything wrong, each naming its file.
+        root: the checkpoint root links are judged against (the ``models--org--name`` folder for a
+            hub snapshot, else the directory inspected).
     """
 
     path: str
@@ -102,6 +105,7 @@ class CheckpointInfo:
     components: dict[str, CheckpointInfo] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     component_classes: dict[str, list[str | None]] = field(default_factory=dict)
+    root: str | None = None
 
     @property
     def links(self) -> list[FileEntry]:
@@ -159,15 +163,22 @@ def inspect_checkpoint(
             spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs
         )  # type: ignore[arg-type]
         path, root = resolved.path, resolved.root
-    elif subfolder:
-        path = path / str(subfolder)
+    else:
+        # A hub cache repo folder stands for the snapshot its ref (default main) names.
+        path = repo_folder_snapshot(path, revision=resolve_kwargs.get("revision")) or path
+        if subfolder:
+            path = path / str(subfolder)
     selected_file = None
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
         selected_file, path = path, path.parent
+    # A hub snapshot is made of links into the repo's blobs/: judge links against the repo folder.
+    root = root or hub_repo_root(path) or path
     if confine_enabled(confine) and path.is_dir():
         files = [Path(d) / f for d, _, names in os.walk(path) for f in names]
-        enforce_confinement(files, root or path, confine=True)
-    return _inspect_dir(path, root or path, variant=variant, selected_file=selected_file)
+        enforce_confinement(files, root, confine=True)
+    info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
+    info.root = str(root)
+    return info
 
 
 def _inspect_dir(

@@ -1,0 +1,251 @@
+"""``plan_memory``: will these weights fit on these devices? From safetensors headers alone.
+
+The arithmetic, for ``N`` devices of ``M`` bytes each, weights of ``W`` bytes (at the target dtype),
+the largest wrapped block ``B`` (all tensors under one ``blocks.N.`` / ``layers.N.`` /
+``transformer_blocks.N.`` prefix) and the rest ``R = W - sum(blocks)`` (embeddings, heads, norms):
+
+============  ==========================  ==================================  ==============
+strategy      resident per device          peak per device                      host memory
+============  ==========================  ==================================  ==============
+replicate     ``W``                        ``W``                                ``0``
+fsdp          ``ceil(W / N)``              ``ceil(W / N) + R + B``              ``0``
+offload       ``R``                        ``R + B``                            ``W``
+============  ==========================  ==================================  ==============
+
+FSDP keeps one shard of every tensor on each device; the forward gathers the root unit (``R``,
+everything outside the blocks) and then one block at a time, each gathered into a full-size
+buffer beside the shards. With one device FSDP does not shard (``fsdp`` = ``replicate``). Offload
+keeps ``R`` on the device and streams blocks in from host memory one at a time. Activations,
+optimizer state and the CUDA context are not counted: the headroom is what is left for them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from ckptkit.errors import CkptError
+from ckptkit.format.dtypes import DTYPES, canonical_dtype
+from ckptkit.format.safetensors_header import TensorInfo
+from ckptkit.format.sizes import parse_size
+from ckptkit.format.validate import check_weight_set
+
+__all__ = ["STRATEGIES", "BlockSize", "MemoryPlan", "StrategyEstimate", "find_blocks", "plan_memory"]
+
+STRATEGIES = ("replicate", "fsdp", "offload")
+# The outermost repeated block of a key: `blocks.3.`, `transformer_blocks.12.`, `encoder.block.0.`,
+# `model.layers.7.`, `down_blocks.1.`, GPT-style `h.5.`.
+_BLOCK = re.compile(r"(?:^|\.)([A-Za-z0-9_]*(?:blocks|layers|block|layer)|h)\.(\d+)\.")
+
+
+@dataclass
+class BlockSize:
+    """One wrapped block: its key prefix (``"transformer_blocks.7"``), tensor count and bytes."""
+
+    name: str
+    tensors: int
+    bytes: int
+
+
+@dataclass
+class StrategyEstimate:
+    """Per-device memory for the weights under one strategy.
+
+    Attributes:
+        strategy: ``"replicate"``, ``"fsdp"`` or ``"offload"``.
+        resident_bytes: weights that stay on each device between forwards.
+        unshard_bytes: what is gathered or streamed in on top while the forward runs.
+        peak_bytes: ``resident_bytes + unshard_bytes``.
+        host_bytes: host (CPU) memory holding the weights, per process.
+        fits: ``peak_bytes <= device_memory``.
+        headroom_bytes: ``device_memory - peak_bytes`` (negative when it does not fit).
+    """
+
+    strategy: str
+    resident_bytes: int
+    unshard_bytes: int
+    peak_bytes: int
+    host_bytes: int
+    fits: bool
+    headroom_bytes: int
+
+
+@dataclass
+class MemoryPlan:
+    """What :func:`plan_memory` computed.
+
+    Attributes:
+        path: the directory of the weights planned for.
+        weight_files: the files the numbers come from.
+        devices: number of devices.
+        device_memory: bytes per device.
+        dtype: the target dtype (``None``: as stored).
+        parameter_count: elements in all tensors.
+        weights_bytes: ``W``, bytes of all tensors at the target dtype.
+        blocks: the wrapped blocks found, in key order.
+        largest_block: the largest of them (``None`` when no block pattern matched).
+        other_bytes: ``R``, bytes outside every block.
+        strategy: the strategy asked for.
+        estimates: strategy -> :class:`StrategyEstimate`, for all three strategies.
+    """
+
+    path: str
+    weight_files: list[str]
+    devices: int
+    device_memory: int
+    dtype: str | None
+    parameter_count: int
+    weights_bytes: int
+    blocks: list[BlockSize]
+    largest_block: BlockSize | None
+    other_bytes: int
+    strategy: str
+    estimates: dict[str, StrategyEstimate] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> StrategyEstimate:
+        return self.estimates[self.strategy]
+
+    @property
+    def fits(self) -> bool:
+        """Whether the chosen strategy fits."""
+        return self.chosen.fits
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.chosen.headroom_bytes
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict; its keys are stable for scripts (``blocks`` holds the count only)."""
+        result = asdict(self)
+        result["blocks"] = len(self.blocks)
+        result.update(fits=self.fits, headroom_bytes=self.headroom_bytes)
+        return result
+
+
+def plan_memory(
+    spec: str | os.PathLike[str],
+    *,
+    devices: int = 1,
+    device_memory: int | str,
+    dtype: object = None,
+    strategy: str | None = None,
+    variant: str | None = None,
+    **resolve_kwargs: object,
+) -> MemoryPlan:
+    """Per-device memory for a checkpoint's weights, from its safetensors headers (no weights read).
+
+    Args:
+        spec: a checkpoint directory or weights file (or any form :func:`resolve_ckpt_dir` accepts).
+        devices: number of devices (GPUs) to spread over.
+        device_memory: memory of one device: bytes or a size string (``"24GiB"``, ``"80GB"``).
+        dtype: the dtype the weights will have on the device (``"bf16"``, ``torch.float16``);
+            ``None`` keeps the stored dtypes. Only floating tensors are converted.
+        strategy: ``"replicate"``, ``"fsdp"`` or ``"offload"``; default ``"fsdp"`` for several
+            devices, else ``"replicate"``. All three are estimated; this one decides ``fits``.
+        variant: the variant a load would use.
+        resolve_kwargs: passed to :func:`resolve_ckpt_dir` (``subfolder``, ``revision``, ...).
+
+    Returns:
+        The :class:`MemoryPlan`.
+
+    Raises:
+        ValueError: ``devices < 1``, an unknown strategy, dtype or size.
+        CkptError: the checkpoint is damaged, or holds torch pickles (whose tensor sizes need
+            torch to read; resave them as safetensors first).
+
+    Example:
+        >>> plan = plan_memory("Wan2.1-T2V-14B", devices=5, device_memory="24GiB", dtype="bf16")  # doctest: +SKIP
+        >>> plan.fits, plan.chosen.peak_bytes  # doctest: +SKIP
+        (True, 6437234688)
+    """
+    from ckptkit.resolve import resolve_ckpt_dir
+
+    if devices < 1:
+        raise ValueError(f"devices must be at least 1, not {devices}")
+    strategy = strategy or ("fsdp" if devices > 1 else "replicate")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    memory = parse_size(device_memory)
+    ckpt = resolve_ckpt_dir(spec, variant=variant, variant_fallback="allow", **resolve_kwargs)  # type: ignore[arg-type]
+    if ckpt.format != "safetensors" or ckpt.weight_set is None:
+        raise CkptError(
+            "holds torch pickle files; their tensor sizes cannot be read without unpickling them",
+            path=ckpt.weight_files[0] if ckpt.weight_files else ckpt.path,
+            fix="resave it as safetensors first (ckptkit resave SRC DST)",
+        )
+    check = check_weight_set(ckpt.weight_set)
+    check.raise_first()
+    if dtype is None and ckpt.selection is not None and ckpt.selection.cast_dtype:
+        dtype = ckpt.selection.cast_dtype
+    target = canonical_dtype(dtype) if dtype is not None else None
+    tensors = [t for header in check.headers.values() for t in header.tensors.values()]
+    sizes = {t.name: _bytes_at(t, target) for t in tensors}
+    blocks = find_blocks(sizes)
+    weights = sum(sizes.values())
+    other = weights - sum(b.bytes for b in blocks)
+    largest = max(blocks, key=lambda b: b.bytes, default=None)
+    plan = MemoryPlan(
+        path=str(ckpt.path),
+        weight_files=[str(p) for p in ckpt.weight_files],
+        devices=devices,
+        device_memory=memory,
+        dtype=target,
+        parameter_count=sum(t.numel for t in tensors),
+        weights_bytes=weights,
+        blocks=blocks,
+        largest_block=largest,
+        other_bytes=other,
+        strategy=strategy,
+    )
+    block = largest.bytes if largest else 0
+    plan.estimates = {
+        "replicate": _estimate("replicate", weights, 0, 0, memory),
+        "fsdp": (
+            _estimate("fsdp", math.ceil(weights / devices), other + block, 0, memory)
+            if devices > 1
+            else _estimate("fsdp", weights, 0, 0, memory)
+        ),
+        "offload": _estimate("offload", other, block, weights, memory),
+    }
+    return plan
+
+
+def find_blocks(sizes: dict[str, int]) -> list[BlockSize]:
+    """Group tensor bytes by their outermost repeated block (``blocks.N.``, ``layers.N.``, ...).
+
+    Args:
+        sizes: tensor name -> bytes.
+
+    Returns:
+        The blocks in order of first appearance; tensors outside every block are not included.
+
+    Example:
+        >>> [(b.name, b.bytes) for b in find_blocks({"blocks.0.a": 4, "blocks.0.b": 4, "blocks.1.a": 4, "head": 2})]
+        [('blocks.0', 8), ('blocks.1', 4)]
+    """
+    blocks: dict[str, BlockSize] = {}
+    for name, nbytes in sizes.items():
+        match = _BLOCK.search(name)
+        if match is None:
+            continue
+        prefix = name[: match.end() - 1]
+        block = blocks.setdefault(prefix, BlockSize(prefix, 0, 0))
+        block.tensors += 1
+        block.bytes += nbytes
+    return list(blocks.values())
+
+
+def _bytes_at(tensor: TensorInfo, target: str | None) -> int:
+    info = DTYPES[tensor.dtype]
+    if target is None or not info.floating:
+        return tensor.nbytes
+    bits = next(d.bits for d in DTYPES.values() if d.name == target)
+    return tensor.numel * bits // 8
+
+
+def _estimate(strategy: str, resident: int, unshard: int, host: int, memory: int) -> StrategyEstimate:
+    peak = resident + unshard
+    return StrategyEstimate(strategy, resident, unshard, peak, host, peak <= memory, memory - peak)
