@@ -62,9 +62,13 @@ def load_dit(
         pretrained_model_name_or_path: a transformer or pipeline directory, weights file, hub repo id or
             cache directory (anything :func:`ckptkit.resolve_ckpt_dir` accepts).
         subfolder: the component folder; for a pipeline it defaults to ``transformer``.
-        cache_dir, revision, local_files_only, token: as for ``from_pretrained`` (hub forms).
+        cache_dir: the hub cache to look in (hub forms).
+        revision: branch, tag or commit (hub forms).
+        local_files_only: never download.
+        token: hub token (hub forms).
         variant: ``"fp16"``, ...; see ``variant_fallback``.
-        torch_dtype, dtype: the dtype (``dtype`` wins), a ``torch.dtype`` or ``"bf16"``-like string.
+        torch_dtype: the dtype to load in (the older name of ``dtype``).
+        dtype: the dtype (wins over ``torch_dtype``), a ``torch.dtype`` or ``"bf16"``-like string.
         device_map: a device (``"cuda:0"``), ``"auto"`` or a module -> device dict (accelerate).
         low_cpu_mem_usage: accepted for compatibility; loading always goes through the meta device.
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"`` when the variant is missing.

@@ -63,9 +63,13 @@ def load_t5(
         pretrained_model_name_or_path: a model or pipeline directory, weights file, hub repo id or
             cache directory (anything :func:`ckptkit.resolve_ckpt_dir` accepts).
         subfolder: the component folder; for a pipeline it defaults to its text encoder.
-        cache_dir, revision, local_files_only, token: as for ``from_pretrained`` (hub forms).
+        cache_dir: the hub cache to look in (hub forms).
+        revision: branch, tag or commit (hub forms).
+        local_files_only: never download.
+        token: hub token (hub forms).
         variant: ``"fp16"``, ``"bf16"``, ...; see ``variant_fallback``.
-        torch_dtype, dtype: the dtype to load in (``dtype`` wins); a ``torch.dtype``, ``"bf16"``,
+        torch_dtype: the dtype to load in (the older name of ``dtype``).
+        dtype: the dtype to load in (wins over ``torch_dtype``); a ``torch.dtype``, ``"bf16"``,
             ``"float16"``, or ``"auto"``/``None`` for the config's dtype (as stored if it has none).
         device_map: a device (``"cuda:0"``), ``"auto"`` or a module -> device dict (accelerate).
         low_cpu_mem_usage: accepted for compatibility; loading always goes through the meta device.

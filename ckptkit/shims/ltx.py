@@ -131,7 +131,10 @@ def read_single_file(
     Args:
         ckpt_path: a local ``.safetensors`` file, ``"org/repo/file.safetensors"``, or a bare file
             name, which is looked up in ``Lightricks/LTX-Video`` as LTX-Video's scripts do.
-        cache_dir, revision, local_files_only, token: for the hub forms.
+        cache_dir: the hub cache to look in (hub forms).
+        revision: branch, tag or commit (hub forms).
+        local_files_only: never download.
+        token: hub token (hub forms).
 
     Raises:
         CheckpointNotFoundError: no such file locally or in the cache/hub.
