@@ -15,12 +15,12 @@ from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.io.tensors import to_torch_dtype
 
 __all__ = [
-    "assign_state_dict",
     "choose_dtype",
     "config_kwargs",
     "fill_model",
     "keep_in_fp32_matcher",
     "place_model",
+    "read_weights",
     "split_device_map",
     "user_dtype",
 ]
@@ -132,6 +132,7 @@ def fill_model(
     keep_fp32: Callable[[str], bool],
     device: torch.device,
     tied: dict[str, str] | None = None,
+    prefix: str | None = None,
 ) -> None:
     """Fill a meta-device ``model`` from ``ckpt``, cast it, and tie its shared weights.
 
@@ -140,18 +141,19 @@ def fill_model(
 
     Args:
         tied: target -> source parameter names that share storage (transformers' ``_tied_weights_keys``).
+        prefix: use only the checkpoint keys under this prefix, stripped (``"vae."`` of a single file).
 
     Raises:
         CorruptCheckpointError: a tensor's shape differs from the model's, or the checkpoint lacks
             tensors the model needs.
     """
-    unexpected = _read_into(model, ckpt, dtype=dtype, device=device)
+    unexpected = _read_into(model, ckpt, dtype=dtype, device=device, prefix=prefix)
     kept = [n for n, t in _tensors(model) if keep_fp32(n) and t.is_floating_point() and not t.is_meta]
     if dtype is not None and dtype != torch.float32 and kept:
         # The kept modules were read at ``dtype`` with the rest; read them again from the file at
         # float32 (exact, and only they), so nothing is rounded and no float32 copy of the model exists.
         shell = _shell(model, kept)
-        _read_into(shell, ckpt, dtype=torch.float32, device=device)
+        _read_into(shell, ckpt, dtype=torch.float32, device=device, prefix=prefix)
         for name in kept:
             _put(
                 model,
@@ -170,16 +172,34 @@ def fill_model(
 
 
 def _read_into(
-    model: torch.nn.Module, ckpt: CheckpointDir, *, dtype: torch.dtype | None, device: torch.device
+    model: torch.nn.Module,
+    ckpt: CheckpointDir,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    prefix: str | None = None,
 ) -> list[str]:
     """Read the checkpoint into the model; returns the unexpected keys.
 
-    This is ckptkit's ``load_sharded(ckpt, model=model, dtype=dtype, device=device, strict=False)``
-    (issue #3) until that verb lands; then this body becomes that one call.
+    This is ckptkit's ``load_sharded(ckpt, model=model, dtype=dtype, device=device, prefix=prefix,
+    strict=False)`` (issue #3) until that verb lands; then this body becomes that one call.
     """
     from ckptkit.adapters._read import read_state_into
 
-    return read_state_into(model, ckpt, dtype=dtype, device=device)
+    return read_state_into(model, ckpt, dtype=dtype, device=device, prefix=prefix)
+
+
+def read_weights(
+    ckpt: CheckpointDir, *, prefix: str | None = None, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``ckpt`` (under ``prefix``, stripped), floating ones read at ``dtype``.
+
+    This is ckptkit's ``load_sharded(ckpt, prefix=prefix, dtype=dtype)`` (issue #3) until that verb
+    lands; then this body becomes that one call.
+    """
+    from ckptkit.adapters._read import read_state_dict
+
+    return read_state_dict(ckpt, prefix=prefix, dtype=dtype)
 
 
 def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -249,29 +269,6 @@ def place_model(
         )
     logger.info("dispatching %s over %s", type(model).__name__, device_map)
     return dispatch_model(model, device_map=device_map)  # type: ignore[arg-type]
-
-
-def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, path: object) -> None:
-    """Put ``state`` into a meta-device ``model`` (``assign``: the tensors become the parameters).
-
-    Raises:
-        CorruptCheckpointError: shapes differ, or the model keeps tensors the state dict lacks.
-    """
-    from ckptkit.adapters._read import assign_tensor
-
-    slots = {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
-    where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
-    unexpected = [k for k in state if k not in slots]
-    for name in [k for k in state if k in slots]:
-        assign_tensor(model, name, state.pop(name), path=where)
-    _tie(model, {})
-    _raise_missing(model, where)
-    if unexpected:
-        warnings.warn(
-            f"{where}: {len(unexpected)} tensors are not used by {type(model).__name__}: {', '.join(unexpected[:5])}",
-            CkptWarning,
-            stacklevel=3,
-        )
 
 
 def _raise_missing(model: torch.nn.Module, where: str | os.PathLike[str]) -> None:

@@ -21,9 +21,14 @@ __all__ = ["assign_tensor", "read_state_dict", "read_state_into"]
 
 
 def read_state_into(
-    model: torch.nn.Module, ckpt: CheckpointDir, *, dtype: torch.dtype | None, device: torch.device
+    model: torch.nn.Module,
+    ckpt: CheckpointDir,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    prefix: str | None = None,
 ) -> list[str]:
-    """Assign every tensor of ``ckpt`` to ``model``; returns the keys the model has no slot for."""
+    """Assign every tensor of ``ckpt`` (under ``prefix``, stripped) to ``model``; returns the keys it has no slot for."""
     slots = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     slots |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
     unexpected: list[str] = []
@@ -32,7 +37,10 @@ def read_state_into(
             header = read_header(path)
             fd = os.open(path, os.O_RDONLY)
             try:
-                for name, info in header.tensors.items():
+                for stored_name, info in header.tensors.items():
+                    if prefix is not None and not stored_name.startswith(prefix):
+                        continue
+                    name = stored_name[len(prefix or "") :]
                     if name not in slots:
                         unexpected.append(name)
                         continue
@@ -42,8 +50,11 @@ def read_state_into(
                 os.close(fd)
         else:
             state = unwrap_state_dict(load_torch_file(path), None, path)
-            for name in list(state):
-                tensor = state.pop(name)
+            for stored_name in list(state):
+                tensor = state.pop(stored_name)
+                if prefix is not None and not stored_name.startswith(prefix):
+                    continue
+                name = stored_name[len(prefix or "") :]
                 if name not in slots:
                     unexpected.append(name)
                     continue

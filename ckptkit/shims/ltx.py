@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from ckptkit.adapters._build import assign_state_dict
-from ckptkit.adapters._read import read_state_dict
+from ckptkit.adapters._build import fill_model, read_weights
 from ckptkit.adapters.t5 import load_t5
 from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CorruptCheckpointError
@@ -100,7 +99,7 @@ class LTXSingleFile:
         prefix = COMPONENT_PREFIXES.get(component)
         if prefix is None:
             raise ValueError(f"component must be one of {sorted(COMPONENT_PREFIXES)}, not {component!r}")
-        state = read_state_dict(
+        state = read_weights(
             self.ckpt, prefix=prefix, dtype=to_torch_dtype(dtype) if dtype is not None else None
         )
         if not state:
@@ -212,10 +211,19 @@ def load_component(
         ckpt_path if isinstance(ckpt_path, LTXSingleFile) else read_single_file(ckpt_path, **resolve_kwargs)
     )
     config = single._part(component)
+    prefix = COMPONENT_PREFIXES.get(component)
+    if prefix is None:
+        raise ValueError(f"component must be one of {sorted(COMPONENT_PREFIXES)}, not {component!r}")
     with init_empty_weights():
         model = model_class.from_config(config)  # type: ignore[attr-defined]
-    state = {k: v.to(device) for k, v in single.state_dict(component).items()}
-    assign_state_dict(model, state, path=single.path)
+    fill_model(
+        model,
+        single.ckpt,
+        dtype=None,
+        keep_fp32=lambda name: False,
+        device=torch.device(device),
+        prefix=prefix,
+    )
     return model.eval()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckptkit.adapters._read import read_state_dict
+from ckptkit.adapters._build import read_weights
 from ckptkit.adapters.t5 import load_t5
 from ckptkit.adapters.vae import load_vae
 from ckptkit.checkpoint import CheckpointDir
@@ -267,13 +267,13 @@ def load_checkpoint(
     path = Path(os.path.expanduser(os.fspath(ckpt_path)))
     if path.is_dir():
         ckpt = _booster_dir(path, model_name)
-        state = read_state_dict(ckpt)
+        state = read_weights(ckpt)
     elif path.suffix in (".pt", ".pth") and path.is_file():
         state = _unwrap_training_file(load_torch_file(path), path)
     elif path.exists():
-        state = read_state_dict(resolve_ckpt_dir(path))
+        state = read_weights(resolve_ckpt_dir(path))
     else:
-        state = read_state_dict(resolve_ckpt_dir(os.fspath(ckpt_path), cache_dir=cache_dir))
+        state = read_weights(resolve_ckpt_dir(os.fspath(ckpt_path), cache_dir=cache_dir))
     state = reparameter(state, model)
     state = {k: v.to(device) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=strict)

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from ckptkit.adapters._build import read_weights
 from ckptkit.adapters._diffusers import load_diffusers_model
-from ckptkit.adapters._read import read_state_dict
 from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.io.tensors import to_torch_dtype
@@ -98,7 +98,7 @@ class WanCheckpoint:
     ) -> dict[str, torch.Tensor]:
         """The DiT's tensors, floating ones cast to ``dtype`` as they are read (never a float32 copy first)."""
         target = to_torch_dtype(dtype) if dtype is not None else None
-        return read_state_dict(self.dit_checkpoint(subfolder), dtype=target)
+        return read_weights(self.dit_checkpoint(subfolder), dtype=target)
 
 
 def wan_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> WanCheckpoint:
