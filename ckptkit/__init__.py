@@ -22,6 +22,11 @@ _EXPORTS = {
     "verify_checkpoint": "ckptkit.verify",
     "write_manifest": "ckptkit.checksums",
     "parse_size": "ckptkit.format.sizes",
+    "DevicePlan": "ckptkit.placement_plan",
+    "PlacementResult": "ckptkit.placement",
+    "infer_device_map": "ckptkit.placement",
+    "load_with_device_map": "ckptkit.placement",
+    "plan_device_map": "ckptkit.placement_plan",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
+    from ckptkit.placement_plan import DevicePlan, plan_device_map
     from ckptkit.plan import MemoryPlan, plan_memory
     from ckptkit.resolve import resolve_ckpt_dir
     from ckptkit.verify import VerifyReport, verify_checkpoint
