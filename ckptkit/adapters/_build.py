@@ -19,7 +19,7 @@ __all__ = [
     "config_kwargs",
     "fill_model",
     "keep_in_fp32_matcher",
-    "place_model",
+    "load_weights",
     "read_weights",
     "split_device_map",
     "user_dtype",
@@ -38,15 +38,16 @@ LOADER_ONLY_KWARGS = frozenset(
         "output_loading_info",
         "disable_mmap",
         "mirror",
-        "offload_folder",
         "offload_state_dict",
-        "offload_buffers",
         "ignore_mismatched_sizes",
         "weights_only",
         "_fast_init",
         "key_mapping",
     }
 )
+
+#: ``from_pretrained`` arguments that go to the placement of a planned ``device_map``.
+PLACEMENT_KWARGS = ("max_memory", "offload_folder", "offload_buffers")
 
 #: ``device_map`` values that ask accelerate to plan the placement.
 PLANNED_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -66,8 +67,8 @@ def user_dtype(torch_dtype: object, dtype: object) -> torch.dtype | str | None:
 def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``**kwargs`` of a ``from_pretrained`` call: (config overrides, loader options).
 
-    Loader options kept: ``max_memory`` (for ``device_map="auto"``). Quantization is refused rather
-    than silently ignored.
+    Loader options kept: ``max_memory``, ``offload_folder``, ``offload_buffers`` (for planned
+    ``device_map``). Quantization is refused rather than silently ignored.
 
     Raises:
         ValueError: ``quantization_config`` was given.
@@ -251,24 +252,65 @@ def _tie(model: torch.nn.Module, tied: dict[str, str]) -> None:
         tie()
 
 
-def place_model(
-    model: torch.nn.Module, device_map: object, dtype: torch.dtype | None, *, max_memory: object = None
-) -> torch.nn.Module:
-    """Dispatch a filled model over devices with accelerate (``"auto"`` or a per-module dict)."""
-    if device_map is None:
-        return model
-    from accelerate import dispatch_model, infer_auto_device_map
+def load_weights(
+    model: torch.nn.Module,
+    ckpt: CheckpointDir,
+    *,
+    dtype: torch.dtype | None,
+    keep_fp32_modules: Iterable[str] | None,
+    device_map: object,
+    loader: dict[str, Any],
+    tied: dict[str, str] | None = None,
+) -> None:
+    """Fill a meta-built ``model`` in place onto one device, or place it over several (``device_map``).
 
-    if isinstance(device_map, str):
-        no_split = getattr(model, "_no_split_modules", None) or []
-        device_map = infer_auto_device_map(
+    One device (``None``, ``"cuda:0"``, ``{"": 0}``): :func:`fill_model`. ``"auto"``,
+    ``"balanced"``, ... or a per-module dict: :func:`ckptkit.placement.load_with_device_map`, which
+    reads each tensor once straight to its device or leaves it on disk (``offload_folder``) and
+    installs accelerate's hooks.
+
+    Args:
+        keep_fp32_modules: modules read at float32 when ``dtype`` is lower (the library's rule,
+            already applied: transformers keeps them only under float16).
+        loader: ``max_memory``, ``offload_folder``, ``offload_buffers`` from the caller's kwargs.
+    """
+    keep = sorted(keep_fp32_modules or ())
+    device, planned = split_device_map(device_map)
+    if planned is None:
+        fill_model(model, ckpt, dtype=dtype, keep_fp32=keep_in_fp32_matcher(keep), device=device, tied=tied)
+        return
+    from ckptkit.placement import load_with_device_map
+
+    # placement keeps the model's _keep_in_fp32_modules under any dtype; give it the set that applies.
+    own = model.__dict__.get("_keep_in_fp32_modules", _UNSET)
+    model._keep_in_fp32_modules = keep  # type: ignore[assignment]
+    try:
+        result = load_with_device_map(
+            ckpt,
             model,
-            max_memory=max_memory,
-            no_split_module_classes=list(no_split),
-            dtype=dtype,  # type: ignore[arg-type]
+            device_map=planned,  # type: ignore[arg-type]
+            max_memory=loader.get("max_memory"),
+            offload_folder=loader.get("offload_folder"),
+            offload_buffers=bool(loader.get("offload_buffers", False)),
+            dtype=dtype,
+            strict=False,
         )
-    logger.info("dispatching %s over %s", type(model).__name__, device_map)
-    return dispatch_model(model, device_map=device_map)  # type: ignore[arg-type]
+    finally:
+        if own is _UNSET:
+            del model._keep_in_fp32_modules
+        else:
+            model._keep_in_fp32_modules = own
+    if result.unexpected_keys:
+        warnings.warn(
+            f"{ckpt.path}: {len(result.unexpected_keys)} tensors in the checkpoint are not used by "
+            f"{type(model).__name__}: {', '.join(result.unexpected_keys[:5])}",
+            CkptWarning,
+            stacklevel=3,
+        )
+    logger.info("placed %s over %s", type(model).__name__, result.device_map)
+
+
+_UNSET = object()
 
 
 def _raise_missing(model: torch.nn.Module, where: str | os.PathLike[str]) -> None:

@@ -12,10 +12,7 @@ import torch
 from ckptkit.adapters._build import (
     choose_dtype,
     config_kwargs,
-    fill_model,
-    keep_in_fp32_matcher,
-    place_model,
-    split_device_map,
+    load_weights,
     user_dtype,
 )
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
@@ -98,8 +95,8 @@ def load_diffusers_model(
     overrides, loader = config_kwargs(config_overrides)
     with init_empty_weights():
         model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
-    read_device, dispatch_map = split_device_map(device_map)
-    fill_model(model, ckpt, dtype=load_dtype, keep_fp32=keep_in_fp32_matcher(keep), device=read_device)
+    load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
+    model.eval()
     if hasattr(model, "register_to_config"):
         model.register_to_config(_name_or_path=os.fspath(spec))
-    return place_model(model, dispatch_map, load_dtype, max_memory=loader.get("max_memory")).eval()
+    return model

@@ -11,10 +11,7 @@ import torch
 from ckptkit.adapters._build import (
     choose_dtype,
     config_kwargs,
-    fill_model,
-    keep_in_fp32_matcher,
-    place_model,
-    split_device_map,
+    load_weights,
     user_dtype,
 )
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
@@ -133,20 +130,20 @@ def load_t5(
         keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
     if load_dtype in (torch.float16, torch.bfloat16):
         keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
-    read_device, dispatch_map = split_device_map(device_map)
     tied = getattr(model, "_tied_weights_keys", None)
-    fill_model(
+    load_weights(
         model,
         ckpt,
         dtype=load_dtype,
-        keep_fp32=keep_in_fp32_matcher(keep),
-        device=read_device,
+        keep_fp32_modules=keep,
+        device_map=device_map,
+        loader=loader,
         tied=tied if isinstance(tied, dict) else None,
     )
+    model.eval()
     if load_dtype is not None:
         model.config.dtype = load_dtype
     model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
-    model = place_model(model, dispatch_map, load_dtype, max_memory=loader.get("max_memory")).eval()
     if not with_tokenizer:
         return model
     return model, load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)

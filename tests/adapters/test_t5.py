@@ -200,3 +200,15 @@ def test_planned_device_maps_dispatch_with_accelerate(layouts, device_map):
     ours = load_t5(layouts["t5_single"], device_map=device_map)
     assert set(ours.hf_device_map.values()) == {"cpu"}  # set by accelerate's dispatch_model
     assert_same_model(ours, T5EncoderModel.from_pretrained(layouts["t5_single"]))
+
+
+def test_auto_device_map_offloads_to_disk_and_still_runs(layouts, tmp_path):
+    ours = load_t5(
+        layouts["t5_single"],
+        device_map="auto",
+        max_memory={"cpu": 40_000},
+        offload_folder=tmp_path / "offload",
+    )
+    assert "disk" in set(ours.hf_device_map.values())
+    reference = realigned(T5EncoderModel.from_pretrained(layouts["t5_single"]))
+    assert torch.equal(hidden(ours), hidden(reference))
