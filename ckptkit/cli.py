@@ -269,9 +269,7 @@ def _add_plan(sub: Any) -> None:
     )
     parser.add_argument("spec", help="a checkpoint directory or weights file")
     parser.add_argument("--devices", type=_positive_int, default=1, help="number of devices (default 1)")
-    parser.add_argument(
-        "--device-memory", type=_size_argument, required=True, help="memory per device: 24GiB, 80GB, bytes"
-    )
+    parser.add_argument("--device-memory", type=_size_argument, help="memory per device: 24GiB, 80GB, bytes")
     parser.add_argument("--dtype", help="dtype on the device (bf16, fp16, fp32); default: as stored")
     parser.add_argument(
         "--strategy",
@@ -280,11 +278,51 @@ def _add_plan(sub: Any) -> None:
     )
     parser.add_argument("--subfolder", help="component of a pipeline (transformer, ...)")
     parser.add_argument("--variant", help="the variant a load would use (fp16, ...)")
+    placement = parser.add_argument_group(
+        "device map", "print the accelerate device_map a load would use (pass it back as device_map=)"
+    )
+    placement.add_argument(
+        "--device-map",
+        nargs="?",
+        const="auto",
+        choices=["auto", "balanced", "balanced_low_0", "sequential"],
+        help="plan a device map instead of per-device totals (default mode: auto)",
+    )
+    placement.add_argument("--max-memory", help="budgets for --device-map: 0=20GiB,1=20GiB,cpu=64GiB")
+    placement.add_argument(
+        "--no-split", action="append", metavar="PREFIX", help="keep modules under PREFIX whole (repeatable)"
+    )
     parser.set_defaults(run=_run_plan)
+
+
+def _run_plan_device_map(args: argparse.Namespace) -> int:
+    from ckptkit.placement_plan import plan_device_map
+
+    if not args.max_memory:
+        raise ValueError("plan --device-map needs --max-memory, e.g. --max-memory 0=20GiB,cpu=64GiB")
+    plan = plan_device_map(
+        args.spec,
+        max_memory=args.max_memory,
+        device_map=args.device_map,
+        dtype=args.dtype,
+        no_split_prefixes=args.no_split,
+        subfolder=args.subfolder,
+        variant=args.variant,
+    )
+    if args.json:
+        _print_json(plan.to_dict())
+    else:
+        print(plan.format())
+    return EXIT_OK
 
 
 def _run_plan(args: argparse.Namespace) -> int:
     from ckptkit.plan import plan_memory
+
+    if args.device_map:
+        return _run_plan_device_map(args)
+    if args.device_memory is None:
+        raise ValueError("plan needs --device-memory (or --device-map with --max-memory)")
 
     plan = plan_memory(
         args.spec,
