@@ -27,12 +27,15 @@ _EXPORTS = {
     "infer_device_map": "ckptkit.placement",
     "load_with_device_map": "ckptkit.placement",
     "plan_device_map": "ckptkit.placement_plan",
+    "materialize": "ckptkit.materialize",
+    "resave": "ckptkit.resave",
     "resolve_ckpt_dir": "ckptkit.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
     "CkptWarning": "ckptkit.errors",
     "CorruptCheckpointError": "ckptkit.errors",
+    "DestinationExistsError": "ckptkit.errors",
     "IncompleteCheckpointError": "ckptkit.errors",
     "UnsafeCheckpointError": "ckptkit.errors",
     "VariantNotFoundError": "ckptkit.errors",
@@ -49,15 +52,18 @@ if TYPE_CHECKING:
         CkptError,
         CkptWarning,
         CorruptCheckpointError,
+        DestinationExistsError,
         IncompleteCheckpointError,
         UnsafeCheckpointError,
         VariantNotFoundError,
     )
     from ckptkit.format.sizes import parse_size
     from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.materialize import materialize
     from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
     from ckptkit.placement_plan import DevicePlan, plan_device_map
     from ckptkit.plan import MemoryPlan, plan_memory
+    from ckptkit.resave import resave
     from ckptkit.resolve import resolve_ckpt_dir
     from ckptkit.verify import VerifyReport, verify_checkpoint
 

@@ -15,6 +15,7 @@ __all__ = [
     "CkptError",
     "CkptWarning",
     "CorruptCheckpointError",
+    "DestinationExistsError",
     "IncompleteCheckpointError",
     "UnsafeCheckpointError",
     "VariantNotFoundError",
@@ -86,3 +87,7 @@ class AmbiguousCheckpointError(CkptError, ValueError):
 
 class CkptWarning(UserWarning):
     """Something the user should fix, though ckptkit could carry on."""
+
+
+class DestinationExistsError(CkptError, FileExistsError):
+    """The output path already exists and ``overwrite=True`` was not given."""

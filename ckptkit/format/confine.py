@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ckptkit.errors import UnsafeCheckpointError
+from ckptkit.format.hub_files import hub_repo_root
 
-__all__ = ["CONFINE_ENV", "confine_enabled", "enforce_confinement", "is_outside"]
+__all__ = ["CONFINE_ENV", "checkpoint_root", "confine_enabled", "enforce_confinement", "is_outside"]
 
 CONFINE_ENV = "CKPTKIT_CONFINE"
 
@@ -23,6 +24,11 @@ def confine_enabled(confine: bool | None) -> bool:
     if confine is not None:
         return bool(confine)
     return os.environ.get(CONFINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def checkpoint_root(path: str | os.PathLike[str]) -> Path:
+    """The root links are judged against: ``models--org--name`` for a hub snapshot, else ``path``."""
+    return hub_repo_root(path) or Path(os.path.abspath(path))
 
 
 def is_outside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:

@@ -1,0 +1,196 @@
+"""``materialize``: a link-free copy of a checkpoint or hub snapshot, or a tarball of one.
+
+Hub snapshots are directories of relative symlinks into ``blobs/``; copying them with ``cp -r``,
+zipping or tarring them keeps the links, which break once moved (the SageMaker ``model.tar.gz``
+problem). ``materialize`` follows every link and copies the bytes, streaming, and leaves out the
+download bookkeeping (``.cache/``, ``.huggingface/``, ``.git/``).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
+from ckptkit.format.layout import IGNORED_DIRS
+from ckptkit.io.atomic import (
+    copy_file,
+    staged_directory,
+    staged_file,
+    walk_files,
+)
+
+__all__ = ["ARCHIVE_FORMATS", "materialize"]
+
+#: ``archive=`` values and the tarfile mode each writes.
+ARCHIVE_FORMATS = {"tar": "w", "tar.gz": "w:gz"}
+_CHUNK = 8 * 2**20
+
+
+def materialize(
+    src: str | os.PathLike[str] | CheckpointDir,
+    dst: str | os.PathLike[str],
+    *,
+    archive: str | None = None,
+    overwrite: bool = False,
+    compresslevel: int = 1,
+    progress: bool | None = None,
+    fsync: bool = True,
+    confine: bool | None = None,
+) -> Path:
+    """Copy a checkpoint directory with every symlink replaced by the file it points to.
+
+    Args:
+        src: a local directory (a hub snapshot ``.../snapshots/<commit>`` included), a hub cache
+            repo directory ``models--org--name`` (its ``refs/main`` snapshot), a single file, a
+            :class:`CheckpointDir`, or any other form :func:`resolve_ckpt_dir` resolves (then the
+            directory it resolves to is copied).
+        dst: the output directory, or with ``archive`` the archive file (``model.tar.gz``).
+        archive: ``None`` for a directory; ``"tar"`` or ``"tar.gz"`` for a tarball with the files
+            at its root and no links in it, as SageMaker expects ``model.tar.gz``.
+        overwrite: replace an existing ``dst`` (an empty directory counts as absent).
+        compresslevel: gzip level for ``"tar.gz"`` (1: fast; weights barely compress anyway).
+        progress: show a tqdm progress bar; ``None``: when stderr is a terminal.
+        fsync: flush the output to disk before it is put in place.
+        confine: refuse files whose real path lies outside the checkpoint (default: the
+            ``CKPTKIT_CONFINE`` environment variable).
+
+    Returns:
+        ``dst`` as an absolute path. It appears atomically: whole, or not at all.
+
+    Raises:
+        DestinationExistsError: ``dst`` exists and ``overwrite`` is false.
+        IncompleteCheckpointError: a link dangles (an interrupted download); nothing is written.
+        UnsafeCheckpointError: ``confine`` and a link points outside the checkpoint.
+        ValueError: an unknown ``archive``, or ``dst`` inside ``src``.
+
+    Example:
+        >>> materialize("~/.cache/huggingface/hub/models--org--name", "model.tar.gz", archive="tar.gz")  # doctest: +SKIP
+        PosixPath('/home/me/model.tar.gz')
+    """
+    if archive is not None and archive not in ARCHIVE_FORMATS:
+        raise ValueError(f"archive must be None or one of {sorted(ARCHIVE_FORMATS)}, not {archive!r}")
+    source = _source_path(src)
+    dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
+    real_src, real_dst = os.path.realpath(source), os.path.realpath(dst_path)
+    if real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+        raise ValueError(f"{dst_path}: the output must not be the source {source} or lie inside it")
+
+    files = [(source.name, source)] if source.is_file() else list(walk_files(source, exclude=IGNORED_DIRS))
+    if confine_enabled(confine):
+        root = checkpoint_root(source if source.is_dir() else source.parent)
+        for _, path in files:
+            enforce_confinement([path], root, confine=True)
+    bar = _progress_bar(files, progress)
+    update = bar.update if bar is not None else None
+    try:
+        if archive is None:
+            with staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging:
+                for rel, path in files:
+                    target = staging.path / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    copy_file(path, target, fsync=fsync, progress=update)
+        else:
+            with staged_file(dst_path, overwrite=overwrite, fsync=fsync) as staging:
+                _write_tar(staging.path, files, ARCHIVE_FORMATS[archive], compresslevel, update)
+    finally:
+        if bar is not None:
+            bar.close()
+    return dst_path
+
+
+def _source_path(src: str | os.PathLike[str] | CheckpointDir) -> Path:
+    if isinstance(src, CheckpointDir):
+        return Path(src.path)
+    path = Path(os.path.expanduser(os.fspath(src)))
+    if (
+        path.is_dir()
+        and (path / "snapshots").is_dir()
+        and path.name.split("--")[0] in ("models", "datasets", "spaces")
+    ):
+        return _cache_snapshot(path)
+    if path.exists():
+        return path
+    if os.path.lexists(path):
+        raise CheckpointNotFoundError(
+            f"link points to {os.readlink(path)!r}, which does not exist", path=path
+        )
+    from ckptkit.resolve import resolve_ckpt_dir
+
+    return Path(resolve_ckpt_dir(src).path)  # a hub form: pass it as the user wrote it
+
+
+def _cache_snapshot(repo_dir: Path) -> Path:
+    """The snapshot ``refs/main`` names in a hub cache repo folder, else its only snapshot."""
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = sorted(p for p in (repo_dir / "snapshots").iterdir() if p.is_dir())
+    if len(snapshots) == 1:
+        return snapshots[0]
+    raise CheckpointNotFoundError(
+        f"cannot tell which snapshot to copy: refs/main is missing and there are {len(snapshots)}",
+        path=repo_dir,
+        fix="pass the snapshot directory itself: " + ", ".join(str(p) for p in snapshots[:5]),
+    )
+
+
+def _write_tar(path: Path, files: list[tuple[str, Path]], mode: str, level: int, update: Any) -> None:
+    kwargs: dict[str, Any] = {"compresslevel": level} if mode == "w:gz" else {}
+    opener: Any = tarfile.open
+    with open(path, "wb") as raw, opener(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT, **kwargs) as tar:
+        tar.copybufsize = _CHUNK
+        directories: set[str] = set()
+        for rel, source in files:
+            for parent in _parents(rel):
+                if parent not in directories:
+                    directories.add(parent)
+                    tar.addfile(_info(parent, tarfile.DIRTYPE, 0, 0o755, source.stat().st_mtime))
+            with open(source, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                info = _info(rel, tarfile.REGTYPE, stat.st_size, 0o644, stat.st_mtime)
+                tar.addfile(info, _Counting(handle, update) if update else handle)
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _info(name: str, kind: bytes, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode, info.mtime = kind, size, mode, int(mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _Counting:
+    """A read-only file wrapper that reports bytes read (tarfile copies in bounded chunks)."""
+
+    def __init__(self, handle: Any, update: Any) -> None:
+        self.handle, self.update = handle, update
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size if size >= 0 else _CHUNK)
+        self.update(len(data))
+        return data
+
+
+def _progress_bar(files: list[tuple[str, Path]], progress: bool | None) -> Any:
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    total = sum(path.stat().st_size for _, path in files)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="materialize")

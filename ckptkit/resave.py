@@ -1,0 +1,334 @@
+"""``resave``: rewrite any checkpoint as safetensors, streaming, atomically.
+
+The output directory is built next to ``dst`` and swapped into place in one step (see
+:mod:`ckptkit.io.atomic`), so a crash leaves either the old ``dst`` or the complete new one. When
+``dst`` exists (``overwrite=True``) its files are kept — hard-linked into the new directory — except
+the safetensors files of the weights name and variant being written, which disappear with the swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
+from ckptkit.format.dtypes import canonical_dtype
+from ckptkit.format.layout import IGNORED_DIRS, discover_weight_sets
+from ckptkit.format.naming import parse_index_filename, parse_weight_filename, weights_family
+from ckptkit.format.sizes import parse_size
+from ckptkit.io.atomic import (
+    Staging,
+    copy_file,
+    link_or_copy,
+    staged_directory,
+    walk_files,
+)
+from ckptkit.resolve import resolve_ckpt_dir, resolve_local
+
+__all__ = ["resave"]
+
+logger = logging.getLogger("ckptkit")
+
+
+@dataclass
+class _Job:
+    """One weight set to rewrite: ``ckpt`` goes to ``<dst>/<rel>``."""
+
+    rel: str
+    ckpt: CheckpointDir
+    name: str
+    variant: str | None
+    dtype: str | None
+
+
+def resave(
+    src: str | os.PathLike[str] | CheckpointDir,
+    dst: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str | None = "10GB",
+    variant: str | None = None,
+    dtype: object = None,
+    subfolder: str | None = None,
+    weights_name: str | None = None,
+    overwrite: bool = False,
+    copy_other_files: bool = True,
+    progress: bool | None = None,
+    fsync: bool = True,
+    unwrap: str | bool | None = None,
+    confine: bool | None = None,
+) -> CheckpointDir:
+    """Rewrite a checkpoint as safetensors shards of at most ``max_shard_size``, atomically.
+
+    With no dtype change, tensor bytes are copied file-to-file and only headers are rebuilt: memory
+    use does not grow with the model. With ``dtype``, tensors are converted one at a time.
+
+    Args:
+        src: anything :func:`resolve_ckpt_dir` accepts (a local directory or weights file, a hub
+            form), or a :class:`CheckpointDir`. A pipeline directory (``model_index.json``, no
+            weights at its root) without ``subfolder`` resaves every component holding weights.
+        dst: the output directory (for ``subfolder=``, the component's directory). May be ``src``
+            itself (re-shard in place); must not lie inside it otherwise.
+        max_shard_size: an int (bytes) or a size string (``"10GB"``, ``"500MiB"``); ``None`` writes
+            one file. Shards are filled greedily in key order; a larger tensor gets its own shard.
+        variant: the variant to write (``"fp16"``), in the current naming scheme. It is also the
+            variant read: when the source lacks it, the default weights are read and cast to the
+            dtype the variant names (fp16/bf16/fp32) unless ``dtype`` is given. ``None`` keeps the
+            source's variant.
+        dtype: cast floating tensors to this dtype (``"bf16"``, ``torch.float16``).
+        subfolder: the component of a pipeline to resave.
+        weights_name: the output weights name; default: the source's (``pytorch_model`` becomes
+            ``model``, as the output is safetensors).
+        overwrite: replace an existing, non-empty ``dst``. Its other files are kept; the old
+            safetensors files of the same weights name and variant are removed once the new set is
+            in place.
+        copy_other_files: copy configs, tokenizer files, ``model_index.json`` and other non-weight
+            files as real files (links are followed): a pipeline's whole tree, or the files directly
+            in a model directory (not its subfolders). Other weight sets of ``src`` (other variants,
+            ``.bin`` copies) are not copied; use :func:`materialize` for a full copy.
+        progress: show a tqdm progress bar; ``None``: when stderr is a terminal.
+        fsync: flush files and directories to disk before the swap (off: faster, still atomic
+            against a crash of the process, not against a power loss).
+        unwrap: for torch files, the key the state dict is nested under (``"state_dict"``).
+        confine: refuse source files whose real path lies outside the checkpoint (default: the
+            ``CKPTKIT_CONFINE`` environment variable).
+
+    Returns:
+        The new checkpoint: a :class:`CheckpointDir` of ``dst`` (for a pipeline, its ``weight_files``
+        list every component's files).
+
+    Raises:
+        DestinationExistsError: ``dst`` exists and ``overwrite`` is false.
+        CheckpointNotFoundError, IncompleteCheckpointError, CorruptCheckpointError,
+        VariantNotFoundError: the source is missing, incomplete or damaged (nothing is written).
+        UnsafeCheckpointError: ``confine`` and a file links outside the checkpoint, or a torch file
+            needs more than ``weights_only`` allows.
+        ValueError: a bad size or dtype, or ``dst`` inside ``src``.
+
+    Example:
+        >>> ckpt = resave("./sdxl/unet", "./unet-single", max_shard_size=None)  # doctest: +SKIP
+        >>> [p.name for p in ckpt.weight_files]  # doctest: +SKIP
+        ['diffusion_pytorch_model.safetensors']
+    """
+    limit = None if max_shard_size is None else parse_size(max_shard_size)  # type: ignore[arg-type]
+    if limit == 0:
+        raise ValueError("max_shard_size must be positive (or None for a single file)")
+    cast = canonical_dtype(dtype) if dtype is not None else None
+    source_root, jobs = _plan_jobs(
+        src, subfolder=subfolder, variant=variant, weights_name=weights_name, dtype=cast
+    )
+    dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
+    if source_root is not None:
+        _check_not_nested(source_root, dst_path)
+    if confine_enabled(confine):
+        _check_sources_confined(source_root, jobs)
+
+    bar = _progress_bar(jobs, progress)
+    try:
+        with staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging:
+            if staging.existing is not None:
+                _keep_existing(staging, jobs, fsync=fsync)
+            same_place = source_root is not None and os.path.realpath(source_root) == os.path.realpath(
+                dst_path
+            )
+            if copy_other_files and source_root is not None and not same_place:
+                _copy_other_files(source_root, staging.path, jobs, fsync=fsync)
+            written = [
+                _write_job(job, staging.path, limit, fsync=fsync, bar=bar, unwrap=unwrap) for job in jobs
+            ]
+    finally:
+        if bar is not None:
+            bar.close()
+    return _result(dst_path, jobs, written)
+
+
+def _plan_jobs(
+    src: str | os.PathLike[str] | CheckpointDir,
+    *,
+    subfolder: str | None,
+    variant: str | None,
+    weights_name: str | None,
+    dtype: str | None,
+) -> tuple[Path | None, list[_Job]]:
+    """The weight sets to write, and the directory whose other files travel with them."""
+    options = {"variant": variant, "variant_fallback": "allow", "weights_name": weights_name}
+    if not isinstance(src, CheckpointDir):
+        local = Path(os.path.expanduser(os.fspath(src)))
+        if subfolder is None and _is_pipeline(local):
+            jobs = []
+            for component in sorted(p for p in local.iterdir() if p.is_dir() and p.name not in IGNORED_DIRS):
+                if discover_weight_sets(component):
+                    ckpt = resolve_local(component, subfolder=None, **options)  # type: ignore[arg-type]
+                    jobs.append(_job(component.name, ckpt, variant, weights_name, dtype))
+            if not jobs:
+                raise CheckpointNotFoundError(
+                    "pipeline directory with no component holding weights",
+                    path=local,
+                    fix="check that the component folders (vae/, transformer/, ...) were downloaded",
+                )
+            return local, jobs
+        if local.is_file():
+            ckpt = resolve_ckpt_dir(local, subfolder=subfolder, **options)  # type: ignore[arg-type]
+            return None, [_job("", ckpt, variant, weights_name, dtype)]
+    elif subfolder is not None:
+        src = src.path
+    ckpt = src if isinstance(src, CheckpointDir) else resolve_ckpt_dir(src, subfolder=subfolder, **options)  # type: ignore[arg-type]
+    return ckpt.path, [_job("", ckpt, variant, weights_name, dtype)]
+
+
+def _is_pipeline(path: Path) -> bool:
+    return path.is_dir() and (path / MODEL_INDEX_NAME).is_file() and not discover_weight_sets(path)
+
+
+def _job(
+    rel: str, ckpt: CheckpointDir, variant: str | None, weights_name: str | None, dtype: str | None
+) -> _Job:
+    if weights_name is None:
+        stem = ckpt.weight_set.name if ckpt.weight_set is not None else None
+        if stem is None:
+            parsed = parse_weight_filename(ckpt.weight_files[0].name)
+            stem = parsed.stem if parsed is not None else ckpt.weight_files[0].stem
+        weights_name = weights_family(stem)
+    cast = dtype
+    if cast is None and ckpt.selection is not None:
+        cast = ckpt.selection.cast_dtype
+    return _Job(rel, ckpt, weights_name, variant if variant is not None else ckpt.variant, cast)
+
+
+def _check_not_nested(source_root: Path, dst: Path) -> None:
+    real_src, real_dst = os.path.realpath(source_root), os.path.realpath(dst)
+    if real_src == real_dst:
+        return
+    if real_dst.startswith(real_src.rstrip(os.sep) + os.sep) or real_src.startswith(
+        real_dst.rstrip(os.sep) + os.sep
+    ):
+        raise ValueError(f"{dst}: the output must not lie inside the source {source_root} or contain it")
+
+
+def _check_sources_confined(source_root: Path | None, jobs: list[_Job]) -> None:
+    for job in jobs:
+        root = job.ckpt.root or checkpoint_root(job.ckpt.path)
+        for path in [*job.ckpt.weight_files, *([job.ckpt.index_file] if job.ckpt.index_file else [])]:
+            enforce_confinement([path], root, confine=True)
+    if source_root is not None:
+        root = checkpoint_root(source_root)
+        for _, path in walk_files(source_root, exclude=IGNORED_DIRS):
+            enforce_confinement([path], root, confine=True)
+
+
+def _is_weights_file(name: str) -> bool:
+    return parse_weight_filename(name) is not None or parse_index_filename(name) is not None
+
+
+def _is_stale(name: str, job: _Job) -> bool:
+    """A safetensors file or index of the weights name and variant being written."""
+    parsed = parse_weight_filename(name) or parse_index_filename(name)
+    return (
+        parsed is not None
+        and parsed.ext == "safetensors"
+        and parsed.stem == job.name
+        and parsed.variant == job.variant
+    )
+
+
+def _job_of(rel: str, jobs: list[_Job]) -> list[_Job]:
+    directory = rel.rpartition("/")[0]
+    return [job for job in jobs if job.rel == directory]
+
+
+def _keep_existing(staging: Staging, jobs: list[_Job], *, fsync: bool) -> None:
+    """Hard-link the files of the existing ``dst`` into the new one, leaving out the stale set."""
+    assert staging.existing is not None
+    for rel, path in walk_files(staging.existing, exclude=IGNORED_DIRS):
+        name = rel.rpartition("/")[2]
+        if any(_is_stale(name, job) for job in _job_of(rel, jobs)):
+            continue
+        target = staging.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(path, target, fsync=fsync)
+
+
+def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsync: bool) -> None:
+    """Copy the non-weight files: a pipeline's whole tree, a model directory's own files.
+
+    A model directory's subfolders are left out: a repo root can hold whole other models there.
+    """
+    pipeline = any(job.rel for job in jobs)
+    for rel, path in walk_files(source_root, exclude=IGNORED_DIRS):
+        if not pipeline and "/" in rel:
+            continue
+        if _job_of(rel, jobs) and _is_weights_file(rel.rpartition("/")[2]):
+            continue
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(target):
+            target.unlink()
+        copy_file(path, target, fsync=fsync)
+
+
+def _write_job(
+    job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any, unwrap: str | bool | None
+) -> list[Path]:
+    from ckptkit.io.sources import plan_source_tensors
+    from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
+
+    directory = staging / job.rel if job.rel else staging
+    directory.mkdir(parents=True, exist_ok=True)
+    logger.info("resaving %s -> %s (%s, variant=%s)", job.ckpt.path, directory, job.name, job.variant)
+    with plan_source_tensors(job.ckpt, dtype=job.dtype, unwrap=unwrap) as tensors:
+        shards = plan_shards(tensors, max_shard_size=limit, weights_name=job.name, variant=job.variant)
+        if bar is not None:
+            bar.total += sum(s.nbytes for s in shards)
+            bar.refresh()
+        names = [s.filename for s in shards] + (
+            [index_name_for(job.name, job.variant)] if len(shards) > 1 else []
+        )
+        for name in names:
+            (directory / name).unlink(missing_ok=True)
+        written = []
+        with ShardWriter(directory, fsync=fsync, progress=bar.update if bar is not None else None) as writer:
+            for shard in shards:
+                written.append(writer.write(shard))
+    if len(shards) > 1:
+        index_path = directory / index_name_for(job.name, job.variant)
+        fd = os.open(index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, index_bytes(shards))
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    return written
+
+
+def _progress_bar(jobs: list[_Job], progress: bool | None) -> Any:
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="resave")
+
+
+def _result(dst: Path, jobs: list[_Job], written: list[list[Path]]) -> CheckpointDir:
+    if len(jobs) == 1 and not jobs[0].rel:
+        return resolve_local(
+            dst, variant=jobs[0].variant, variant_fallback="error", weights_name=jobs[0].name
+        )
+    files = [dst / job.rel / p.name for job, paths in zip(jobs, written, strict=True) for p in paths]
+    variants = {job.variant for job in jobs}
+    return CheckpointDir(
+        path=dst,
+        weight_files=files,
+        format="safetensors",
+        variant=variants.pop() if len(variants) == 1 else None,
+        root=dst,
+    )
