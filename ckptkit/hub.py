@@ -18,7 +18,7 @@ from pathlib import Path
 from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
 from ckptkit.format.components import MODEL_INDEX_NAME
-from ckptkit.repo_files import plan_files
+from ckptkit.repo_files import DownloadPlan, plan_files
 
 __all__ = ["HubSpec", "default_cache_dir", "is_offline", "resolve_hub"]
 
@@ -56,6 +56,19 @@ class HubSpec:
     offline: bool = False
     pick_only_snapshot: bool = False
     looked: list[str] = field(default_factory=list)
+
+    def plan(self, listing: list[str], snapshot: Path) -> DownloadPlan:
+        """Which files of ``listing`` this component needs (see :func:`ckptkit.repo_files.plan_files`)."""
+        return plan_files(
+            listing,
+            directory=self.directory,
+            filename=self.filename,
+            snapshot=snapshot,
+            variant=self.variant,
+            variant_fallback=self.variant_fallback,
+            weights_name=self.weights_name,
+            label=self.repo_id,
+        )
 
     @property
     def storage(self) -> Path:
@@ -160,16 +173,7 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
     except CachedRepoTreeNotFoundError:
         listing, listed = _local_listing(snapshot, spec.directory), False
     try:
-        plan = plan_files(
-            listing,
-            directory=spec.directory,
-            filename=spec.filename,
-            snapshot=snapshot,
-            variant=spec.variant,
-            variant_fallback=spec.variant_fallback,
-            weights_name=spec.weights_name,
-            label=spec.repo_id,
-        )
+        plan = spec.plan(listing, snapshot)
     except CkptError as exc:
         pinned = spec.revision is not None and _COMMIT.match(spec.revision)
         if listed and (pinned or spec.offline):
@@ -241,16 +245,7 @@ def _download(spec: HubSpec) -> str:
         revision = api.resolve_revision(spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir)
         listing = api.list_repo_files(spec.repo_id, revision=revision.resolved)
         snapshot = spec.storage / "snapshots" / revision.resolved
-        plan = plan_files(
-            listing,
-            directory=spec.directory,
-            filename=spec.filename,
-            snapshot=snapshot,
-            variant=spec.variant,
-            variant_fallback=spec.variant_fallback,
-            weights_name=spec.weights_name,
-            label=spec.repo_id,
-        )
+        plan = spec.plan(listing, snapshot)
         patterns = spec.allow_patterns if spec.allow_patterns is not None else plan.files
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
         snapshot_download(

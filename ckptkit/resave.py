@@ -104,8 +104,9 @@ def resave(
 
     Raises:
         DestinationExistsError: ``dst`` exists and ``overwrite`` is false.
-        CheckpointNotFoundError, IncompleteCheckpointError, CorruptCheckpointError,
-        VariantNotFoundError: the source is missing, incomplete or damaged (nothing is written).
+        CkptError: the source is missing, incomplete, damaged or lacks the variant
+            (``CheckpointNotFoundError``, ``IncompleteCheckpointError``, ``CorruptCheckpointError``,
+            ``VariantNotFoundError``); nothing is written.
         UnsafeCheckpointError: ``confine`` and a file links outside the checkpoint, or a torch file
             needs more than ``weights_only`` allows.
         ValueError: a bad size or dtype, or ``dst`` inside ``src``.

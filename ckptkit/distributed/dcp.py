@@ -1,0 +1,300 @@
+"""Conversions between ``torch.distributed.checkpoint`` (DCP) directories and safetensors checkpoints.
+
+Both directions go through DCP's own API (``dcp.save``/``dcp.load`` with ``FileSystemWriter``/
+``FileSystemReader`` and their planners), so whatever DCP writes or accepts stays its business; both
+hold at most a bounded part of the model in memory:
+
+- safetensors -> DCP: ``dcp.save`` plans from meta tensors and a planner whose ``resolve_data`` reads
+  each tensor from the safetensors file only when DCP writes it (one file per tensor), so one tensor is
+  in memory at a time. Under an initialized process group the keys are split over the ranks.
+- DCP -> safetensors: the shard layout comes from DCP's metadata (shapes and dtypes); the tensors are
+  loaded with ``dcp.load`` in batches of ``batch_size`` bytes and written at their final offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.distributed.layout import TensorSpec, plan_layout
+from ckptkit.distributed.load import CheckpointEntry, index_checkpoint
+from ckptkit.distributed.save import _finish, _Group, _prepare, _pwrite_all, dtype_code
+from ckptkit.errors import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError
+from ckptkit.format.naming import TRANSFORMERS_WEIGHTS_NAME
+from ckptkit.format.sizes import parse_size
+from ckptkit.io.tensors import read_tensor, to_torch_dtype
+from ckptkit.resolve import resolve_ckpt_dir, resolve_local
+
+__all__ = ["dcp_to_safetensors", "safetensors_to_dcp"]
+
+logger = logging.getLogger("ckptkit")
+
+
+def safetensors_to_dcp(
+    src: str | os.PathLike[str] | CheckpointDir,
+    dcp_dir: str | os.PathLike[str],
+    *,
+    variant: str | None = None,
+    variant_fallback: str = "warn",
+    subfolder: str | None = None,
+    prefix: str | None = None,
+    process_group: Any = None,
+) -> Path:
+    """Write a safetensors (or torch-file) checkpoint as a DCP directory, one tensor in memory at a time.
+
+    With an initialized process group, call it on every rank: each rank reads and writes a share of
+    the tensors (balanced by bytes) and DCP writes one metadata file for all. Without one it runs in
+    this process alone.
+
+    Args:
+        src: anything :func:`~ckptkit.resolve_ckpt_dir` accepts.
+        dcp_dir: the DCP directory to write (``dcp.load(..., checkpoint_id=dcp_dir)`` reads it).
+        variant: the variant to convert (``"fp16"``); see the variant rules.
+        variant_fallback: ``"warn"``, ``"allow"`` or ``"error"``.
+        subfolder: a pipeline component (``"transformer"``).
+        prefix: put every key under this prefix (``"model."`` for a ``{"model": state_dict}`` DCP state).
+        process_group: the ranks to share the work (default: the world, when initialized).
+
+    Returns:
+        ``dcp_dir``.
+
+    Raises:
+        CheckpointNotFoundError, CorruptCheckpointError: as :func:`~ckptkit.resolve_ckpt_dir` and the
+            header reader raise them.
+
+    Example:
+        >>> safetensors_to_dcp("llama/", "llama_dcp/")  # doctest: +SKIP
+        >>> dcp.load(model.state_dict(), checkpoint_id="llama_dcp/")  # doctest: +SKIP
+    """
+    import torch.distributed.checkpoint as dcp
+
+    group = _Group(process_group)
+    checkpoint = resolve_ckpt_dir(
+        src, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback
+    )
+    entries = {
+        f"{prefix or ''}{k}": e
+        for k, e in index_checkpoint(checkpoint, prefix=None, strip_prefixes=()).items()
+    }
+    mine = _share(entries, group.rank, group.size)
+    meta = {k: torch.empty(entries[k].shape, dtype=entries[k].dtype, device="meta") for k in mine}
+    planner = _LazySavePlanner({k: entries[k] for k in mine})
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.save(
+                meta,
+                storage_writer=dcp.FileSystemWriter(os.fspath(dcp_dir), single_file_per_rank=False),
+                planner=planner,
+                process_group=process_group,
+                no_dist=group.dist is None,
+            )
+    finally:
+        planner.close()
+    return Path(dcp_dir)
+
+
+def _share(entries: dict[str, CheckpointEntry], rank: int, size: int) -> list[str]:
+    """The keys rank ``rank`` of ``size`` converts: greedy by bytes, largest first, same on every rank."""
+    loads = [0] * size
+    owner: dict[str, int] = {}
+    for key in sorted(entries, key=lambda k: (-entries[k].nbytes, k)):
+        target = loads.index(min(loads))
+        owner[key] = target
+        loads[target] += entries[key].nbytes
+    return [k for k in entries if owner[k] == rank]
+
+
+def _lazy_save_planner_class() -> type:
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    class LazySavePlanner(DefaultSavePlanner):
+        """Plans from meta tensors; reads each tensor from its file only when DCP writes it."""
+
+        def __init__(self, entries: dict[str, CheckpointEntry]) -> None:
+            super().__init__()
+            self.entries = entries
+            self.fds: dict[Path, int] = {}
+
+        def resolve_data(self, write_item: Any) -> Any:
+            if write_item.type == WriteItemType.BYTE_IO:
+                return super().resolve_data(write_item)
+            return _read_whole(self.entries[write_item.index.fqn], self.fds)
+
+        def close(self) -> None:
+            for fd in self.fds.values():
+                os.close(fd)
+            self.fds.clear()
+
+    return LazySavePlanner
+
+
+def _LazySavePlanner(entries: dict[str, CheckpointEntry]) -> Any:
+    return _lazy_save_planner_class()(entries)
+
+
+def _read_whole(entry: CheckpointEntry, fds: dict[Path, int]) -> torch.Tensor:
+    if entry.mapped is not None:
+        return entry.mapped.clone()
+    assert entry.header is not None and entry.info is not None
+    fd = fds.get(entry.path)
+    if fd is None:
+        fd = fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+    return read_tensor(fd, entry.header, entry.info)
+
+
+def dcp_to_safetensors(
+    dcp_dir: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str | None = "10GB",
+    weights_name: str = TRANSFORMERS_WEIGHTS_NAME,
+    variant: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    prefix: str | None = None,
+    overwrite: bool = False,
+    batch_size: int | str = "1GiB",
+) -> CheckpointDir:
+    """Write the tensors of a DCP directory as a sharded safetensors checkpoint, a batch at a time.
+
+    The layout follows transformers' rules (see :func:`~ckptkit.distributed.save_sharded`); the
+    tensors are loaded with ``dcp.load`` in batches of at most ``batch_size`` bytes (a larger tensor
+    alone) and written at their final offsets; the directory appears atomically. Non-tensor entries
+    (step counters, RNG states) are skipped with a warning. Runs in one process.
+
+    Args:
+        dcp_dir: the DCP directory (with its ``.metadata``).
+        dst: the directory to create.
+        max_shard_size: shard size (``"10GB"``) or ``None`` for one file.
+        weights_name: ``"model"`` or ``"diffusion_pytorch_model"``.
+        variant: variant in the file names.
+        dtype: cast floating tensors to this dtype.
+        prefix: keep only keys under this prefix and strip it (``"model."`` for a
+            ``{"model": ..., "optim": ...}`` training state).
+        overwrite: replace an existing non-empty ``dst``.
+        batch_size: most bytes of tensors held at once.
+
+    Returns:
+        The :class:`~ckptkit.CheckpointDir` of the written checkpoint.
+
+    Raises:
+        CheckpointNotFoundError: ``dcp_dir`` holds no DCP metadata.
+        CorruptCheckpointError: the metadata cannot be read, or no tensor is under ``prefix``.
+        FileExistsError: ``dst`` exists and is not empty, and ``overwrite`` is false.
+
+    Example:
+        >>> dcp_to_safetensors("step-1000/", "export/", prefix="model.", max_shard_size="5GB")  # doctest: +SKIP
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    dcp_dir = Path(dcp_dir)
+    metadata = _read_dcp_metadata(dcp_dir)
+    cast = to_torch_dtype(dtype) if dtype is not None else None
+    keys: dict[str, str] = {}  # output name -> DCP key
+    skipped = []
+    for key, item in metadata.state_dict_metadata.items():
+        if prefix and not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :] if prefix else key
+        if isinstance(item, TensorStorageMetadata):
+            keys[name] = key
+        else:
+            skipped.append(key)
+    if skipped:
+        warnings.warn(
+            f"{dcp_dir}: skipped {len(skipped)} non-tensor entries {skipped[:5]}", CkptWarning, stacklevel=2
+        )
+    if not keys:
+        raise CorruptCheckpointError(
+            f"no tensors{f' under prefix {prefix!r}' if prefix else ''}",
+            path=dcp_dir,
+            fix="pass prefix= one of: " + ", ".join(_top_prefixes(metadata.state_dict_metadata)),
+        )
+    stored = {n: metadata.state_dict_metadata[k].properties.dtype for n, k in keys.items()}  # type: ignore[union-attr]
+    out = {n: cast if cast is not None and d.is_floating_point else d for n, d in stored.items()}
+    shapes = {n: tuple(metadata.state_dict_metadata[k].size) for n, k in keys.items()}  # type: ignore[union-attr]
+    layout = plan_layout(
+        [TensorSpec(n, dtype_code(out[n]), shapes[n]) for n in keys],
+        weights_name=weights_name,
+        max_shard_size=max_shard_size,
+        variant=variant,
+    )
+    dst = Path(os.path.abspath(os.fspath(dst)))
+    tmp = _prepare(dst, layout, overwrite)
+    limit = parse_size(batch_size)
+    try:
+        fds: dict[str, int] = {}
+        try:
+            for batch in _batches(list(keys), lambda n: layout.location[n].tensors[n].nbytes, limit):
+                state = {keys[n]: torch.empty(shapes[n], dtype=stored[n]) for n in batch}
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+                    dcp.load(
+                        state,
+                        storage_reader=dcp.FileSystemReader(os.fspath(dcp_dir)),
+                        planner=DefaultLoadPlanner(allow_partial_load=True),
+                        no_dist=True,
+                    )
+                for n in batch:
+                    shard = layout.location[n]
+                    fd = fds.get(shard.filename)
+                    if fd is None:
+                        fd = fds[shard.filename] = os.open(tmp / shard.filename, os.O_WRONLY)
+                    data = state.pop(keys[n]).to(out[n]).contiguous()
+                    raw = memoryview(data.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
+                    _pwrite_all(fd, raw, shard.file_offset(n))
+            for fd in fds.values():
+                os.fsync(fd)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        _finish(None, layout, tmp, dst, overwrite=overwrite, save_config=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return resolve_local(dst, variant=variant, variant_fallback="allow", weights_name=weights_name)
+
+
+def _read_dcp_metadata(dcp_dir: Path) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    if not (dcp_dir / ".metadata").is_file():
+        raise CheckpointNotFoundError(
+            "no DCP .metadata file in this directory",
+            path=dcp_dir,
+            fix="point at the directory dcp.save wrote (the one holding .metadata and *.distcp files)",
+        )
+    try:
+        return dcp.FileSystemReader(os.fspath(dcp_dir)).read_metadata()
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"cannot read the DCP metadata ({type(exc).__name__}: {exc})", path=dcp_dir
+        ) from None
+
+
+def _top_prefixes(keys: Iterable[str]) -> list[str]:
+    return sorted({k.split(".", 1)[0] + "." for k in keys if "." in k})[:10]
+
+
+def _batches(names: list[str], nbytes: Any, limit: int) -> Iterable[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for name in names:
+        if batch and size + nbytes(name) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(name)
+        size += nbytes(name)
+    if batch:
+        yield batch
