@@ -1,0 +1,102 @@
+"""Loading one diffusers model (a VAE or a transformer) the way ``ModelMixin.from_pretrained`` does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckptkit.adapters._build import (
+    choose_dtype,
+    config_kwargs,
+    load_weights,
+    user_dtype,
+)
+from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.format.components import CONFIG_NAME
+
+__all__ = ["diffusers_class", "load_diffusers_model"]
+
+#: diffusers' own remapping of the legacy ``Transformer2DModel`` name, by ``norm_type``.
+LEGACY_TRANSFORMER_2D = {
+    "ada_norm_single": "PixArtTransformer2DModel",
+    "ada_norm_zero": "DiTTransformer2DModel",
+}
+
+
+def diffusers_class(config: dict[str, Any], *, path: Path, accept: Callable[[str], bool], what: str) -> type:
+    """The diffusers model class ``config.json`` names in ``_class_name`` (legacy names remapped).
+
+    Raises:
+        CorruptCheckpointError: no ``_class_name``, one diffusers does not have, or not a ``what``.
+    """
+    import diffusers
+
+    name = config.get("_class_name")
+    if name == "Transformer2DModel":
+        name = LEGACY_TRANSFORMER_2D.get(str(config.get("norm_type")), name)
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
+        raise CorruptCheckpointError(
+            f"config.json names no diffusers model class (_class_name={config.get('_class_name')!r})",
+            path=path,
+            fix=f"point at the {what} folder of a diffusers model (or upgrade diffusers)",
+        )
+    if not accept(name):  # type: ignore[arg-type]
+        raise CorruptCheckpointError(
+            f"config.json describes {name}, not the {what} this loader builds",
+            path=path,
+            fix=f"pass subfolder= the {what} folder",
+        )
+    return cls
+
+
+def load_diffusers_model(
+    spec: str | os.PathLike[str] | CheckpointDir,
+    *,
+    component: str,
+    classes: set[str],
+    accept: Callable[[str], bool],
+    what: str,
+    subfolder: str | None,
+    variant: str | None,
+    variant_fallback: str,
+    torch_dtype: object,
+    dtype: object,
+    device_map: object,
+    hub: dict[str, Any],
+    config_overrides: dict[str, Any],
+    model_class: type | None = None,
+) -> torch.nn.Module:
+    """Resolve, build on meta, fill and place one diffusers model (see :func:`ckptkit.adapters.load_vae`).
+
+    Args:
+        model_class: build this ``ConfigMixin`` class instead of the one ``config.json`` names (a
+            project's own class, such as Wan's ``WanModel``).
+    """
+    from accelerate import init_empty_weights
+
+    request = ComponentRequest(spec, subfolder, component, classes, variant, variant_fallback, hub)
+    ckpt = resolve_component(request)
+    config = read_config(ckpt)
+    cls = model_class or diffusers_class(config, path=Path(ckpt.path) / CONFIG_NAME, accept=accept, what=what)
+    requested = user_dtype(torch_dtype, dtype)
+    if requested == "auto":
+        requested = None
+    # diffusers builds in float32 and casts only when asked; a variant fallback asks on the user's behalf.
+    load_dtype = choose_dtype(ckpt, requested, torch.float32)
+    keep = getattr(cls, "_keep_in_fp32_modules", None) if load_dtype != torch.float32 else None
+
+    overrides, loader = config_kwargs(config_overrides)
+    with init_empty_weights():
+        model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
+    load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
+    model.eval()
+    if hasattr(model, "register_to_config"):
+        model.register_to_config(_name_or_path=os.fspath(spec))
+    return model

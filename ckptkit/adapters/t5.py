@@ -1,0 +1,197 @@
+"""``load_t5``: a T5 / UMT5 text encoder, as ``T5EncoderModel.from_pretrained`` returns it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ckptkit.adapters._build import (
+    choose_dtype,
+    config_kwargs,
+    load_weights,
+    user_dtype,
+)
+from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
+from ckptkit.checkpoint import CheckpointDir
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptkit.format.components import CONFIG_NAME
+from ckptkit.format.safetensors_header import read_header
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["TOKENIZER_FILES", "load_t5", "load_tokenizer"]
+
+#: model_type in config.json -> the encoder-only class.
+ENCODER_CLASSES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel", "mt5": "MT5EncoderModel"}
+#: Any of these in a directory means a tokenizer is saved there.
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+
+
+def load_t5(
+    pretrained_model_name_or_path: str | os.PathLike[str] | CheckpointDir,
+    *,
+    subfolder: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    local_files_only: bool | None = None,
+    device_map: str | dict[str, Any] | torch.device | int | None = None,
+    low_cpu_mem_usage: bool = True,
+    token: str | bool | None = None,
+    variant_fallback: str = "warn",
+    with_tokenizer: bool = False,
+    tokenizer_subfolder: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load a T5 or UMT5 text encoder the way ``T5EncoderModel.from_pretrained`` does, through ckptkit.
+
+    The class comes from ``config.json`` (``model_type`` ``t5`` -> ``T5EncoderModel``, ``umt5`` ->
+    ``UMT5EncoderModel``). The weights are found offline first, chosen by ckptkit's variant rules,
+    their headers checked against the index, and read into a model built on the meta device; the
+    shared embedding is tied and ``_keep_in_fp32_modules`` (``wo``) stay float32 under float16.
+
+    Args:
+        pretrained_model_name_or_path: a model or pipeline directory, weights file, hub repo id or
+            cache directory (anything :func:`ckptkit.resolve_ckpt_dir` accepts).
+        subfolder: the component folder; for a pipeline it defaults to its text encoder.
+        cache_dir: the hub cache to look in (hub forms).
+        revision: branch, tag or commit (hub forms).
+        local_files_only: never download.
+        token: hub token (hub forms).
+        variant: ``"fp16"``, ``"bf16"``, ...; see ``variant_fallback``.
+        torch_dtype: the dtype to load in (the older name of ``dtype``).
+        dtype: the dtype to load in (wins over ``torch_dtype``); a ``torch.dtype``, ``"bf16"``,
+            ``"float16"``, or ``"auto"``/``None`` for the config's dtype (as stored if it has none).
+        device_map: a device (``"cuda:0"``), ``"auto"`` or a module -> device dict (accelerate).
+        low_cpu_mem_usage: accepted for compatibility; loading always goes through the meta device.
+        variant_fallback: ``"warn"``, ``"allow"`` or ``"error"`` when the variant is missing.
+        with_tokenizer: also load the tokenizer and return ``(model, tokenizer)``.
+        tokenizer_subfolder: where the tokenizer is (default: the model folder when it holds one,
+            else the pipeline's ``tokenizer`` folder).
+        kwargs: passed to the config (``AutoConfig.from_pretrained(..., **kwargs)``), except
+            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``force_download``, ...),
+            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
+
+    Returns:
+        The encoder in eval mode, or ``(encoder, tokenizer)``.
+
+    Raises:
+        ValueError: ``quantization_config`` (not supported; use transformers for it).
+        CheckpointNotFoundError: no weights or no config.json.
+        VariantNotFoundError: the variant rules refuse.
+        IncompleteCheckpointError, CorruptCheckpointError: missing shards, bad headers, weights that
+            do not fit the config.
+
+    Example:
+        >>> encoder, tokenizer = load_t5("PixArt-alpha/PixArt-XL-2-1024-MS", dtype="bf16", with_tokenizer=True)  # doctest: +SKIP
+        >>> type(encoder).__name__
+        'T5EncoderModel'
+    """
+    import transformers
+    from accelerate import init_empty_weights
+
+    hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only, "token": token}
+    request = ComponentRequest(
+        pretrained_model_name_or_path,
+        subfolder,
+        "text_encoder",
+        set(ENCODER_CLASSES.values()),
+        variant,
+        variant_fallback,
+        hub,
+    )
+    ckpt = resolve_component(request)
+    raw = read_config(ckpt)
+    class_name = ENCODER_CLASSES.get(str(raw.get("model_type")))
+    if class_name is None:
+        raise CorruptCheckpointError(
+            f"config.json describes a {raw.get('model_type') or raw.get('_class_name')!r} model, "
+            f"not a T5 encoder (model_type one of {', '.join(ENCODER_CLASSES)})",
+            path=Path(ckpt.path) / CONFIG_NAME,
+            fix="point load_t5 at a T5/UMT5 text encoder (pass subfolder='text_encoder' for a pipeline)",
+        )
+    overrides, loader = config_kwargs(kwargs)
+    config = transformers.AutoConfig.from_pretrained(ckpt.path, **overrides)
+    cls = getattr(transformers, class_name)
+    requested = user_dtype(torch_dtype, dtype)
+    default = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else _stored_dtype(ckpt)
+    load_dtype = choose_dtype(ckpt, requested, default)
+
+    with init_empty_weights():
+        model = cls._from_config(config)
+    keep = set()
+    if load_dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if load_dtype in (torch.float16, torch.bfloat16):
+        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    tied = getattr(model, "_tied_weights_keys", None)
+    load_weights(
+        model,
+        ckpt,
+        dtype=load_dtype,
+        keep_fp32_modules=keep,
+        device_map=device_map,
+        loader=loader,
+        tied=tied if isinstance(tied, dict) else None,
+    )
+    model.eval()
+    if load_dtype is not None:
+        model.config.dtype = load_dtype
+    model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
+    if not with_tokenizer:
+        return model
+    return model, load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)
+
+
+def load_tokenizer(
+    ckpt: CheckpointDir, *, subfolder: str | None = None, hub: dict[str, Any] | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer that goes with a resolved text encoder (``AutoTokenizer.from_pretrained``).
+
+    Looks in ``subfolder`` (relative to the pipeline root when the encoder is a pipeline component),
+    else in the encoder's own folder when it holds tokenizer files, else in the pipeline's
+    ``tokenizer`` folder; hub repos are asked for that folder only.
+
+    Raises:
+        CheckpointNotFoundError: no tokenizer files there.
+    """
+    from transformers import AutoTokenizer
+
+    hub = {k: v for k, v in (hub or {}).items() if v is not None}
+    here = Path(ckpt.path)
+    base = here.parent if ckpt.subfolder else here
+    if subfolder is None and any((here / name).is_file() for name in TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(here)
+    folder = subfolder or "tokenizer"
+    local = base / folder
+    if any((local / name).is_file() for name in TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(local)
+    if ckpt.repo_id is not None:
+        hub.pop("revision", None)
+        return AutoTokenizer.from_pretrained(
+            ckpt.repo_id, subfolder=folder, revision=ckpt.revision or "main", **hub
+        )
+    raise CheckpointNotFoundError(
+        f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {here} or {local}",
+        path=local,
+        fix="pass tokenizer_subfolder= the folder that holds the tokenizer",
+    )
+
+
+def _stored_dtype(ckpt: CheckpointDir) -> torch.dtype | None:
+    """The dtype of the first floating tensor stored (transformers' ``dtype="auto"`` fallback)."""
+    from ckptkit.io.tensors import to_torch_dtype
+
+    if ckpt.format != "safetensors" or not ckpt.weight_files:
+        return None
+    for info in read_header(ckpt.weight_files[0]).tensors.values():
+        dtype = to_torch_dtype(info.dtype)
+        if dtype.is_floating_point:
+            return dtype
+    return None
