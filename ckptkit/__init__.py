@@ -39,6 +39,7 @@ _EXPORTS = {
     "CorruptCheckpointError": "ckptkit.errors",
     "DestinationExistsError": "ckptkit.errors",
     "IncompleteCheckpointError": "ckptkit.errors",
+    "ModelMismatchError": "ckptkit.errors",
     "UnsafeCheckpointError": "ckptkit.errors",
     "VariantNotFoundError": "ckptkit.errors",
 }
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
         CorruptCheckpointError,
         DestinationExistsError,
         IncompleteCheckpointError,
+        ModelMismatchError,
         UnsafeCheckpointError,
         VariantNotFoundError,
     )

@@ -17,6 +17,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DestinationExistsError",
     "IncompleteCheckpointError",
+    "ModelMismatchError",
     "UnsafeCheckpointError",
     "VariantNotFoundError",
 ]
@@ -75,6 +76,10 @@ class CorruptCheckpointError(CkptError, ValueError):
 
 class VariantNotFoundError(CkptError, FileNotFoundError):
     """The requested variant is missing under policy ``"error"``, or the choice is ambiguous."""
+
+
+class ModelMismatchError(CorruptCheckpointError):
+    """The checkpoint's keys or shapes do not fit the model (a wrong config, or another model's weights)."""
 
 
 class UnsafeCheckpointError(CkptError, ValueError):

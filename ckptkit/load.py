@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ckptkit.checkpoint import CheckpointDir
-from ckptkit.errors import CkptError, CkptWarning
+from ckptkit.errors import CkptWarning, ModelMismatchError
 from ckptkit.format.index import read_index
 from ckptkit.format.layout import WeightSet
 from ckptkit.format.naming import parse_weight_filename
@@ -135,7 +135,8 @@ def load_sharded(
         CorruptCheckpointError: an index or header is inconsistent or a shard truncated (before
             any tensor is read).
         UnsafeCheckpointError: a torch file needs more than ``weights_only=True`` allows.
-        CkptError: ``strict`` and keys are missing or unexpected, or shapes do not match the model.
+        ModelMismatchError: ``strict`` and keys are missing or unexpected, or shapes do not match the
+            model (before anything is loaded).
 
     Example:
         >>> state = load_sharded("./t5", dtype="bf16")  # doctest: +SKIP
@@ -416,7 +417,7 @@ def plan_module_keys(
     covered = {alias for name in selection if name in slots for alias in slots.aliases(name)}
     missing = [key for key in slots if key not in covered]
     if strict and (missing or unexpected):
-        raise CkptError(
+        raise ModelMismatchError(
             f"checkpoint and model do not match: {len(missing)} missing keys {_listing(missing)}, "
             f"{len(unexpected)} unexpected keys {_listing(unexpected)}",
             path=where,
@@ -433,7 +434,7 @@ def check_shapes(slots: ModuleSlots, shapes: Mapping[str, Sequence[int]], *, whe
         if tuple(slots.current(name).shape) != tuple(shape)
     ]
     if wrong:
-        raise CkptError(
+        raise ModelMismatchError(
             f"{len(wrong)} tensors have other shapes than the model's: {'; '.join(wrong[:5])}",
             path=where,
             fix="build the model from the config.json saved with these weights",

@@ -180,27 +180,25 @@ def _read_into(
     device: torch.device,
     prefix: str | None = None,
 ) -> list[str]:
-    """Read the checkpoint into the model; returns the unexpected keys.
+    """Read the checkpoint into the model with :func:`ckptkit.load_sharded`; returns the unexpected keys."""
+    from ckptkit.load import LoadResult, load_sharded
 
-    This is ckptkit's ``load_sharded(ckpt, model=model, dtype=dtype, device=device, prefix=prefix,
-    strict=False)`` (issue #3) until that verb lands; then this body becomes that one call.
-    """
-    from ckptkit.adapters._read import read_state_into
-
-    return read_state_into(model, ckpt, dtype=dtype, device=device, prefix=prefix)
+    result = load_sharded(
+        ckpt, model=model, dtype=dtype, device=device, prefix=prefix, strict=False, progress=False
+    )
+    assert isinstance(result, LoadResult)
+    return list(result.unexpected_keys)
 
 
 def read_weights(
     ckpt: CheckpointDir, *, prefix: str | None = None, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """The tensors of ``ckpt`` (under ``prefix``, stripped), floating ones read at ``dtype``.
+    """The tensors of ``ckpt`` (under ``prefix``, stripped), floating ones read at ``dtype``."""
+    from ckptkit.load import load_sharded
 
-    This is ckptkit's ``load_sharded(ckpt, prefix=prefix, dtype=dtype)`` (issue #3) until that verb
-    lands; then this body becomes that one call.
-    """
-    from ckptkit.adapters._read import read_state_dict
-
-    return read_state_dict(ckpt, prefix=prefix, dtype=dtype)
+    state = load_sharded(ckpt, prefix=prefix, dtype=dtype, progress=False)
+    assert isinstance(state, dict)
+    return state
 
 
 def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
