@@ -40,8 +40,9 @@ def worker(rank: int, world: int, root: str) -> None:
     from ckptkit.distributed import load_sharded_distributed, save_sharded
 
     store = os.path.join(root, "store")
+    torch.set_num_threads(1)  # several ranks share few cores: keep them from oversubscribing
     dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=300)
     )
     mesh = init_device_mesh("cpu", (world,))
     with torch.device("meta"):
