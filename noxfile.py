@@ -49,6 +49,8 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks and rewrite docs/benchmarks.md (takes minutes; needs ~6 GiB of disk)."""
     _install(session, "hf", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("python", "benchmarks/bench_placement.py", "--write-docs")
+    session.run("python", "benchmarks/bench_distributed.py", "--write-docs")
 
 
 @nox.session

@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         if wanted and name not in wanted:
             continue
         module = importlib.import_module(f"benchmarks.{name}")
+        if not hasattr(module, "TITLE"):
+            # bench_placement and bench_distributed spawn their own worker processes and write
+            # their own sections: `python benchmarks/<name>.py --write-docs`.
+            print(f"skipping {name}: run it directly with --write-docs", file=sys.stderr)
+            continue
         kwargs = {"trials": args.trials}
         if args.data is not None:
             kwargs["data_dir"] = args.data
