@@ -159,7 +159,6 @@ def _plan_jobs(
 ) -> tuple[Path | None, list[_Job]]:
     """The weight sets to write, and the directory whose other files travel with them."""
     options = {"variant": variant, "variant_fallback": "allow", "weights_name": weights_name}
-    resolve_options = {**options, "confine": confine}
     if not isinstance(src, CheckpointDir):
         local = Path(os.path.expanduser(os.fspath(src)))
         if subfolder is None and _is_pipeline(local):
@@ -176,11 +175,27 @@ def _plan_jobs(
                 )
             return local, jobs
         if local.is_file():
-            ckpt = resolve_ckpt_dir(local, subfolder=subfolder, **resolve_options)  # type: ignore[arg-type]
+            ckpt = resolve_ckpt_dir(
+                local,
+                subfolder=subfolder,
+                variant=variant,
+                variant_fallback="allow",
+                weights_name=weights_name,
+                confine=confine,
+            )
             return None, [_job("", ckpt, variant, weights_name, dtype)]
     elif subfolder is not None:
         src = src.path
-    ckpt = src if isinstance(src, CheckpointDir) else resolve_ckpt_dir(src, subfolder=subfolder, **resolve_options)  # type: ignore[arg-type]
+    if not isinstance(src, CheckpointDir):
+        src = resolve_ckpt_dir(
+            src,
+            subfolder=subfolder,
+            variant=variant,
+            variant_fallback="allow",
+            weights_name=weights_name,
+            confine=confine,
+        )
+    ckpt = src
     return ckpt.path, [_job("", ckpt, variant, weights_name, dtype)]
 
 

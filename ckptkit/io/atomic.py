@@ -340,7 +340,7 @@ def _typed_disk_full(destination: Path) -> Iterator[None]:
     except DiskFullError:
         raise
     except OSError as exc:
-        if exc.errno not in _FULL_ERRNOS:
+        if exc.errno is None or exc.errno not in _FULL_ERRNOS:
             raise
         raise DiskFullError(
             f"ran out of room while writing ({os.strerror(exc.errno)}); nothing was changed",
