@@ -16,6 +16,7 @@ __all__ = [
     "CkptWarning",
     "CorruptCheckpointError",
     "DestinationExistsError",
+    "DiskFullError",
     "IncompleteCheckpointError",
     "ModelMismatchError",
     "UnsafeCheckpointError",
@@ -96,3 +97,10 @@ class CkptWarning(UserWarning):
 
 class DestinationExistsError(CkptError, FileExistsError):
     """The output path already exists and ``overwrite=True`` was not given."""
+
+
+class DiskFullError(CkptError, OSError):
+    """Writing an output ran out of room (no space left, file-size limit, or quota exceeded).
+
+    Nothing is left half-written: the staging files are removed and an existing output is intact.
+    """

@@ -160,7 +160,12 @@ def inspect_checkpoint(
         from ckptkit.resolve import resolve_ckpt_dir
 
         resolved = resolve_ckpt_dir(
-            spec, subfolder=subfolder, variant=variant, variant_fallback="allow", **resolve_kwargs
+            spec,
+            subfolder=subfolder,
+            variant=variant,
+            variant_fallback="allow",
+            confine=confine,
+            **resolve_kwargs,
         )  # type: ignore[arg-type]
         path, root = resolved.path, resolved.root
     else:

@@ -74,7 +74,7 @@ def materialize(
     """
     if archive is not None and archive not in ARCHIVE_FORMATS:
         raise ValueError(f"archive must be None or one of {sorted(ARCHIVE_FORMATS)}, not {archive!r}")
-    source = _source_path(src)
+    source = _source_path(src, confine=confine)
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     real_src, real_dst = os.path.realpath(source), os.path.realpath(dst_path)
     if real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
@@ -103,7 +103,7 @@ def materialize(
     return dst_path
 
 
-def _source_path(src: str | os.PathLike[str] | CheckpointDir) -> Path:
+def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool | None) -> Path:
     if isinstance(src, CheckpointDir):
         return Path(src.path)
     path = Path(os.path.expanduser(os.fspath(src)))
@@ -121,7 +121,7 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir) -> Path:
         )
     from ckptkit.resolve import resolve_ckpt_dir
 
-    return Path(resolve_ckpt_dir(src).path)  # a hub form: pass it as the user wrote it
+    return Path(resolve_ckpt_dir(src, confine=confine).path)  # a hub form: pass it as the user wrote it
 
 
 def _cache_snapshot(repo_dir: Path) -> Path:

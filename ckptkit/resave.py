@@ -121,7 +121,7 @@ def resave(
         raise ValueError("max_shard_size must be positive (or None for a single file)")
     cast = canonical_dtype(dtype) if dtype is not None else None
     source_root, jobs = _plan_jobs(
-        src, subfolder=subfolder, variant=variant, weights_name=weights_name, dtype=cast
+        src, subfolder=subfolder, variant=variant, weights_name=weights_name, dtype=cast, confine=confine
     )
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     if source_root is not None:
@@ -155,6 +155,7 @@ def _plan_jobs(
     variant: str | None,
     weights_name: str | None,
     dtype: str | None,
+    confine: bool | None = None,
 ) -> tuple[Path | None, list[_Job]]:
     """The weight sets to write, and the directory whose other files travel with them."""
     options = {"variant": variant, "variant_fallback": "allow", "weights_name": weights_name}
@@ -174,11 +175,27 @@ def _plan_jobs(
                 )
             return local, jobs
         if local.is_file():
-            ckpt = resolve_ckpt_dir(local, subfolder=subfolder, **options)  # type: ignore[arg-type]
+            ckpt = resolve_ckpt_dir(
+                local,
+                subfolder=subfolder,
+                variant=variant,
+                variant_fallback="allow",
+                weights_name=weights_name,
+                confine=confine,
+            )
             return None, [_job("", ckpt, variant, weights_name, dtype)]
     elif subfolder is not None:
         src = src.path
-    ckpt = src if isinstance(src, CheckpointDir) else resolve_ckpt_dir(src, subfolder=subfolder, **options)  # type: ignore[arg-type]
+    if not isinstance(src, CheckpointDir):
+        src = resolve_ckpt_dir(
+            src,
+            subfolder=subfolder,
+            variant=variant,
+            variant_fallback="allow",
+            weights_name=weights_name,
+            confine=confine,
+        )
+    ckpt = src
     return ckpt.path, [_job("", ckpt, variant, weights_name, dtype)]
 
 

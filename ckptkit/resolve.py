@@ -10,6 +10,7 @@ from typing import Any
 from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheckpointError
 from ckptkit.format.components import read_model_index
+from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.repo_files import parse_cache_path, parse_repo_spec
@@ -30,6 +31,7 @@ def resolve_ckpt_dir(
     variant_fallback: str = "warn",
     weights_name: str | None = None,
     endpoint: str | None = None,
+    confine: bool | None = None,
 ) -> CheckpointDir:
     """Turn any way of naming a checkpoint into one concrete, validated local directory.
 
@@ -57,6 +59,8 @@ def resolve_ckpt_dir(
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"``.
         weights_name: only consider weights of this name (``"model"``, ``"diffusion_pytorch_model"``).
         endpoint: the Hub to download from (default ``HF_ENDPOINT``).
+        confine: refuse selected weight files or index whose real path lies outside the checkpoint
+            root (``models--org--name`` for hub snapshots); ``None`` follows ``CKPTKIT_CONFINE``.
 
     Returns:
         The :class:`CheckpointDir`: its selected weight set is complete (every indexed shard present,
@@ -67,6 +71,7 @@ def resolve_ckpt_dir(
             command that would fetch it.
         VariantNotFoundError: the variant rules refuse.
         IncompleteCheckpointError: the selected set misses files; says which and how to resume.
+        UnsafeCheckpointError: ``confine`` and a selected file links outside the checkpoint root.
 
     Example:
         >>> ckpt = resolve_ckpt_dir("PixArt-alpha/PixArt-XL-2-1024-MS", subfolder="vae")  # doctest: +SKIP
@@ -74,7 +79,48 @@ def resolve_ckpt_dir(
         [PosixPath('.../models--PixArt-alpha--PixArt-XL-2-1024-MS/snapshots/<commit>/vae/diffusion_pytorch_model.safetensors')]
     """
     if isinstance(spec, CheckpointDir) and subfolder is None:
-        return spec
+        return _confined(spec, confine)
+    return _confined(
+        _resolve(
+            spec,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            variant=variant,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=allow_patterns,
+            variant_fallback=variant_fallback,
+            weights_name=weights_name,
+            endpoint=endpoint,
+        ),
+        confine,
+    )
+
+
+def _confined(ckpt: CheckpointDir, confine: bool | None) -> CheckpointDir:
+    """``ckpt`` after refusing (with ``confine``) selected files whose real path leaves its root."""
+    if confine_enabled(confine):
+        root = ckpt.root or checkpoint_root(ckpt.path)
+        files = [*ckpt.weight_files, *([ckpt.index_file] if ckpt.index_file else [])]
+        enforce_confinement(files, root, confine=True)
+    return ckpt
+
+
+def _resolve(
+    spec: str | os.PathLike[str] | CheckpointDir,
+    *,
+    subfolder: str | None,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    variant: str | None,
+    local_files_only: bool | None,
+    token: str | bool | None,
+    allow_patterns: list[str] | str | None,
+    variant_fallback: str,
+    weights_name: str | None,
+    endpoint: str | None,
+) -> CheckpointDir:
     raw = os.fspath(spec)
     path = Path(os.path.expanduser(raw))
     hub_options: dict[str, Any] = {

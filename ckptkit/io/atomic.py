@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import DestinationExistsError, IncompleteCheckpointError
+from ckptkit.errors import DestinationExistsError, DiskFullError, IncompleteCheckpointError
 from ckptkit.io.byte_copy import copy_range
 
 __all__ = [
@@ -258,6 +258,7 @@ def staged_directory(
 
     Raises:
         DestinationExistsError: ``destination`` exists (not an empty directory) and not ``overwrite``.
+        DiskFullError: the disk, quota or file-size limit ran out; staging removed, old output intact.
 
     Example:
         >>> with staged_directory("out") as staging:  # doctest: +SKIP
@@ -265,7 +266,7 @@ def staged_directory(
     """
     destination = Path(os.path.abspath(destination))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(destination):
+    with _lock(destination), _typed_disk_full(destination):
         _recover(destination)
         existing = _check_destination(destination, overwrite=overwrite, is_dir=True)
         path = Path(tempfile.mkdtemp(prefix=f".{destination.name}{_TMP_TAG}", dir=destination.parent))
@@ -306,7 +307,7 @@ def staged_file(
     """Like :func:`staged_directory` for one file: write ``staging.path``, it replaces ``destination``."""
     destination = Path(os.path.abspath(destination))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(destination):
+    with _lock(destination), _typed_disk_full(destination):
         _recover(destination)
         existing = _check_destination(destination, overwrite=overwrite, is_dir=False)
         fd, name = tempfile.mkstemp(prefix=f".{destination.name}{_TMP_TAG}", dir=destination.parent)
@@ -324,6 +325,29 @@ def staged_file(
         finally:
             if os.path.lexists(path):
                 _remove(path)
+
+
+_FULL_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if code is not None
+)
+
+
+@contextmanager
+def _typed_disk_full(destination: Path) -> Iterator[None]:
+    """Turn "no space" / "file too large" / "quota" ``OSError`` into :class:`DiskFullError`."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno is None or exc.errno not in _FULL_ERRNOS:
+            raise
+        raise DiskFullError(
+            f"ran out of room while writing ({os.strerror(exc.errno)}); nothing was changed",
+            path=destination,
+            fix="free space on that disk, raise the quota or file-size limit (ulimit -f), "
+            "or write to another disk",
+        ) from exc
 
 
 def _umask() -> int:

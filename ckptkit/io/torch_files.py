@@ -36,6 +36,12 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
     if not path.exists():
         raise IncompleteCheckpointError("file does not exist", path=path, fix="download or copy it again")
     use_mmap = mmap and zipfile.is_zipfile(path)
+    if use_mmap:
+        # torch maps each storage at its record's offset without checking the record's size: a
+        # short record would be read past its end, into the next entries. The scan checks sizes.
+        from ckptkit.format.torch_pickle import scan_torch_file
+
+        scan_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as exc:
