@@ -69,6 +69,7 @@ def worker(rank: int, world: int, root: str) -> None:
     saved = save_sharded(model, Path(root) / "saved", max_shard_size="100KB")
     if rank == 0:
         print("saved:", sorted(p.name for p in saved.weight_files))
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

@@ -23,6 +23,7 @@ from ckptkit import (
     DiskFullError,
     UnsafeCheckpointError,
     inspect_checkpoint,
+    load_sharded,
     materialize,
     resave,
     resolve_ckpt_dir,
@@ -92,6 +93,8 @@ def _assert_every_verb_refuses(spec: Path, tmp_path: Path, **confine: bool) -> N
         resave(spec, tmp_path / "resaved", progress=False, **confine)
     with pytest.raises(UnsafeCheckpointError):
         materialize(spec, tmp_path / "materialized", progress=False, **confine)
+    with pytest.raises(UnsafeCheckpointError):
+        load_sharded(spec, progress=False, **confine)
     assert not _leftovers(tmp_path) and not (tmp_path / "resaved").exists()
     assert not (tmp_path / "materialized").exists()
 
@@ -115,6 +118,7 @@ def test_confine_env_refuses_and_confine_false_overrides(linked_out, tmp_path, m
     monkeypatch.setenv("CKPTKIT_CONFINE", "1")
     _assert_every_verb_refuses(linked_out, tmp_path)
     assert resolve_ckpt_dir(linked_out, confine=False).weight_files == [linked_out / "model.safetensors"]
+    assert load_sharded(linked_out, confine=False, progress=False)
 
 
 def test_confine_accepts_hub_blob_links_and_refuses_links_out_of_the_repo(layouts, tmp_path) -> None:
