@@ -14,11 +14,8 @@ from pathlib import Path
 import torch
 
 
-def build_t5(seed: int = 0):
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    config = T5Config(
+def _tiny_t5_config(config_class):
+    return config_class(
         vocab_size=99,
         d_model=32,
         d_kv=8,
@@ -28,7 +25,13 @@ def build_t5(seed: int = 0):
         relative_attention_num_buckets=8,
         decoder_start_token_id=0,
     )
-    return T5EncoderModel(config).eval()
+
+
+def build_t5(seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(_tiny_t5_config(T5Config)).eval()
 
 
 def build_vae(seed: int = 0):
@@ -199,17 +202,7 @@ def build_umt5(seed: int = 0):
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    config = UMT5Config(
-        vocab_size=99,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        decoder_start_token_id=0,
-    )
-    return UMT5EncoderModel(config).eval()
+    return UMT5EncoderModel(_tiny_t5_config(UMT5Config)).eval()
 
 
 def build_wan_dit(seed: int = 0):

@@ -15,6 +15,7 @@ from diffusers import (
 
 from ckptkit import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError, VariantNotFoundError
 from ckptkit.adapters import load_dit, load_vae
+from tests.adapters._compare import assert_same_weights, realigned
 
 
 def run(model) -> torch.Tensor:
@@ -55,28 +56,9 @@ def run(model) -> torch.Tensor:
     raise AssertionError(type(model))
 
 
-def realigned(model):
-    """``model`` with its tensors in fresh memory.
-
-    from_pretrained leaves tensors in the mmap of the file, at offsets that are not 64-byte aligned;
-    CPU kernels then take another vector path and round differently in the last bit. ckptkit reads
-    into fresh aligned memory, so outputs are compared against the same weights in the same kind
-    of memory.
-    """
-    for tensor in [*model.parameters(), *model.buffers()]:
-        tensor.data = tensor.data.clone()
-    return model
-
-
 def assert_same_model(ours, reference) -> None:
     reference = realigned(reference)
-    assert type(ours) is type(reference)
-    assert not ours.training
-    ours_state, ref_state = ours.state_dict(), reference.state_dict()
-    assert ours_state.keys() == ref_state.keys()
-    for key, tensor in ref_state.items():
-        assert ours_state[key].dtype == tensor.dtype, key
-        assert torch.equal(ours_state[key], tensor), key
+    assert_same_weights(ours, reference)
     assert dict(ours.config) == dict(reference.config) or set(ours.config) == set(reference.config)
     assert torch.equal(run(ours), run(reference))
 

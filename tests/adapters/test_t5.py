@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
 from ckptkit import CkptWarning, CorruptCheckpointError, IncompleteCheckpointError, VariantNotFoundError
 from ckptkit.adapters import load_t5
+from tests.adapters._compare import assert_same_weights, realigned
 
 IDS = torch.tensor([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
 MASK = (IDS != 0).long()
@@ -20,28 +21,9 @@ def hidden(model) -> torch.Tensor:
         return model(input_ids=IDS, attention_mask=MASK).last_hidden_state
 
 
-def realigned(model):
-    """``model`` with its tensors in fresh memory.
-
-    from_pretrained leaves tensors in the mmap of the file, at offsets that are not 64-byte aligned;
-    CPU kernels then take another vector path and round differently in the last bit. ckptkit reads
-    into fresh aligned memory, so outputs are compared against the same weights in the same kind
-    of memory.
-    """
-    for tensor in [*model.parameters(), *model.buffers()]:
-        tensor.data = tensor.data.clone()
-    return model
-
-
 def assert_same_model(ours, reference) -> None:
     reference = realigned(reference)
-    assert type(ours) is type(reference)
-    assert not ours.training
-    ours_state, ref_state = ours.state_dict(), reference.state_dict()
-    assert ours_state.keys() == ref_state.keys()
-    for key, tensor in ref_state.items():
-        assert ours_state[key].dtype == tensor.dtype, key
-        assert torch.equal(ours_state[key], tensor), key
+    assert_same_weights(ours, reference)
     assert torch.equal(hidden(ours), hidden(reference))
 
 
