@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._subprocess import REPO, run_cli
+
+__all__ = ["REPO", "run_cli"]  # the runner lives in tests._subprocess; kept importable here
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -65,19 +65,6 @@ def flip_byte(path: Path, offset_from_end: int = 1) -> None:
         byte = handle.read(1)
         handle.seek(-offset_from_end, os.SEEK_END)
         handle.write(bytes([byte[0] ^ 0xFF]))
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m ckptkit ARGS`` in a subprocess, importing this checkout."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "ckptkit", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 def write_tree_listing(folder: Path, files: dict[str, Path]) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 from ckptkit import inspect_checkpoint
+from tests._subprocess import run_cli, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,18 +109,11 @@ def test_inspect_links_inside_and_outside(layouts, tmp_path) -> None:
     assert any("dangles" in p.message for p in info.problems)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "ckptkit", *args], capture_output=True, text=True, env=env, timeout=120
-    )
-
-
 def test_cli_inspect_human_and_json(layouts) -> None:
-    human = _cli("inspect", str(layouts["t5_variants"]))
+    human = run_cli("inspect", str(layouts["t5_variants"]))
     assert human.returncode == 0, human.stderr
     assert "* model.safetensors.index.json" in human.stdout and "variants: default, fp16" in human.stdout
-    result = _cli("inspect", str(layouts["pipeline"]), "--json")
+    result = run_cli("inspect", str(layouts["pipeline"]), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["ok"] is True and data["components"]["vae"]["variants"] == ["default", "fp16"]
@@ -132,11 +123,11 @@ def test_cli_inspect_human_and_json(layouts) -> None:
 def test_cli_inspect_exit_codes(layout_copy, tmp_path) -> None:
     directory = layout_copy("t5_sharded")
     next(directory.glob("model-00001-*")).unlink()
-    broken = _cli("inspect", str(directory))
+    broken = run_cli("inspect", str(directory))
     assert broken.returncode == 1 and "ERROR" in broken.stdout
-    missing = _cli("inspect", str(tmp_path / "absent"))
+    missing = run_cli("inspect", str(tmp_path / "absent"))
     assert missing.returncode == 1 and "CheckpointNotFoundError" in missing.stderr
-    assert _cli("inspect").returncode == 2
+    assert run_cli("inspect").returncode == 2
 
 
 def test_format_and_inspect_never_import_torch(layouts) -> None:
@@ -147,13 +138,7 @@ def test_format_and_inspect_never_import_torch(layouts) -> None:
         f"main(['inspect', {str(layouts['t5_sharded'])!r}, '--json'])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
 
 

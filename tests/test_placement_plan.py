@@ -20,6 +20,7 @@ from ckptkit.placement_plan import (
     plan_device_map,
 )
 from ckptkit.resolve import resolve_ckpt_dir
+from tests._subprocess import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,23 +102,16 @@ def test_planning_never_imports_torch(layouts):
     assert done.returncode == 0, done.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run(
-        [sys.executable, "-m", "ckptkit", *args], capture_output=True, text=True, env=env, timeout=120
-    )
-
-
 def test_cli_plan_device_map_equals_the_library_plan(layouts):
     spec = str(layouts["pixart"])
-    result = _cli("plan", spec, "--device-map", "--max-memory", "cpu=30KB", "--json")
+    result = run_cli("plan", spec, "--device-map", "--max-memory", "cpu=30KB", "--json")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     expected = plan_device_map(spec, max_memory="cpu=30KB").to_dict()
     assert printed["device_map"] == expected["device_map"]
     assert set(printed["device_map"].values()) == {"cpu", "disk"}
-    human = _cli("plan", spec, "--device-map", "sequential", "--max-memory", "cpu=1GiB")
+    human = run_cli("plan", spec, "--device-map", "sequential", "--max-memory", "cpu=1GiB")
     assert human.returncode == 0 and "cpu" in human.stdout
-    missing = _cli("plan", spec, "--device-map")
+    missing = run_cli("plan", spec, "--device-map")
     assert missing.returncode == 2 and "--max-memory" in missing.stderr
-    assert _cli("plan", spec).returncode == 2
+    assert run_cli("plan", spec).returncode == 2

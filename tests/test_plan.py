@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,8 @@ from safetensors.torch import save_file
 
 from ckptkit import CkptError, plan_memory
 from ckptkit.plan import find_blocks
-from tests._hub import REPO, run_cli
+from tests._hub import run_cli
+from tests._subprocess import run_python
 
 HIDDEN, BLOCKS, VOCAB = 64, 4, 16
 
@@ -146,13 +144,7 @@ def test_plan_never_imports_torch(dit) -> None:
         "import sys, ckptkit; p = ckptkit.plan_memory(sys.argv[1], devices=2, device_memory='1GB'); "
         "assert p.fits; assert 'torch' not in sys.modules, 'torch imported'"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(dit)],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(code, str(dit))
     assert result.returncode == 0, result.stderr
 
 

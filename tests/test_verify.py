@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from ckptkit.checksums import hash_file, read_manifest
 from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from tests._hub import (
     COMMIT,
-    REPO,
     blob_of,
     flip_byte,
     make_hub_cache,
@@ -25,6 +23,7 @@ from tests._hub import (
     run_cli,
     write_tree_listing,
 )
+from tests._subprocess import run_python
 
 
 @pytest.fixture
@@ -271,13 +270,7 @@ def test_verify_never_imports_torch(hub_t5) -> None:
         "import sys, ckptkit; r = ckptkit.verify_checkpoint(sys.argv[1], progress=False); "
         "assert r.ok; assert 'torch' not in sys.modules, 'torch imported'"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(hub_t5)],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(code, str(hub_t5))
     assert result.returncode == 0, result.stderr
 
 
