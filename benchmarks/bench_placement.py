@@ -116,7 +116,7 @@ def trial(contender: str, checkpoint: Path, offload: Path, budget: str) -> dict:
     from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ckptkit.placement import load_with_device_map
+    from ckptkit.placement.dispatch import load_with_device_map
 
     torch.set_num_threads(os.cpu_count() or 1)
     ids = torch.arange(16).reshape(1, 16)

@@ -13,25 +13,25 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "CheckpointDir": "ckptkit.checkpoint",
-    "CheckpointInfo": "ckptkit.inspect",
-    "inspect_checkpoint": "ckptkit.inspect",
-    "MemoryPlan": "ckptkit.plan",
-    "plan_memory": "ckptkit.plan",
-    "VerifyReport": "ckptkit.verify",
-    "verify_checkpoint": "ckptkit.verify",
-    "write_manifest": "ckptkit.checksums",
-    "LoadResult": "ckptkit.load",
-    "load_sharded": "ckptkit.load",
+    "CheckpointDir": "ckptkit.format.checkpoint",
+    "CheckpointInfo": "ckptkit.check.inspect",
+    "inspect_checkpoint": "ckptkit.check.inspect",
+    "MemoryPlan": "ckptkit.placement.memory",
+    "plan_memory": "ckptkit.placement.memory",
+    "VerifyReport": "ckptkit.check.verify",
+    "verify_checkpoint": "ckptkit.check.verify",
+    "write_manifest": "ckptkit.check.checksums",
+    "LoadResult": "ckptkit.load.sharded",
+    "load_sharded": "ckptkit.load.sharded",
     "parse_size": "ckptkit.format.sizes",
-    "DevicePlan": "ckptkit.placement_plan",
-    "PlacementResult": "ckptkit.placement",
-    "infer_device_map": "ckptkit.placement",
-    "load_with_device_map": "ckptkit.placement",
-    "plan_device_map": "ckptkit.placement_plan",
-    "materialize": "ckptkit.materialize",
-    "resave": "ckptkit.resave",
-    "resolve_ckpt_dir": "ckptkit.resolve",
+    "DevicePlan": "ckptkit.placement.device_map",
+    "PlacementResult": "ckptkit.placement.dispatch",
+    "infer_device_map": "ckptkit.placement.dispatch",
+    "load_with_device_map": "ckptkit.placement.dispatch",
+    "plan_device_map": "ckptkit.placement.device_map",
+    "materialize": "ckptkit.save.materialize",
+    "resave": "ckptkit.save.resave",
+    "resolve_ckpt_dir": "ckptkit.resolve.resolve",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
@@ -48,8 +48,9 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
-    from ckptkit.checkpoint import CheckpointDir
-    from ckptkit.checksums import write_manifest
+    from ckptkit.check.checksums import write_manifest
+    from ckptkit.check.inspect import CheckpointInfo, inspect_checkpoint
+    from ckptkit.check.verify import VerifyReport, verify_checkpoint
     from ckptkit.errors import (
         AmbiguousCheckpointError,
         CheckpointNotFoundError,
@@ -63,16 +64,15 @@ if TYPE_CHECKING:
         UnsafeCheckpointError,
         VariantNotFoundError,
     )
+    from ckptkit.format.checkpoint import CheckpointDir
     from ckptkit.format.sizes import parse_size
-    from ckptkit.inspect import CheckpointInfo, inspect_checkpoint
-    from ckptkit.load import LoadResult, load_sharded
-    from ckptkit.materialize import materialize
-    from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
-    from ckptkit.placement_plan import DevicePlan, plan_device_map
-    from ckptkit.plan import MemoryPlan, plan_memory
-    from ckptkit.resave import resave
-    from ckptkit.resolve import resolve_ckpt_dir
-    from ckptkit.verify import VerifyReport, verify_checkpoint
+    from ckptkit.load.sharded import LoadResult, load_sharded
+    from ckptkit.placement.device_map import DevicePlan, plan_device_map
+    from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
+    from ckptkit.placement.memory import MemoryPlan, plan_memory
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
+    from ckptkit.save.materialize import materialize
+    from ckptkit.save.resave import resave
 
 
 def __getattr__(name: str) -> Any:

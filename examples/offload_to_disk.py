@@ -15,8 +15,8 @@ import torch
 from accelerate import init_empty_weights
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ckptkit.placement import load_with_device_map
-from ckptkit.placement_plan import plan_device_map
+from ckptkit.placement.device_map import plan_device_map
+from ckptkit.placement.dispatch import load_with_device_map
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 
 from ckptkit import load_sharded
 from ckptkit.distributed import DistributedLoadResult
-from ckptkit.placement import PlacementResult
+from ckptkit.placement.dispatch import PlacementResult
 from tests.test_distributed import load_reference, save_tiny_llama, tiny_llama_config
 from tests.test_placement import _ids, _llama_config, _meta_llama
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
-from ckptkit.placement import PlacementResult, infer_device_map, load_with_device_map
-from ckptkit.placement_plan import checkpoint_tensors, expand_device_map, plan_device_map
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.placement.device_map import checkpoint_tensors, expand_device_map, plan_device_map
+from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 # A tiny Llama: embed 16 KiB, each decoder layer ~37 KiB, lm_head 16 KiB (fp32), 6 layers.
 LLAMA = dict(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ckptkit.errors import CheckpointNotFoundError
-from ckptkit.placement_plan import (
+from ckptkit.placement.device_map import (
     checkpoint_tensors,
     clean_device_map,
     expand_device_map,
@@ -19,7 +19,7 @@ from ckptkit.placement_plan import (
     parse_max_memory,
     plan_device_map,
 )
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 from tests._subprocess import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

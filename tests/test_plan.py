@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ckptkit import CkptError, plan_memory
-from ckptkit.plan import find_blocks
+from ckptkit.placement.memory import find_blocks
 from tests._hub import run_cli
 from tests._subprocess import run_python
 

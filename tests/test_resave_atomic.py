@@ -277,7 +277,7 @@ def test_peak_anonymous_memory_does_not_follow_the_model(tmp_path):
         """
         import sys, threading, time
         from ckptkit import resave
-        import ckptkit.resave, ckptkit.io.sources  # imports before the baseline
+        import ckptkit.save.resave, ckptkit.save.sources  # imports before the baseline
 
         def anon():
             for line in open("/proc/self/status"):

@@ -14,12 +14,12 @@ import ckptkit.io.writer as writer
 from ckptkit import CorruptCheckpointError
 from ckptkit.format import read_header
 from ckptkit.io.byte_copy import copy_range
-from ckptkit.io.sources import tensor_bytes
 from ckptkit.io.writer import PlannedShard, PlannedTensor, ShardWriter, build_header
+from ckptkit.save.sources import tensor_bytes
 
 
 def _planned(state: dict[str, torch.Tensor]) -> list[PlannedTensor]:
-    from ckptkit.io.sources import code_of
+    from ckptkit.save.sources import code_of
 
     return [
         PlannedTensor(

@@ -16,7 +16,7 @@ from ckptkit import (
     VariantNotFoundError,
     resolve_ckpt_dir,
 )
-from ckptkit.repo_files import parse_cache_path, parse_repo_spec, plan_files
+from ckptkit.resolve.repo_files import parse_cache_path, parse_repo_spec, plan_files
 
 
 def _load(ckpt: CheckpointDir) -> dict[str, torch.Tensor]:

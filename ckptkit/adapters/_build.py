@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.tensors import to_torch_dtype
 
 __all__ = [
@@ -181,7 +181,7 @@ def _read_into(
     prefix: str | None = None,
 ) -> list[str]:
     """Read the checkpoint into the model with :func:`ckptkit.load_sharded`; returns the unexpected keys."""
-    from ckptkit.load import LoadResult, load_sharded
+    from ckptkit.load.sharded import LoadResult, load_sharded
 
     result = load_sharded(
         ckpt, model=model, dtype=dtype, device=device, prefix=prefix, strict=False, progress=False
@@ -194,7 +194,7 @@ def read_weights(
     ckpt: CheckpointDir, *, prefix: str | None = None, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """The tensors of ``ckpt`` (under ``prefix``, stripped), floating ones read at ``dtype``."""
-    from ckptkit.load import load_sharded
+    from ckptkit.load.sharded import load_sharded
 
     state = load_sharded(ckpt, prefix=prefix, dtype=dtype, progress=False)
     assert isinstance(state, dict)
@@ -263,7 +263,7 @@ def load_weights(
     """Fill a meta-built ``model`` in place onto one device, or place it over several (``device_map``).
 
     One device (``None``, ``"cuda:0"``, ``{"": 0}``): :func:`fill_model`. ``"auto"``,
-    ``"balanced"``, ... or a per-module dict: :func:`ckptkit.placement.load_with_device_map`, which
+    ``"balanced"``, ... or a per-module dict: :func:`ckptkit.placement.dispatch.load_with_device_map`, which
     reads each tensor once straight to its device or leaves it on disk (``offload_folder``) and
     installs accelerate's hooks.
 
@@ -277,7 +277,7 @@ def load_weights(
     if planned is None:
         fill_model(model, ckpt, dtype=dtype, keep_fp32=keep_in_fp32_matcher(keep), device=device, tied=tied)
         return
-    from ckptkit.placement import load_with_device_map
+    from ckptkit.placement.dispatch import load_with_device_map
 
     # placement keeps the model's _keep_in_fp32_modules under any dtype; give it the set that applies.
     own = model.__dict__.get("_keep_in_fp32_modules", _UNSET)

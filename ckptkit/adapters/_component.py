@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME, read_json_object, read_model_index
 from ckptkit.format.validate import check_weight_set
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["ComponentRequest", "read_config", "resolve_component"]
 

@@ -16,8 +16,8 @@ from ckptkit.adapters._build import (
     user_dtype,
 )
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
 
 __all__ = ["diffusers_class", "load_diffusers_model"]

@@ -15,8 +15,8 @@ from ckptkit.adapters._build import (
     user_dtype,
 )
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
 from ckptkit.format.safetensors_header import read_header
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ckptkit.adapters._diffusers import load_diffusers_model
-from ckptkit.checkpoint import CheckpointDir
+from ckptkit.format.checkpoint import CheckpointDir
 
 __all__ = ["load_vae"]
 

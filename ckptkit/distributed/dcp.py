@@ -23,15 +23,15 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.distributed.layout import TensorSpec, plan_layout
 from ckptkit.distributed.load import CheckpointEntry, index_checkpoint
 from ckptkit.distributed.save import _finish, _Group, _prepare, _pwrite_all, dtype_code
 from ckptkit.errors import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.naming import TRANSFORMERS_WEIGHTS_NAME
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.tensors import read_tensor, to_torch_dtype
-from ckptkit.resolve import resolve_ckpt_dir, resolve_local
+from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
 
 __all__ = ["dcp_to_safetensors", "safetensors_to_dcp"]
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.distributed.boxes import Box, box_of, byte_runs, local_part
 from ckptkit.errors import CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 from ckptkit.io.tensors import read_into, to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["DistributedLoadResult", "has_dtensor_params", "load_sharded_distributed"]
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.distributed.boxes import box_of, byte_runs, local_part, owns_unique_copy
 from ckptkit.distributed.layout import ShardLayout, TensorSpec, plan_layout
 from ckptkit.errors import CkptError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.naming import DIFFUSERS_WEIGHTS_NAME, TRANSFORMERS_WEIGHTS_NAME
 from ckptkit.io.tensors import to_torch_dtype
-from ckptkit.resolve import resolve_local
+from ckptkit.resolve.resolve import resolve_local
 
 __all__ = ["SaveStats", "dtype_code", "last_save_stats", "save_sharded", "write_blank_files"]
 

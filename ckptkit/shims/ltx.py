@@ -23,11 +23,11 @@ import torch
 
 from ckptkit.adapters._build import fill_model, read_weights
 from ckptkit.adapters.t5 import load_t5
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.safetensors_header import read_header
 from ckptkit.io.tensors import to_torch_dtype
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = [
     "COMPONENT_PREFIXES",

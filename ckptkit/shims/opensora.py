@@ -25,11 +25,11 @@ from torch import nn
 from ckptkit.adapters._build import read_weights
 from ckptkit.adapters.t5 import load_t5
 from ckptkit.adapters.vae import load_vae
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["T5Encoder", "VideoAutoencoderKL", "load_checkpoint"]
 

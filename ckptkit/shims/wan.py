@@ -19,11 +19,11 @@ import torch
 
 from ckptkit.adapters._build import read_weights
 from ckptkit.adapters._diffusers import load_diffusers_model
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = [
     "DIT_SUBFOLDERS",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.dtypes import canonical_dtype
@@ -29,7 +29,7 @@ from ckptkit.io.atomic import (
     staged_directory,
     walk_files,
 )
-from ckptkit.resolve import resolve_ckpt_dir, resolve_local
+from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
 
 __all__ = ["resave"]
 
@@ -292,8 +292,8 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
 def _write_job(
     job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any, unwrap: str | bool | None
 ) -> list[Path]:
-    from ckptkit.io.sources import plan_source_tensors
     from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
+    from ckptkit.save.sources import plan_source_tensors
 
     directory = staging / job.rel if job.rel else staging
     directory.mkdir(parents=True, exist_ok=True)

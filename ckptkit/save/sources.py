@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 from ckptkit.format.validate import check_weight_set

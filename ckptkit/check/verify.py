@@ -13,8 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ckptkit.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_content_files, read_manifest
-from ckptkit.checksums import write_manifest as _write_manifest
+from ckptkit.check.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_content_files, read_manifest
+from ckptkit.check.checksums import write_manifest as _write_manifest
+from ckptkit.check.inspect import CheckpointInfo, Problem, inspect_checkpoint
 from ckptkit.errors import CkptError
 from ckptkit.format.hub_files import (
     ExpectedDigest,
@@ -30,7 +31,6 @@ from ckptkit.format.hub_files import (
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.format.validate import check_weight_set
-from ckptkit.inspect import CheckpointInfo, Problem, inspect_checkpoint
 
 __all__ = ["FileCheck", "VerifyReport", "verify_checkpoint", "write_manifest"]
 

@@ -2,7 +2,7 @@
 
 The cache is read and written by huggingface_hub's own functions (``HfApi.resolve_revision``,
 ``get_cached_repo_tree``, ``try_to_load_from_cache``, ``snapshot_download``); which files a component
-needs is decided by :mod:`ckptkit.repo_files` from the repo's listing.
+needs is decided by :mod:`ckptkit.resolve.repo_files` from the repo's listing.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME
-from ckptkit.repo_files import DownloadPlan, plan_files
+from ckptkit.resolve.repo_files import DownloadPlan, plan_files
 
 __all__ = ["HubSpec", "default_cache_dir", "is_offline", "resolve_hub"]
 
@@ -58,7 +58,7 @@ class HubSpec:
     looked: list[str] = field(default_factory=list)
 
     def plan(self, listing: list[str], snapshot: Path) -> DownloadPlan:
-        """Which files of ``listing`` this component needs (see :func:`ckptkit.repo_files.plan_files`)."""
+        """Which files of ``listing`` this component needs (see :func:`ckptkit.resolve.repo_files.plan_files`)."""
         return plan_files(
             listing,
             directory=self.directory,
@@ -199,7 +199,7 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
 
 
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
-    from ckptkit.resolve import resolve_local
+    from ckptkit.resolve.resolve import resolve_local
 
     origin = {"repo_id": spec.repo_id, "revision": commit}
     try:

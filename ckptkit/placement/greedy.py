@@ -3,7 +3,7 @@
 The functions mirror accelerate's ``utils/modeling.py`` (``infer_auto_device_map``,
 ``get_balanced_memory``, ``get_max_layer_size``, ``clean_device_map``) step for step, on a
 :class:`ModuleTree` instead of an ``nn.Module``, so a map planned from headers is the map accelerate
-would make wherever the tree matches the model (see :mod:`ckptkit.placement_plan`).
+would make wherever the tree matches the model (see :mod:`ckptkit.placement.device_map`).
 """
 
 from __future__ import annotations

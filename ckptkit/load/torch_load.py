@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from ckptkit.errors import CorruptCheckpointError
-from ckptkit.io.keys import KeySelection
 from ckptkit.io.module_fill import ModuleSlots
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
+from ckptkit.load.keys import KeySelection
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ckptkit.load import LoadResult
+    from ckptkit.load.sharded import LoadResult
 
 __all__ = ["check_torch_file", "load_torch_weights"]
 
@@ -71,7 +71,7 @@ def load_torch_weights(
     progress: bool | None,
 ) -> dict[str, torch.Tensor] | LoadResult:
     """Load torch files into a dict or a module; see :func:`ckptkit.load_sharded`."""
-    from ckptkit.load import plan_module_keys
+    from ckptkit.load.sharded import plan_module_keys
 
     for path in files:
         check_torch_file(path)
@@ -138,7 +138,7 @@ def _fill(
     dtype: torch.dtype | None,
     seen: set[str],
 ) -> None:
-    from ckptkit.load import check_shapes
+    from ckptkit.load.sharded import check_shapes
 
     present = {name: source for name, source in selection.items() if name in slots}
     check_shapes(slots, {name: state[source].shape for name, source in present.items()}, where=path)

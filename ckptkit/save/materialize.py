@@ -13,8 +13,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.layout import IGNORED_DIRS
 from ckptkit.io.atomic import (
@@ -119,7 +119,7 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
         raise CheckpointNotFoundError(
             f"link points to {os.readlink(path)!r}, which does not exist", path=path
         )
-    from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     return Path(resolve_ckpt_dir(src, confine=confine).path)  # a hub form: pass it as the user wrote it
 

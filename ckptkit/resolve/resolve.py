@@ -7,13 +7,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import read_model_index
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
-from ckptkit.repo_files import parse_cache_path, parse_repo_spec
+from ckptkit.resolve.repo_files import parse_cache_path, parse_repo_spec
 
 __all__ = ["resolve_ckpt_dir", "resolve_local"]
 
@@ -180,7 +180,7 @@ def _resolve_hub(
     from_repo_folder: bool = False,
     **options: Any,
 ) -> CheckpointDir:
-    from ckptkit.hub import HubSpec, default_cache_dir, is_offline, resolve_hub
+    from ckptkit.resolve.hub import HubSpec, default_cache_dir, is_offline, resolve_hub
 
     is_file = bool(in_repo) and parse_weight_filename(in_repo.rsplit("/", 1)[-1]) is not None
     spec = HubSpec(

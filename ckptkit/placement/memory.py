@@ -161,7 +161,7 @@ def plan_memory(
         >>> plan.fits, plan.chosen.peak_bytes  # doctest: +SKIP
         (True, 6437234688)
     """
-    from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     if devices < 1:
         raise ValueError(f"devices must be at least 1, not {devices}")

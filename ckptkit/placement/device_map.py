@@ -1,4 +1,4 @@
-"""A device map from a checkpoint's headers alone: the torch-free view of :mod:`ckptkit.placement`.
+"""A device map from a checkpoint's headers alone: the torch-free view of :mod:`ckptkit.placement.dispatch`.
 
 :func:`plan_device_map` runs the same greedy walk as accelerate's ``infer_auto_device_map`` (and
 ``get_balanced_memory`` for ``"auto"``/``"balanced"``), on a module tree rebuilt from tensor
@@ -12,7 +12,7 @@ weights read. Two things a file does not say are guessed:
   diffusers models.
 
 Where both guesses match the model (most transformers and DiT checkpoints), the map equals the one
-:func:`ckptkit.placement.infer_device_map` builds from the real model, so it can be printed by the
+:func:`ckptkit.placement.dispatch.infer_device_map` builds from the real model, so it can be printed by the
 CLI, edited, and passed back as ``device_map=``.
 """
 
@@ -24,13 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CorruptCheckpointError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
 from ckptkit.format.safetensors_header import read_header
 from ckptkit.format.sizes import format_size, parse_size
 from ckptkit.format.torch_pickle import scan_torch_file
-from ckptkit.placement_greedy import (
+from ckptkit.placement.greedy import (
     ModuleTree,
     TensorEntry,
     balanced_memory,
@@ -218,7 +218,7 @@ def plan_device_map(
         >>> plan.device_map  # doctest: +SKIP
         {'patch_embedding': 0, ..., 'blocks.27': 'cpu', ..., 'head': 'cpu'}
     """
-    from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     if device_map not in DEVICE_MAP_MODES:
         raise ValueError(f"device_map must be one of {DEVICE_MAP_MODES} to plan, not {device_map!r}")

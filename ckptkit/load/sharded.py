@@ -1,11 +1,11 @@
 """``load_sharded``: any checkpoint into a dict of tensors or straight into a module.
 
 The steps, each owned by a lower floor: resolve the directory and pick the weight set by the
-variant rules (:func:`ckptkit.resolve.resolve_ckpt_dir`), validate the index and every needed
+variant rules (:func:`ckptkit.resolve.resolve.resolve_ckpt_dir`), validate the index and every needed
 header before reading a byte of tensor data (:func:`ckptkit.format.validate.check_weight_set`),
-choose keys (:mod:`ckptkit.io.keys`), decide where each tensor lands (:mod:`ckptkit.io.module_fill`)
+choose keys (:mod:`ckptkit.load.keys`), decide where each tensor lands (:mod:`ckptkit.io.module_fill`)
 and read them in parallel (:mod:`ckptkit.io.reader`), or through ``torch.load(weights_only=True)``
-for torch files (:mod:`ckptkit.io.torch_load`).
+for torch files (:mod:`ckptkit.load.torch_load`).
 """
 
 from __future__ import annotations
@@ -21,25 +21,25 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CkptWarning, ModelMismatchError
+from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.index import read_index
 from ckptkit.format.layout import WeightSet
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.format.validate import check_weight_set
-from ckptkit.io.keys import KeySelection, select_keys
 from ckptkit.io.module_fill import ModuleSlots
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.reader import TensorRead, read_tensors
 from ckptkit.io.tensors import to_torch_dtype
-from ckptkit.resolve import resolve_ckpt_dir
+from ckptkit.load.keys import KeySelection, select_keys
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ckptkit.distributed import DistributedLoadResult
-    from ckptkit.placement import PlacementResult
+    from ckptkit.placement.dispatch import PlacementResult
 
 __all__ = ["LoadResult", "load_sharded"]
 
@@ -112,7 +112,7 @@ def load_sharded(
             ``"ema"``), or ``True`` for the first usual one. Without it, a wrapped file is reported.
         device_map: with ``model`` (built on meta), place it across GPUs, CPU and ``"disk"``
             with accelerate: ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or
-            a dict; see :func:`ckptkit.placement.load_with_device_map`. Disk entries of a
+            a dict; see :func:`ckptkit.placement.dispatch.load_with_device_map`. Disk entries of a
             safetensors checkpoint point into the original shards (nothing is copied).
         max_memory: budgets for ``device_map`` (``{0: "20GiB", "cpu": "64GiB"}``).
         offload_folder: where the offload index (and converted torch weights) go.
@@ -123,7 +123,7 @@ def load_sharded(
 
     Returns:
         ``dict[str, Tensor]`` in checkpoint order when ``model`` is ``None``, else :class:`LoadResult`
-        (a :class:`~ckptkit.placement.PlacementResult` with ``device_map``; a
+        (a :class:`~ckptkit.placement.dispatch.PlacementResult` with ``device_map``; a
         :class:`~ckptkit.distributed.DistributedLoadResult` for a model whose parameters are
         DTensors, where each rank reads only its own shards' bytes). All have ``missing_keys``
         and ``unexpected_keys``.
@@ -156,7 +156,7 @@ def load_sharded(
     if device_map is not None:
         if model is None:
             raise ValueError("device_map= places a model: pass model= (built on the meta device)")
-        from ckptkit.placement import load_with_device_map
+        from ckptkit.placement.dispatch import load_with_device_map
 
         return load_with_device_map(
             checkpoint,
@@ -189,7 +189,7 @@ def load_sharded(
     if checkpoint.format == "safetensors":
         result = _load_safetensors(plan, options)
     else:
-        from ckptkit.io.torch_load import load_torch_weights
+        from ckptkit.load.torch_load import load_torch_weights
 
         result = load_torch_weights(
             plan.files,

@@ -23,19 +23,24 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import CheckpointDir
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
-from ckptkit.io.offload import convert_once, source_fingerprint, write_offload_index
-from ckptkit.io.placed import (
+from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.io.tensors import to_torch_dtype
+from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
+from ckptkit.placement.device_map import (
+    DEVICE_MAP_MODES,
+    TensorEntry,
+    checkpoint_tensors,
+    normalize_max_memory,
+)
+from ckptkit.placement.offload import convert_once, source_fingerprint, write_offload_index
+from ckptkit.placement.placed import (
     fill_from_safetensors,
     fill_from_state_dict,
     keep_on_meta,
     set_module_tensor,
     torch_device,
 )
-from ckptkit.io.tensors import to_torch_dtype
-from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.placement_plan import DEVICE_MAP_MODES, TensorEntry, checkpoint_tensors, normalize_max_memory
 
 __all__ = ["PlacementResult", "infer_device_map", "load_with_device_map"]
 
@@ -104,7 +109,7 @@ def infer_device_map(
         >>> infer_device_map("./llama", model, max_memory={0: "20GiB", "cpu": "64GiB"})  # doctest: +SKIP
         {'model.embed_tokens': 0, 'model.layers.0': 0, ..., 'lm_head': 'cpu'}
     """
-    from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     ckpt = resolve_ckpt_dir(ckpt)
     _tie(model)
@@ -171,7 +176,7 @@ def load_with_device_map(
     from accelerate import dispatch_model
     from accelerate.utils import find_tied_parameters, retie_parameters
 
-    from ckptkit.resolve import resolve_ckpt_dir
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     ckpt = resolve_ckpt_dir(ckpt)
     state = _torch_state(ckpt) if ckpt.format == "torch" else None

@@ -157,7 +157,7 @@ def inspect_checkpoint(
     root: Path | None = None
     subfolder = resolve_kwargs.pop("subfolder", None)
     if not (path.exists() or path.is_symlink()):
-        from ckptkit.resolve import resolve_ckpt_dir
+        from ckptkit.resolve.resolve import resolve_ckpt_dir
 
         resolved = resolve_ckpt_dir(
             spec,

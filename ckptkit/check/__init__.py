@@ -1,0 +1,1 @@
+"""inspect, verify and checksums: reading a checkpoint to report on it (no torch)."""

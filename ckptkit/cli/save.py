@@ -1,0 +1,112 @@
+"""ckptkit resave and ckptkit materialize: rewriting and copying checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ckptkit.cli._common import EXIT_OK, print_json
+from ckptkit.format.sizes import format_size
+
+# -- resave ------------------------------------------------------------------------------------
+
+
+def add_resave(sub: Any) -> None:
+    parser = sub.add_parser(
+        "resave",
+        help="rewrite a checkpoint as safetensors shards (or one file), streaming and atomically",
+        description="Rewrite a checkpoint as safetensors: re-shard, make one file, convert the dtype, "
+        "write a variant. Tensor bytes are copied file-to-file; the output appears atomically.",
+        epilog="examples:\n  ckptkit resave ./sdxl/unet ./unet-single --max-shard-size none\n"
+        "  ckptkit resave ./t5 ./t5 --variant fp16 --overwrite\n"
+        "  ckptkit resave ./pixart ./pixart-bf16 --dtype bf16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("src", help="a checkpoint directory, weights file, pipeline directory or hub form")
+    parser.add_argument("dst", help="the output directory (may be SRC itself with --overwrite)")
+    parser.add_argument(
+        "--max-shard-size",
+        default="10GB",
+        help="shard size limit (10GB, 500MiB, bytes) or 'none' for one file",
+    )
+    parser.add_argument("--variant", help="variant to write (and read): fp16, bf16, ...")
+    parser.add_argument("--dtype", help="cast floating tensors: fp16, bf16, fp32, ...")
+    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
+    parser.add_argument("--weights-name", help="output weights name (model, diffusion_pytorch_model)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="skip flushing to disk (faster, less durable)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=_run_resave)
+
+
+def _run_resave(args: argparse.Namespace) -> int:
+    from ckptkit.save.resave import resave
+
+    size = None if args.max_shard_size.strip().lower() in ("none", "inf") else args.max_shard_size
+    ckpt = resave(
+        args.src,
+        args.dst,
+        max_shard_size=size,
+        variant=args.variant,
+        dtype=args.dtype,
+        subfolder=args.subfolder,
+        weights_name=args.weights_name,
+        overwrite=args.overwrite,
+        fsync=not args.no_fsync,
+        progress=False if (args.no_progress or args.json) else None,
+    )
+    sizes = {str(p): p.stat().st_size for p in ckpt.weight_files}
+    if args.json:
+        files = [{"path": name, "bytes": size} for name, size in sizes.items()]
+        print_json({"ok": True, "path": str(ckpt.path), "variant": ckpt.variant, "files": files})
+    else:
+        count = len(sizes)
+        print(f"{ckpt.path}: {count} file{'s' if count != 1 else ''}, {format_size(sum(sizes.values()))}")
+        for name, size in sizes.items():
+            print(f"  {format_size(size):>11}  {name}")
+    return EXIT_OK
+
+
+# -- materialize -------------------------------------------------------------------------------
+
+
+def add_materialize(sub: Any) -> None:
+    parser = sub.add_parser(
+        "materialize",
+        help="a symlink-free copy of a checkpoint or hub snapshot, or a model.tar.gz",
+        description="Copy a checkpoint with every symlink replaced by its file (.cache/ left out), "
+        "or write a tarball with the files at its root, as SageMaker expects model.tar.gz.",
+        epilog="examples:\n  ckptkit materialize ~/.cache/huggingface/hub/models--org--name ./model\n"
+        "  ckptkit materialize ./snapshot model.tar.gz --archive tar.gz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("src", help="a checkpoint directory, hub snapshot or hub cache repo folder")
+    parser.add_argument("dst", help="the output directory, or the archive file with --archive")
+    parser.add_argument("--archive", choices=["tar", "tar.gz"], help="write a tarball instead of a directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=_run_materialize)
+
+
+def _run_materialize(args: argparse.Namespace) -> int:
+    from ckptkit.save.materialize import materialize
+
+    path = materialize(
+        args.src,
+        args.dst,
+        archive=args.archive,
+        overwrite=args.overwrite,
+        progress=False if (args.no_progress or args.json) else None,
+    )
+    size = (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
+    if args.json:
+        print_json({"ok": True, "path": str(path), "bytes": size})
+    else:
+        print(f"{path}: {format_size(size)}")
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""Loading tensors into a dict or a module: the module-filling plan and its readers."""

@@ -1,0 +1,1 @@
+"""Memory plans, device maps, dispatch and disk offload."""
