@@ -11,13 +11,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CkptError
+from ckptkit.errors import CheckpointNotFoundError, CkptError
 from ckptkit.format.components import read_model_index
+from ckptkit.format.display import dtype_text, html_table, plural, summary_line, text_table
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
+from ckptkit.format.naming import parse_index_filename, parse_weight_filename
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
+from ckptkit.format.sizes import format_size
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
@@ -72,7 +75,7 @@ class WeightSetInfo:
     selected: bool = False
 
 
-@dataclass
+@dataclass(repr=False)
 class CheckpointInfo:
     """What :func:`inspect_checkpoint` found.
 
@@ -125,6 +128,69 @@ class CheckpointInfo:
         result["components"] = {name: info.to_dict() for name, info in self.components.items()}
         return result
 
+    @property
+    def errors(self) -> list[Problem]:
+        """Every error, components included."""
+        own = [p for p in self.problems if p.severity == "error"]
+        return own + [p for c in self.components.values() for p in c.errors]
+
+    def __repr__(self) -> str:
+        if self.components:
+            params = sum(c.parameter_count or 0 for c in self.components.values())
+            parts = [f"pipeline of {plural(len(self.components), 'component')}", f"{params:,} parameters"]
+        else:
+            parts = [
+                self.selected or "no weights",
+                f"{self.parameter_count:,} parameters" if self.parameter_count is not None else "",
+                dtype_text(self.bytes_by_dtype) if self.bytes_by_dtype else "",
+            ]
+        errors = len(self.errors)
+        parts.append(plural(errors, "error") if errors else "ok")
+        return summary_line("CheckpointInfo", self.path, parts)
+
+    def __str__(self) -> str:
+        return text_table(f"CheckpointInfo {self.path}", self._rows())
+
+    def _repr_html_(self) -> str:
+        return html_table(
+            f"CheckpointInfo {self.path}",
+            self._rows(nested=True),
+            columns=["component", "class", "weights", "parameters", "dtypes", "variants", "problems"],
+        )
+
+    def _rows(self, nested: bool = False) -> list[tuple[str, object]]:
+        rows: list[tuple[str, object]] = []
+        if self.components:
+            table = [
+                (
+                    name,
+                    ".".join(c for c in self.component_classes.get(name, []) if c) or "-",
+                    info.selected or "-",
+                    f"{info.parameter_count:,}" if info.parameter_count is not None else "-",
+                    dtype_text(info.bytes_by_dtype),
+                    ", ".join(info.variants) or "-",
+                    str(len(info.errors)) if info.errors else "ok",
+                )
+                for name, info in self.components.items()
+            ]
+            rows.append(("components", table if nested else [" ".join(r[:5]) for r in table]))
+        if self.selected or not self.components:
+            rows += [
+                ("weights", self.selected),
+                ("parameters", f"{self.parameter_count:,}" if self.parameter_count is not None else None),
+                ("tensors", f"{self.tensor_count:,}" if self.tensor_count is not None else None),
+                ("dtypes", dtype_text(self.bytes_by_dtype)),
+                ("size", format_size(self.total_bytes) if self.total_bytes is not None else None),
+                ("variants", ", ".join(self.variants) or None),
+                ("weight sets", [s.label for s in self.weight_sets]),
+            ]
+        rows.append(("files", f"{len(self.files)} ({format_size(sum(f.size or 0 for f in self.files))})"))
+        problems = [p.message for p in self.problems] + [
+            p.message for c in self.components.values() for p in c.problems
+        ]
+        rows.append(("problems", problems or "none"))
+        return rows
+
 
 def inspect_checkpoint(
     spec: str | os.PathLike[str],
@@ -147,6 +213,8 @@ def inspect_checkpoint(
 
     Raises:
         UnsafeCheckpointError: with ``confine``, a file links outside the checkpoint.
+        CheckpointNotFoundError: ``spec`` is a file that holds no weights (``model.tar.gz``, a
+            config): it is refused, saying what it is, rather than its directory inspected.
 
     Example:
         >>> info = inspect_checkpoint("pixart/transformer")  # doctest: +SKIP
@@ -175,6 +243,7 @@ def inspect_checkpoint(
             path = path / str(subfolder)
     selected_file = None
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
+        _refuse_non_checkpoint(path)
         selected_file, path = path, path.parent
     # A hub snapshot is made of links into the repo's blobs/: judge links against the repo folder.
     root = root or hub_repo_root(path) or path
@@ -184,6 +253,39 @@ def inspect_checkpoint(
     info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
     info.root = str(root)
     return info
+
+
+_MAGIC = (
+    (b"\x1f\x8b", "a gzip file (a tarball such as model.tar.gz?)", "extract it first (tar -xzf FILE -C DIR)"),
+    (b"PK\x03\x04", "a zip archive", "extract it first (unzip FILE -d DIR)"),
+    (b"BZh", "a bzip2 file", "extract it first (tar -xjf FILE -C DIR)"),
+    (b"\xfd7zXZ", "an xz file", "extract it first (tar -xJf FILE -C DIR)"),
+    (b"(\xb5/\xfd", "a zstd file", "extract it first (tar --zstd -xf FILE -C DIR)"),
+)
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    """Raise for a file that is neither a weights file nor an index, saying what it is."""
+    if parse_weight_filename(path.name) is not None or parse_index_filename(path.name) is not None:
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return  # a dangling link: reported as such by the directory listing
+    what, fix = "not a weights file or an index", "pass the checkpoint directory or one of its weights files"
+    for magic, kind, extract in _MAGIC:
+        if head.startswith(magic):
+            what, fix = kind, extract
+    if head[257:262] == b"ustar":
+        what, fix = "a tar archive", "extract it first (tar -xf FILE -C DIR)"
+    elif path.name.endswith(".json"):
+        what = "a JSON file (a config?), not a weights file or an index"
+    raise CheckpointNotFoundError(
+        f"is {what}; it holds no checkpoint to inspect",
+        path=path,
+        fix=fix.replace("FILE", str(path)),
+    )
 
 
 def _inspect_dir(

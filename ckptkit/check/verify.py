@@ -28,8 +28,10 @@ from ckptkit.format.hub_files import (
     snapshot_commit,
     tree_expectation,
 )
+from ckptkit.format.display import html_table, plural, summary_line, text_table
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.sizes import format_size
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["FileCheck", "VerifyReport", "verify_checkpoint", "write_manifest"]
@@ -57,7 +59,7 @@ class FileCheck:
     ok: bool | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class VerifyReport:
     """What :func:`verify_checkpoint` found.
 
@@ -106,6 +108,42 @@ class VerifyReport:
         result = asdict(self)
         result.update(ok=self.ok, verified=len(self.verified), unverified=len(self.unverified))
         return result
+
+    @property
+    def status(self) -> str:
+        """``"OK"`` or ``"FAILED (n problems)"``."""
+        errors = sum(p.severity == "error" for p in self.problems)
+        return "OK" if self.ok else f"FAILED ({plural(errors, 'problem')})"
+
+    def __repr__(self) -> str:
+        return summary_line("VerifyReport", self.path, [self.status, *self._content()])
+
+    def __str__(self) -> str:
+        return text_table(f"VerifyReport {self.path}: {self.status}", self._rows())
+
+    def _repr_html_(self) -> str:
+        return html_table(f"VerifyReport {self.path}: {self.status}", self._rows())
+
+    def _content(self) -> list[str]:
+        if not self.checksums:
+            return [plural(len(self.files), "file"), "checksums skipped"]
+        return [
+            plural(len(self.files), "file"),
+            f"{len(self.verified)} verified by hash",
+            f"{len(self.unverified)} with no recorded digest",
+        ]
+
+    def _rows(self) -> list[tuple[str, object]]:
+        damaged = [f.name for f in self.files if f.ok is False]
+        return [
+            ("files", len(self.files)),
+            ("verified by hash", len(self.verified) if self.checksums else "checksums skipped"),
+            ("no recorded digest", self.unverified if self.checksums else "-"),
+            ("damaged", damaged or "none"),
+            ("hashed", f"{format_size(self.bytes_hashed)} in {self.seconds:.2f} s"),
+            ("manifests", self.manifests or "none"),
+            ("problems", [f"{p.severity}: {p.message}" for p in self.problems] or "none"),
+        ]
 
 
 def verify_checkpoint(

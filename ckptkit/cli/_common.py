@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -32,3 +33,58 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
     return value
+
+
+# Python keyword -> the flag that sets it, for rewording errors raised under the CLI.
+FLAGS = {
+    "variant": "--variant",
+    "variant_fallback": "--variant-fallback",
+    "subfolder": "--subfolder",
+    "revision": "--revision",
+    "cache_dir": "--cache-dir",
+    "weights_name": "--weights-name",
+    "unwrap": "--unwrap",
+    "max_shard_size": "--max-shard-size",
+    "dtype": "--dtype",
+    "overwrite": "--overwrite",
+    "confine": "--confine",
+    "local_files_only": "--offline",
+    "allow_patterns": "--allow-pattern",
+    "endpoint": "--endpoint",
+    "include": "--include",
+    "exclude": "--exclude",
+    "archive": "--archive",
+    "devices": "--devices",
+    "device_memory": "--device-memory",
+    "strategy": "--strategy",
+    "max_memory": "--max-memory",
+    "no_split_prefixes": "--no-split",
+    "write_manifest": "--write-manifest",
+    "checksums": "--checksums",
+}
+_KEYWORD = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")=(None|True|False|'[^']*'|\"[^\"]*\"|[\w.\-]+)?")
+
+
+def cli_wording(text: str) -> str:
+    """Rewrite the Python keywords an error message suggests as the CLI flags that set them.
+
+    Example:
+        >>> cli_wording("pass unwrap='state_dict', or variant=None")
+        'pass --unwrap state_dict, or no --variant'
+    """
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        option = FLAGS[name]
+        if value in (None, "True"):
+            return option
+        if value in ("None", "False"):
+            return f"no {option}"
+        return f"{option} {value.strip(chr(39) + chr(34))}"
+
+    return _KEYWORD.sub(flag, text)
+
+
+def bool_or_none(flag: bool) -> bool | None:
+    """A store_true flag as an option whose absence means "follow the environment"."""
+    return True if flag else None

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, print_json
+from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, bool_or_none, print_json
+from ckptkit.format.display import dtype_text
 from ckptkit.format.sizes import format_size
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -15,55 +16,100 @@ from ckptkit.format.sizes import format_size
 def add_inspect(sub: Any) -> None:
     parser = sub.add_parser(
         "inspect",
-        help="what a checkpoint holds: files, weight sets, tensors, dtypes, links, problems",
-        description="Describe a checkpoint from its headers alone (torch is not imported).",
-        epilog="examples:\n  ckptkit inspect ./pixart/transformer\n  ckptkit inspect ./pixart --json",
+        help="what a checkpoint holds: components, weight sets, parameters, dtypes, variants, problems",
+        description="Describe a checkpoint from its headers alone (torch is not imported): a summary "
+        "per component, then problems; every file with --files.",
+        epilog="examples:\n  ckptkit inspect ./pixart/transformer\n  ckptkit inspect ./pixart --files\n"
+        "  ckptkit inspect ./pixart --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("spec", help="a checkpoint directory or weights file")
+    parser.add_argument("spec", help="a checkpoint directory, weights file, hub cache folder or repo id")
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
     parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
+    parser.add_argument("--files", action="store_true", help="also list every file, with sizes and links")
+    add_source_options(parser)
     parser.set_defaults(run=_run_inspect)
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """--revision, --cache-dir, --offline, --confine: where a hub form is looked for, and how strictly."""
+    parser.add_argument("--revision", help="branch, tag or commit (hub forms)")
+    parser.add_argument("--cache-dir", help="hub cache (default: HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
+    parser.add_argument(
+        "--confine", action="store_true", help="refuse files whose real path lies outside the checkpoint"
+    )
+
+
+def source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`add_source_options`, for the verbs."""
+    kwargs: dict[str, Any] = {"confine": bool_or_none(args.confine)}
+    if args.revision:
+        kwargs["revision"] = args.revision
+    if args.cache_dir:
+        kwargs["cache_dir"] = args.cache_dir
+    if args.offline:
+        kwargs["local_files_only"] = True
+    return kwargs
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from ckptkit.check.inspect import inspect_checkpoint
 
-    info = inspect_checkpoint(args.spec, subfolder=args.subfolder, variant=args.variant)
+    info = inspect_checkpoint(args.spec, subfolder=args.subfolder, variant=args.variant, **source_kwargs(args))
     if args.json:
         print_json(info.to_dict())
     else:
-        _print_info(info)
+        _print_info(info, files=args.files)
     return EXIT_OK if info.ok else EXIT_PROBLEMS
 
 
-def _print_info(info: Any, indent: str = "") -> None:
-    print(f"{indent}{info.path}")
-    for weight_set in info.weight_sets:
-        mark = "*" if weight_set.selected else " "
-        missing = f"  MISSING {len(weight_set.missing)}" if weight_set.missing else ""
-        print(f"{indent}  {mark} {weight_set.label:<60} variant={weight_set.variant or 'default'}{missing}")
-    if info.selected and info.tensor_count is not None:
-        dtypes = ", ".join(f"{code} {format_size(n)}" for code, n in info.bytes_by_dtype.items())
+def _print_info(info: Any, *, files: bool) -> None:
+    print(info.path)
+    if info.components:
+        width = max(len(name) for name in info.components)
+        for name, component in info.components.items():
+            classes = ".".join(c for c in info.component_classes.get(name) or [] if c)
+            print(f"  {name:<{width}}  {classes or '-'}")
+            _print_summary(component, "  " + " " * width + "  ")
+    if info.weight_sets or not info.components:
+        _print_summary(info, "  ")
+    if files:
+        _print_files(info, "  ")
+    else:
+        total = sum(f.size or 0 for f in info.files)
+        print(f"  {len(info.files)} files ({format_size(total)}); list them with --files")
+    problems = list(info.problems) + [p for c in info.components.values() for p in c.problems]
+    for problem in problems:
+        print(f"  {problem.severity.upper()}: {problem.message}")
+
+
+def _print_summary(info: Any, indent: str) -> None:
+    if info.selected is None:
+        print(f"{indent}no weights" + (f" (variants: {', '.join(info.variants)})" if info.variants else ""))
+        return
+    line = f"{indent}{info.selected}"
+    if info.parameter_count is not None:
+        line += f"  {info.parameter_count:,} parameters  {format_size(info.total_bytes or 0)}"
+        line += f"  ({dtype_text(info.bytes_by_dtype)})"
+    print(line)
+    others = [w for w in info.weight_sets if not w.selected]
+    if len(info.variants) > 1 or others:
         print(
-            f"{indent}  tensors {info.tensor_count:,}  parameters {info.parameter_count:,}  "
-            f"bytes {format_size(info.total_bytes or 0)}  ({dtypes})"
+            f"{indent}variants: {', '.join(info.variants)}"
+            + (f"; also here: {', '.join(w.label for w in others)}" if others else "")
         )
-    if info.variants:
-        print(f"{indent}  variants: {', '.join(info.variants)}")
-    total = sum(f.size or 0 for f in info.files)
-    print(f"{indent}  files: {len(info.files)} ({format_size(total)})")
+    for weight_set in info.weight_sets:
+        if weight_set.missing:
+            print(f"{indent}{weight_set.label}: MISSING {', '.join(weight_set.missing)}")
+
+
+def _print_files(info: Any, indent: str) -> None:
     for entry in info.files:
         link = f" -> {entry.link_target}" if entry.link_target else ""
         flag = "  [outside checkpoint]" if entry.outside_root else ""
         size = format_size(entry.size) if entry.size is not None else "missing"
-        print(f"{indent}    {size:>11}  {entry.name}{link}{flag}")
-    for name, component in info.components.items():
-        classes = info.component_classes.get(name) or []
-        print(f"{indent}  component {name} ({'.'.join(c for c in classes if c)}):")
-        _print_info(component, indent + "    ")
-    for problem in info.problems:
-        print(f"{indent}  {problem.severity.upper()}: {problem.message}")
+        print(f"{indent}{size:>11}  {entry.name}{link}{flag}")
 
 
 # -- resolve -----------------------------------------------------------------------------------
@@ -87,6 +133,25 @@ def add_resolve(sub: Any) -> None:
     parser.add_argument("--cache-dir", help="hub cache (default: HF_HUB_CACHE or $HF_HOME/hub)")
     parser.add_argument("--variant", help="the variant wanted (fp16, bf16, ...)")
     parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
+    parser.add_argument(
+        "--variant-fallback",
+        choices=["warn", "allow", "error"],
+        default="warn",
+        help="when --variant is missing: load the default weights with a warning (default), silently, or fail",
+    )
+    parser.add_argument(
+        "--weights-name", help="only consider weights of this name (model, diffusion_pytorch_model)"
+    )
+    parser.add_argument(
+        "--allow-pattern",
+        action="append",
+        metavar="GLOB",
+        help="download these files instead of the computed minimum (repeatable; hub forms)",
+    )
+    parser.add_argument("--endpoint", help="the Hub to download from (default: HF_ENDPOINT)")
+    parser.add_argument(
+        "--confine", action="store_true", help="refuse weights whose real path lies outside the checkpoint"
+    )
     parser.set_defaults(run=_run_resolve)
 
 
@@ -104,6 +169,11 @@ def _run_resolve(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             variant=args.variant,
             local_files_only=True if args.offline else None,
+            variant_fallback=args.variant_fallback,
+            weights_name=args.weights_name,
+            allow_patterns=args.allow_pattern,
+            endpoint=args.endpoint,
+            confine=bool_or_none(args.confine),
         )
     for warning in caught:
         print(f"ckptkit resolve: warning: {warning.message}", file=sys.stderr)

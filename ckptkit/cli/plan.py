@@ -34,7 +34,8 @@ def add_plan(sub: Any) -> None:
     parser.add_argument(
         "--strategy",
         choices=["replicate", "fsdp", "offload"],
-        help="decides the exit code (default: fsdp for several devices, else replicate)",
+        help="decides the exit code (default: fsdp for several devices, else replicate; "
+        "when that does not fit, the first that does)",
     )
     parser.add_argument("--subfolder", help="component of a pipeline (transformer, ...)")
     parser.add_argument("--variant", help="the variant a load would use (fp16, ...)")
@@ -109,15 +110,21 @@ def _run_plan(args: argparse.Namespace) -> int:
         f"    {'strategy':<11} {'resident':>11} {'+ unshard':>11} {'= peak':>11} {'host':>11} {'headroom':>12}  fits"
     )
     for estimate in plan.estimates.values():
-        mark = "*" if estimate.strategy == plan.strategy else " "
+        mark = "*" if estimate.strategy == plan.strategy and estimate.fits else " "
         headroom = ("-" if estimate.headroom_bytes < 0 else "") + format_size(abs(estimate.headroom_bytes))
         print(
             f"  {mark} {estimate.strategy:<11} {format_size(estimate.resident_bytes):>11} "
             f"{format_size(estimate.unshard_bytes):>11} {format_size(estimate.peak_bytes):>11} "
             f"{format_size(estimate.host_bytes):>11} {headroom:>12}  {'yes' if estimate.fits else 'NO'}"
         )
-    verdict = "fits" if plan.fits else "does NOT fit"
-    print(
-        f"  {plan.strategy} {verdict}; activations, optimizer state and the CUDA context come out of the headroom"
-    )
+    if plan.fits:
+        print(
+            f"  * {plan.strategy} fits; activations, optimizer state and the CUDA context come out of the headroom"
+        )
+    else:
+        fitting = ", ".join(plan.fitting)
+        print(
+            f"  {plan.strategy} does NOT fit; "
+            + (f"fits: {fitting} (--strategy {plan.fitting[0]})" if fitting else "no strategy fits: more devices or memory")
+        )
     return EXIT_OK if plan.fits else EXIT_PROBLEMS

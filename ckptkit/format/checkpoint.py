@@ -6,16 +6,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptkit.format.display import html_table, plural, summary_line, text_table
 from ckptkit.format.layout import Selection, WeightSet
+from ckptkit.format.sizes import format_size
 
 __all__ = ["CheckpointDir"]
 
 
-@dataclass
+@dataclass(repr=False)
 class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
     """A local directory that holds a chosen, complete set of weights.
 
-    It is a path-like object: pass it wherever a directory path is expected.
+    It is a path-like object: pass it wherever a directory path is expected; ``str()`` is the
+    path, ``repr()`` a one-line summary, and Jupyter shows a table.
 
     Attributes:
         path: the directory that holds the weights (after ``subfolder``).
@@ -52,6 +55,51 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
 
     def __str__(self) -> str:
         return str(self.path)
+
+    def __repr__(self) -> str:
+        return summary_line("CheckpointDir", self.path, self._parts())
+
+    def _repr_html_(self) -> str:
+        return html_table(f"CheckpointDir {self.path}", self._rows())
+
+    def summary(self) -> str:
+        """A few aligned lines: where, what, which variant, how many files and bytes."""
+        return text_table(f"CheckpointDir {self.path}", self._rows())
+
+    def _size(self) -> int | None:
+        try:
+            return sum(os.stat(p).st_size for p in self.weight_files)
+        except OSError:
+            return None
+
+    def _parts(self) -> list[str]:
+        size = self._size()
+        return [
+            self.repo_id or "",
+            f"subfolder={self.subfolder}" if self.subfolder else "",
+            self.format,
+            f"variant={self.variant}" if self.variant else "",
+            plural(len(self.weight_files), "file") + (" (sharded)" if self.index_file else ""),
+            format_size(size) if size is not None else "",
+        ]
+
+    def _rows(self) -> list[tuple[str, object]]:
+        size = self._size()
+        rows: list[tuple[str, object]] = [("path", str(self.path))]
+        if self.repo_id:
+            rows.append(("repo", f"{self.repo_id}" + (f" @ {self.revision[:12]}" if self.revision else "")))
+        if self.subfolder:
+            rows.append(("subfolder", self.subfolder))
+        rows += [
+            ("format", self.format),
+            ("variant", self.variant or "default"),
+            ("files", [p.name for p in self.weight_files]),
+            ("index", self.index_file.name if self.index_file else None),
+            ("size", format_size(size) if size is not None else "missing files"),
+        ]
+        if self.selection is not None and self.selection.warning:
+            rows.append(("note", self.selection.warning))
+        return rows
 
     @property
     def weight_set(self) -> WeightSet | None:

@@ -241,6 +241,8 @@ class Selection:
             (``"float16"`` for ``variant="fp16"``); applies only when the caller gave no ``dtype``.
         warning: the text to warn with (``None`` when nothing needs saying).
         alternatives: the other sets of the same weights, for messages.
+        passed_over: sets of other, unrelated weights in the same directory (a text encoder's
+            ``.pth`` beside a transformer's shards), for messages that name the candidates.
     """
 
     weight_set: WeightSet
@@ -248,6 +250,7 @@ class Selection:
     cast_dtype: str | None = None
     warning: str | None = None
     alternatives: list[WeightSet] = field(default_factory=list)
+    passed_over: list[WeightSet] = field(default_factory=list)
 
 
 def _variants_text(sets: Iterable[WeightSet]) -> str:
@@ -300,13 +303,26 @@ def select_weight_set(
     if not candidates:
         wanted = f"weights named {name!r}" if name else "weights"
         found = f" (found: {', '.join(s.label for s in sets)})" if sets else ""
+        folders = _weight_subfolders(Path(where)) if where is not None else []
+        if folders:
+            found += f"; subfolders with weights: {', '.join(f + '/' for f in folders)}"
         raise CheckpointNotFoundError(
             f"no {wanted} here{found}",
             path=where,
-            fix="point at the directory or file that holds the weights (or pass subfolder=)",
+            fix=f"pass subfolder= one of: {', '.join(repr(f) for f in folders)}"
+            if folders
+            else "point at the directory or file that holds the weights (or pass subfolder=)",
         )
     family = _choose_family(candidates, where)
     same = [s for s in candidates if s.family == family]
+    selection = _select_variant(same, family, variant=variant, variant_fallback=variant_fallback, where=where)
+    selection.passed_over = [s for s in candidates if s.family != family]
+    return selection
+
+
+def _select_variant(
+    same: list[WeightSet], family: str, *, variant: str | None, variant_fallback: str, where: object
+) -> Selection:
     variants = {s.variant for s in same}
 
     if variant is not None and variant in variants:
@@ -315,10 +331,14 @@ def select_weight_set(
     if variant is not None:
         if None not in variants or variant_fallback == "error":
             raise VariantNotFoundError(
-                f"no {variant!r} variant of {family!r} weights; variants here: {_variants_text(same)}",
-                path=where,
-                fix=f"pass variant=None (or one of: {_variants_text(same)})"
-                + (", or variant_fallback='warn' to load the default weights" if None in variants else ""),
+                f"no {variant!r} variant of the {family!r} weights; {_variants_present(same)}",
+                path=where if isinstance(where, (str, os.PathLike)) else None,
+                fix=_variant_choices(same)
+                + (
+                    f", or variant_fallback='warn' to load the default weights cast to {variant}"
+                    if None in variants
+                    else ""
+                ),
             )
         chosen = [s for s in same if s.variant is None]
         best = _best(chosen)
@@ -345,10 +365,28 @@ def select_weight_set(
         )
         return Selection(best, None, None, warning)
     raise VariantNotFoundError(
-        f"no default weights and several variants: {_variants_text(same)}",
-        path=where,
-        fix="pass variant= one of: " + _variants_text(same),
+        f"no default weights, and {_variants_present(same)}",
+        path=where if isinstance(where, (str, os.PathLike)) else None,
+        fix=_variant_choices(same),
     )
+
+
+def _variants_present(sets: list[WeightSet]) -> str:
+    named = sorted({s.variant for s in sets if s.variant})
+    if not named:
+        return "there are only the default weights (no variant): " + ", ".join(s.label for s in sets)
+    listing = ", ".join(repr(v) for v in named)
+    default = " and the default weights" if any(s.variant is None for s in sets) else ""
+    return f"the variants here are {listing}{default}"
+
+
+def _variant_choices(sets: list[WeightSet]) -> str:
+    """``"pass variant='bf16' or variant='fp32'"`` / ``"leave variant out"``: what to pass, plainly."""
+    named = sorted({s.variant for s in sets if s.variant})
+    choices = [f"variant={v!r}" for v in named]
+    if any(s.variant is None for s in sets):
+        choices.insert(0, "variant=None (the default weights)")
+    return "pass " + " or ".join(choices)
 
 
 def _choose_family(candidates: list[WeightSet], where: object) -> str:
@@ -359,8 +397,23 @@ def _choose_family(candidates: list[WeightSet], where: object) -> str:
     if len(known) == 1:
         return known[0]
     listing = ", ".join(s.label for s in candidates)
+    directory = where if isinstance(where, (str, os.PathLike)) else None
+    folders = _weight_subfolders(Path(directory)) if directory is not None else []
+    also = f"; subfolders with weights: {', '.join(f + '/' for f in folders)}" if folders else ""
     raise AmbiguousCheckpointError(
-        f"several unrelated weight files, cannot tell which to load: {listing}",
-        path=where if isinstance(where, (str, os.PathLike)) else None,
-        fix="pass the path of the file to load, or weights_name=",
+        f"several unrelated weight files, cannot tell which to load: {listing}{also}",
+        path=directory,
+        fix=(f"pass subfolder= one of: {', '.join(repr(f) for f in folders)}; or " if folders else "")
+        + "pass the path of the file to load, or weights_name=",
     )
+
+
+def _weight_subfolders(directory: Path) -> list[str]:
+    """The subfolders of ``directory`` that hold weights (``low_noise_model``, ``high_noise_model``)."""
+    try:
+        entries = sorted(
+            (e for e in os.scandir(directory) if e.is_dir() and e.name not in IGNORED_DIRS), key=lambda e: e.name
+        )
+    except OSError:
+        return []
+    return [e.name for e in entries if discover_weight_sets(e.path)]

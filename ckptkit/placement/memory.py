@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from ckptkit.errors import CkptError
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
 from ckptkit.format.safetensors_header import TensorInfo
-from ckptkit.format.sizes import parse_size
+from ckptkit.format.display import html_table, summary_line, text_table
+from ckptkit.format.sizes import format_size, parse_size
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["STRATEGIES", "BlockSize", "MemoryPlan", "StrategyEstimate", "find_blocks", "plan_memory"]
@@ -72,7 +73,7 @@ class StrategyEstimate:
     headroom_bytes: int
 
 
-@dataclass
+@dataclass(repr=False)
 class MemoryPlan:
     """What :func:`plan_memory` computed.
 
@@ -124,6 +125,57 @@ class MemoryPlan:
         result.update(fits=self.fits, headroom_bytes=self.headroom_bytes)
         return result
 
+    @property
+    def fitting(self) -> list[str]:
+        """The strategies that fit, in the order replicate, fsdp, offload."""
+        return [name for name, estimate in self.estimates.items() if estimate.fits]
+
+    def __repr__(self) -> str:
+        verdict = "fits" if self.fits else "does NOT fit"
+        also = f" (fits: {', '.join(self.fitting)})" if not self.fits and self.fitting else ""
+        return summary_line(
+            "MemoryPlan",
+            self.path,
+            [
+                f"{format_size(self.weights_bytes)} weights ({self.dtype or 'stored dtypes'})",
+                f"{self.devices} x {format_size(self.device_memory)}",
+                f"{self.strategy} {verdict}{also}",
+            ],
+        )
+
+    def __str__(self) -> str:
+        return text_table(f"MemoryPlan {self.path}", self._rows(nested=False))
+
+    def _repr_html_(self) -> str:
+        return html_table(
+            f"MemoryPlan {self.path}",
+            self._rows(nested=True),
+            columns=["strategy", "resident", "+ unshard", "= peak", "host", "headroom", "fits"],
+        )
+
+    def _rows(self, *, nested: bool) -> list[tuple[str, object]]:
+        table = [
+            (
+                ("* " if name == self.strategy else "") + name,
+                format_size(e.resident_bytes),
+                format_size(e.unshard_bytes),
+                format_size(e.peak_bytes),
+                format_size(e.host_bytes),
+                ("-" if e.headroom_bytes < 0 else "") + format_size(abs(e.headroom_bytes)),
+                "yes" if e.fits else "NO",
+            )
+            for name, e in self.estimates.items()
+        ]
+        block = self.largest_block
+        return [
+            ("weights", f"{format_size(self.weights_bytes)} ({self.parameter_count:,} parameters)"),
+            ("dtype", self.dtype or "as stored"),
+            ("devices", f"{self.devices} x {format_size(self.device_memory)}"),
+            ("largest block", f"{block.name} {format_size(block.bytes)}" if block else "none found"),
+            ("strategies", table if nested else [" ".join(row) for row in table]),
+            ("fits", ", ".join(self.fitting) or "nothing"),
+        ]
+
 
 def plan_memory(
     spec: str | os.PathLike[str],
@@ -143,8 +195,9 @@ def plan_memory(
         device_memory: memory of one device: bytes or a size string (``"24GiB"``, ``"80GB"``).
         dtype: the dtype the weights will have on the device (``"bf16"``, ``torch.float16``);
             ``None`` keeps the stored dtypes. Only floating tensors are converted.
-        strategy: ``"replicate"``, ``"fsdp"`` or ``"offload"``; default ``"fsdp"`` for several
-            devices, else ``"replicate"``. All three are estimated; this one decides ``fits``.
+        strategy: ``"replicate"``, ``"fsdp"`` or ``"offload"``. All three are estimated; this one
+            decides ``fits``. Default: ``"fsdp"`` for several devices, else ``"replicate"`` -- or,
+            when that does not fit, the first of replicate, fsdp, offload that does.
         variant: the variant a load would use.
         resolve_kwargs: passed to :func:`resolve_ckpt_dir` (``subfolder``, ``revision``, ...).
 
@@ -165,9 +218,9 @@ def plan_memory(
 
     if devices < 1:
         raise ValueError(f"devices must be at least 1, not {devices}")
-    strategy = strategy or ("fsdp" if devices > 1 else "replicate")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    preferred = strategy or ("fsdp" if devices > 1 else "replicate")
+    if preferred not in STRATEGIES:
+        raise ValueError(f"unknown strategy {preferred!r}; use one of {', '.join(STRATEGIES)}")
     memory = parse_size(device_memory)
     ckpt = resolve_ckpt_dir(spec, variant=variant, variant_fallback="allow", **resolve_kwargs)  # type: ignore[arg-type]
     if ckpt.format != "safetensors" or ckpt.weight_set is None:
@@ -198,7 +251,7 @@ def plan_memory(
         blocks=blocks,
         largest_block=largest,
         other_bytes=other,
-        strategy=strategy,
+        strategy=preferred,
     )
     block = largest.bytes if largest else 0
     plan.estimates = {
@@ -210,6 +263,9 @@ def plan_memory(
         ),
         "offload": _estimate("offload", other, block, weights, memory),
     }
+    if strategy is None and not plan.estimates[preferred].fits:
+        # Not asked for one: choose the first that fits (replicate, fsdp, offload) over one that does not.
+        plan.strategy = next((name for name, e in plan.estimates.items() if e.fits), preferred)
     return plan
 
 

@@ -82,8 +82,10 @@ def resave(
             source's variant.
         dtype: cast floating tensors to this dtype (``"bf16"``, ``torch.float16``).
         subfolder: the component of a pipeline to resave.
-        weights_name: the output weights name; default: the source's (``pytorch_model`` becomes
-            ``model``, as the output is safetensors).
+        weights_name: the name the output files get (``"model"`` writes ``model.safetensors``,
+            ``"diffusion_pytorch_model"`` ...); default: the source's (``pytorch_model`` becomes
+            ``model``, as the output is safetensors). It never filters the source: to pick one of
+            several weight sets there, pass the path of its file or index as ``src``.
         overwrite: replace an existing, non-empty ``dst``. Its other files are kept; the old
             safetensors files of the same weights name and variant are removed once the new set is
             in place.
@@ -158,7 +160,8 @@ def _plan_jobs(
     confine: bool | None = None,
 ) -> tuple[Path | None, list[_Job]]:
     """The weight sets to write, and the directory whose other files travel with them."""
-    options = {"variant": variant, "variant_fallback": "allow", "weights_name": weights_name}
+    # weights_name names the output only; the source's weights are chosen by the usual rules.
+    options = {"variant": variant, "variant_fallback": "allow"}
     if not isinstance(src, CheckpointDir):
         local = Path(os.path.expanduser(os.fspath(src)))
         if subfolder is None and _is_pipeline(local):
@@ -180,7 +183,6 @@ def _plan_jobs(
                 subfolder=subfolder,
                 variant=variant,
                 variant_fallback="allow",
-                weights_name=weights_name,
                 confine=confine,
             )
             return None, [_job("", ckpt, variant, weights_name, dtype)]
@@ -192,7 +194,6 @@ def _plan_jobs(
             subfolder=subfolder,
             variant=variant,
             variant_fallback="allow",
-            weights_name=weights_name,
             confine=confine,
         )
     ckpt = src

@@ -71,7 +71,7 @@ def test_missing_variant_falls_back_and_casts(layouts):
 
 
 def test_missing_variant_error_policy(layouts):
-    with pytest.raises(VariantNotFoundError, match="variants here: default"):
+    with pytest.raises(VariantNotFoundError, match="there are only the default weights"):
         load_t5(layouts["t5_sharded"], variant="fp16", variant_fallback="error")
 
 

@@ -73,7 +73,7 @@ def test_no_default_several_variants_is_ambiguous(layout_copy) -> None:
     (directory / "diffusion_pytorch_model.safetensors").rename(
         directory / "diffusion_pytorch_model.bf16.safetensors"
     )
-    with pytest.raises(VariantNotFoundError, match="bf16, fp16"):
+    with pytest.raises(VariantNotFoundError, match="variant='bf16' or variant='fp16'"):
         _select(directory)
 
 
