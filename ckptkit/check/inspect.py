@@ -16,7 +16,7 @@ from ckptkit.format.components import read_model_index
 from ckptkit.format.display import dtype_text, html_table, plural, summary_line, text_table
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
-from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
+from ckptkit.format.hub_files import dangling_link_fix, hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_index_filename, parse_weight_filename
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
@@ -173,7 +173,8 @@ class CheckpointInfo:
                 )
                 for name, info in self.components.items()
             ]
-            rows.append(("components", table if nested else [" ".join(r[:5]) for r in table]))
+            text = [f"{r[0]}: {r[1]}, {r[3]} parameters, {r[4]}, variants {r[5]}" for r in table]
+            rows.append(("components", table if nested else text))
         if self.selected or not self.components:
             rows += [
                 ("weights", self.selected),
@@ -435,7 +436,7 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
                             "error",
                             "IncompleteCheckpointError",
                             str(full),
-                            f"{full}: link to {target!r} dangles",
+                            f"{full}: link to {target!r} dangles. Fix: {dangling_link_fix(full)}",
                         )
                     )
                 elif outside:

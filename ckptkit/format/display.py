@@ -59,7 +59,13 @@ def text_table(title: str, rows: Sequence[Row]) -> str:
           files   1
     """
     width = max((len(label) for label, _ in rows), default=0)
-    lines = [title] + [f"  {label:<{width}}  {_text(value)}" for label, value in rows]
+    lines = [title]
+    for label, value in rows:
+        if isinstance(value, list) and len(value) > 1:
+            lines.append(f"  {label:<{width}}  {_text(value[0])}")
+            lines += [f"  {'':<{width}}  {_text(item)}" for item in value[1:]]
+        else:
+            lines.append(f"  {label:<{width}}  {_text(value)}")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from ckptkit.errors import CheckpointNotFoundError
 
 __all__ = [
+    "dangling_link_fix",
     "REPO_FOLDER_PREFIXES",
     "ExpectedDigest",
     "DownloadMetadata",
@@ -97,6 +98,29 @@ def hub_repo_root(path: str | os.PathLike[str]) -> Path | None:
         if parts[i] == "snapshots" and parts[i - 1].startswith(REPO_FOLDER_PREFIXES):
             return Path(*parts[:i])
     return None
+
+
+def dangling_link_fix(path: str | os.PathLike[str]) -> str:
+    """What to do about a link that points nowhere, told apart by where it lies.
+
+    A hub snapshot's files are relative links into ``../../blobs/``. Inside a ``models--*`` folder a
+    dangling one means an interrupted download or a cleaned cache; outside one, the snapshot was
+    copied out of its cache (``cp -a``, ``cp -r``) and the links were left pointing at blobs that
+    are not there.
+
+    Example:
+        >>> dangling_link_fix("/tmp/copy/model.safetensors")  # doctest: +SKIP
+        'this is a hub snapshot copied out of its cache ...'
+    """
+    target = os.readlink(path) if os.path.islink(path) else ""
+    if "blobs/" in target.replace(os.sep, "/") and hub_repo_root(path) is None:
+        return (
+            f"this is a hub snapshot copied out of its cache: the link leads to {target!r}, a blob that "
+            "stayed behind in the models--org--name/blobs/ folder; copy the snapshot with its files, "
+            "not its links (`ckptkit materialize SNAPSHOT DST`, or `cp -rL`), or point at the snapshot "
+            "inside the cache"
+        )
+    return "the download was interrupted or the cache was cleaned; download the file again"
 
 
 def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None = None) -> Path | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError
 from ckptkit.format.dtypes import DTYPES, DtypeInfo
+from ckptkit.format.hub_files import dangling_link_fix
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = [
@@ -126,7 +127,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             raise IncompleteCheckpointError(
                 f"link points to {os.readlink(path)!r}, which does not exist",
                 path=path,
-                fix="the download was interrupted or the cache was cleaned; download the file again",
+                fix=dangling_link_fix(path),
             ) from None
         raise IncompleteCheckpointError(
             "file does not exist", path=path, fix="download or copy the missing file"

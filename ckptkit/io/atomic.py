@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import DestinationExistsError, DiskFullError, IncompleteCheckpointError
+from ckptkit.format.hub_files import dangling_link_fix
 from ckptkit.io.byte_copy import copy_range
 
 __all__ = [
@@ -110,7 +111,7 @@ def _dangling(path: Path) -> IncompleteCheckpointError:
         return IncompleteCheckpointError(
             f"link points to {os.readlink(path)!r}, which does not exist",
             path=path,
-            fix="the download was interrupted or the cache was cleaned; download the file again",
+            fix=dangling_link_fix(path),
         )
     return IncompleteCheckpointError("file does not exist", path=path, fix="download or copy it again")
 

@@ -264,10 +264,10 @@ def _download(spec: HubSpec) -> str:
         ) from None
     except RepositoryNotFoundError:
         raise CheckpointNotFoundError(
-            f"repo {spec.repo_id} was not found on {where} (or it is private/gated and no valid token was given)",
+            f"repo {spec.repo_id} was not found on {where} (or it is private/gated and no valid token was "
+            f"given); looked in: {'; '.join(spec.looked)}",
             path=spec.label,
-            fix="check the repo id, log in with `hf auth login` or pass token=; looked in: "
-            + "; ".join(spec.looked),
+            fix="check the repo id, log in with `hf auth login` or pass token=",
         ) from None
     except (
         RevisionResolutionError,
@@ -277,10 +277,10 @@ def _download(spec: HubSpec) -> str:
         HfHubHTTPError,
     ) as exc:
         raise _HubUnreachable(
-            f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc})",
+            f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc}); "
+            f"looked in: {'; '.join(spec.looked)}",
             path=spec.label,
-            fix=f"check the network or HF_ENDPOINT; looked in: {'; '.join(spec.looked)}; "
-            f"fetch it with: {_fetch_command(spec, None)}",
+            fix=f"check the network or HF_ENDPOINT, or fetch it with: {_fetch_command(spec, None)}",
         ) from None
     return revision.resolved
 
@@ -389,8 +389,9 @@ def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
     looked = "; ".join(dict.fromkeys(spec.looked))
     if miss.error is not None:
         exc = miss.error
-        extra = f"looked in: {looked}; downloads are off ({why}); fetch with: `{_fetch_command(spec, None)}`"
-        return type(exc)(exc.detail, path=exc.path, fix=f"{exc.fix}; {extra}" if exc.fix else extra)
+        detail = f"{exc.detail.rstrip('.')}; looked in: {looked}; downloads are off ({why})"
+        extra = f"fetch with: `{_fetch_command(spec, None)}`"
+        return type(exc)(detail, path=exc.path, fix=f"{exc.fix}; or {extra}" if exc.fix else extra)
     if miss.commit is not None and miss.missing and miss.listed:
         return IncompleteCheckpointError(
             f"{len(miss.missing)} needed files are not in the cache and downloads are off ({why}): "
@@ -399,8 +400,9 @@ def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
             fix=_resume_fix(spec, miss.commit, miss.missing),
         )
     return CheckpointNotFoundError(
-        f"{spec.label} (revision {spec.revision or 'main'}) is not in the hub cache and downloads are off ({why})",
+        f"{spec.label} (revision {spec.revision or 'main'}) is not in the hub cache and downloads are off "
+        f"({why}); looked in: {looked}",
         path=spec.storage,
-        fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing or None)}` "
+        fix=f"fetch it with: `{_fetch_command(spec, miss.missing or None)}` "
         f"(or `{_ckptkit_command(spec)}` while online, which fetches only the files needed)",
     )

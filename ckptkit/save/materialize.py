@@ -16,6 +16,7 @@ from typing import Any
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
+from ckptkit.format.hub_files import dangling_link_fix
 from ckptkit.format.layout import IGNORED_DIRS
 from ckptkit.io.atomic import (
     copy_file,
@@ -117,7 +118,9 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
         return path
     if os.path.lexists(path):
         raise CheckpointNotFoundError(
-            f"link points to {os.readlink(path)!r}, which does not exist", path=path
+            f"link points to {os.readlink(path)!r}, which does not exist",
+            path=path,
+            fix=dangling_link_fix(path),
         )
     from ckptkit.resolve.resolve import resolve_ckpt_dir
 
