@@ -45,7 +45,7 @@ def test_snapshot_materialized_without_links(hub_repo, layouts, tmp_path):
     snapshot = hub_repo / "snapshots" / COMMIT
     assert all(p.is_symlink() for p in snapshot.rglob("*") if not p.is_dir())
     before = checksums(hub_repo)
-    out = materialize(snapshot, tmp_path / "out")
+    out = materialize(snapshot, tmp_path / "out", manifest=False)
     assert out == tmp_path / "out"
     assert not [p for p in out.rglob("*") if p.is_symlink()]
     assert checksums(out) == checksums(layouts["pipeline"])
@@ -56,7 +56,8 @@ def test_snapshot_materialized_without_links(hub_repo, layouts, tmp_path):
 
 def test_cache_repo_folder_means_its_main_snapshot(hub_repo, layouts, tmp_path):
     out = materialize(hub_repo, tmp_path / "out")
-    assert checksums(out) == checksums(layouts["pipeline"])
+    copied = checksums(out)
+    assert copied.pop("SHA256SUMS") and copied == checksums(layouts["pipeline"])
 
 
 @pytest.mark.parametrize("archive", ["tar", "tar.gz"])
@@ -69,12 +70,14 @@ def test_archive_has_no_links_and_files_at_its_root(hub_repo, layouts, tmp_path,
         assert all(m.isfile() or m.isdir() for m in members), "no symlinks or hard links"
         assert all(not m.name.startswith(("/", "./", "..")) for m in members)
         files = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in members if m.isfile()}
+    manifest = files.pop("SHA256SUMS")
     assert files == checksums(layouts["pipeline"])
     assert "model_index.json" in files  # at the archive root, as SageMaker expects
     extracted = tmp_path / "extracted"
     with tarfile.open(target) as tar:
         tar.extractall(extracted, filter="data")
     assert json.loads((extracted / "model_index.json").read_text())["_class_name"] == "PixArtAlphaPipeline"
+    assert hashlib.sha256((extracted / "SHA256SUMS").read_bytes()).hexdigest() == manifest
 
 
 def test_local_dir_bookkeeping_is_left_out(layouts, tmp_path):
@@ -85,7 +88,7 @@ def test_local_dir_bookkeeping_is_left_out(layouts, tmp_path):
     (src / ".cache" / "huggingface" / "download").mkdir(parents=True)
     (src / ".cache" / "huggingface" / "download" / "model.safetensors.metadata").write_text("x")
     out = materialize(src, tmp_path / "out")
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(out)) == ["SHA256SUMS", "config.json", "model.safetensors"]
 
 
 def test_dangling_link_raises_and_writes_nothing(hub_repo, tmp_path):
@@ -143,3 +146,79 @@ def test_cli_materialize(hub_repo, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["bytes"] == (tmp_path / "m.tar.gz").stat().st_size
     assert main(["materialize", str(hub_repo), str(tmp_path / "m.tar.gz"), "--archive", "tar.gz"]) == 1
+
+
+# -- shipping: SHA256SUMS, include/exclude, selected weight sets ---------------------------------
+
+
+def test_manifest_makes_verify_hash_every_file(hub_repo, tmp_path):
+    from ckptkit import verify_checkpoint
+
+    out = materialize(hub_repo, tmp_path / "out")
+    report = verify_checkpoint(out)
+    assert report.ok and report.unverified == [], report.unverified
+    assert len(report.verified) == len(report.files) > 10
+    # the digests came from the blob names: a blob damaged in the cache is caught on the copy
+    snapshot = hub_repo / "snapshots" / COMMIT
+    blob = (snapshot / "vae" / "config.json").resolve()
+    blob.write_text(blob.read_text().replace("{", "{ ", 1))
+    damaged = materialize(hub_repo, tmp_path / "damaged")
+    report = verify_checkpoint(damaged)
+    assert not report.ok and any("vae/config.json" in p.message for p in report.problems)
+
+
+def test_archive_manifest_verifies_after_extraction(hub_repo, tmp_path):
+    from ckptkit import verify_checkpoint
+
+    target = materialize(hub_repo, tmp_path / "model.tar.gz", archive="tar.gz", exclude="*.fp16.*")
+    extracted = tmp_path / "x"
+    with tarfile.open(target) as tar:
+        tar.extractall(extracted, filter="data")
+    assert not list(extracted.rglob("*.fp16.*"))
+    report = verify_checkpoint(extracted)
+    assert report.ok and report.unverified == [] and len(report.verified) == len(report.files)
+
+
+def test_include_exclude_and_components(hub_repo, tmp_path):
+    out = materialize(hub_repo, tmp_path / "a", include=["*.json"], manifest=False)
+    assert all(p.suffix == ".json" for p in out.rglob("*") if p.is_file())
+    out = materialize(hub_repo, tmp_path / "b", components=["vae"], exclude="*.fp16.*")
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert "model_index.json" in names and all("/" not in n or n.startswith("vae/") for n in names)
+    assert not any(".fp16." in n for n in names)
+    with pytest.raises(ValueError, match="no component unet; components here"):
+        materialize(hub_repo, tmp_path / "c", components="unet")
+    with pytest.raises(ValueError, match="leaves no file"):
+        materialize(hub_repo, tmp_path / "d", include="*.nothing")
+
+
+def test_selected_weight_sets_only(layouts, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(layouts["pipeline"], src)
+    shutil.copy(layouts["t5_bin"] / "pytorch_model.bin", src / "text_encoder" / "pytorch_model.bin")
+    everything = materialize(src, tmp_path / "all", manifest=False)
+    assert (everything / "text_encoder" / "pytorch_model.bin").is_file()
+    out = materialize(src, tmp_path / "fp16", weight_sets="selected", variant="fp16")
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert not (out / "text_encoder" / "pytorch_model.bin").exists()  # the .bin duplicate stays behind
+    assert any(n.startswith("vae/") and ".fp16." in n for n in names)
+    assert not any(n.startswith("vae/diffusion_pytorch_model-") and ".fp16" not in n for n in names)
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()  # no fp16: the default
+    assert (out / "text_encoder" / "config.json").is_file()
+    with pytest.raises(ValueError, match="weight_sets='selected'"):
+        materialize(src, tmp_path / "bad", variant="fp16")
+
+
+def test_cli_materialize_selection_flags(hub_repo, tmp_path):
+    from ckptkit.cli import main
+
+    args = ["materialize", str(hub_repo), str(tmp_path / "m"), "--selected", "--variant", "fp16"]
+    assert main([*args, "--component", "vae", "--exclude", "*.json", "--no-progress"]) == 0
+    names = sorted(
+        p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*") if p.is_file()
+    )
+    assert "SHA256SUMS" in names and not any(n.endswith(".json") for n in names)
+    vae = [n for n in names if n != "SHA256SUMS"]
+    assert vae and all(n.startswith("vae/") and ".fp16" in n for n in vae), names

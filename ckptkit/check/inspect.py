@@ -13,14 +13,14 @@ from typing import Any
 
 from ckptkit.errors import CheckpointNotFoundError, CkptError
 from ckptkit.format.components import read_model_index
-from ckptkit.format.display import dtype_text, html_table, plural, summary_line, text_table
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
+from ckptkit.format.display import dtype_text, html_table, plural, summary_line, text_table
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.hub_files import dangling_link_fix, hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_index_filename, parse_weight_filename
-from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.sizes import format_size
+from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]

@@ -17,6 +17,7 @@ from ckptkit.check.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_con
 from ckptkit.check.checksums import write_manifest as _write_manifest
 from ckptkit.check.inspect import CheckpointInfo, Problem, inspect_checkpoint
 from ckptkit.errors import CkptError
+from ckptkit.format.display import html_table, plural, summary_line, text_table
 from ckptkit.format.hub_files import (
     ExpectedDigest,
     etag_expectation,
@@ -28,7 +29,6 @@ from ckptkit.format.hub_files import (
     snapshot_commit,
     tree_expectation,
 )
-from ckptkit.format.display import html_table, plural, summary_line, text_table
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.format.sizes import format_size

@@ -62,7 +62,11 @@ FLAGS = {
     "write_manifest": "--write-manifest",
     "checksums": "--checksums",
 }
-_KEYWORD = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) + r")=(None|True|False|'[^']*'|\"[^\"]*\"|[\w.\-]+)?")
+_KEYWORD = re.compile(
+    r"\b("
+    + "|".join(sorted(FLAGS, key=len, reverse=True))
+    + r")=(None|True|False|'[^']*'|\"[^\"]*\"|[\w.\-]+)?"
+)
 
 
 def cli_wording(text: str) -> str:
@@ -88,3 +92,25 @@ def cli_wording(text: str) -> str:
 def bool_or_none(flag: bool) -> bool | None:
     """A store_true flag as an option whose absence means "follow the environment"."""
     return True if flag else None
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """--revision, --cache-dir, --offline, --confine: where a hub form is looked for, and how strictly."""
+    parser.add_argument("--revision", help="branch, tag or commit (hub forms)")
+    parser.add_argument("--cache-dir", help="hub cache (default: HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
+    parser.add_argument(
+        "--confine", action="store_true", help="refuse files whose real path lies outside the checkpoint"
+    )
+
+
+def source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`add_source_options`, for the verbs."""
+    kwargs: dict[str, Any] = {"confine": bool_or_none(args.confine)}
+    if args.revision:
+        kwargs["revision"] = args.revision
+    if args.cache_dir:
+        kwargs["cache_dir"] = args.cache_dir
+    if args.offline:
+        kwargs["local_files_only"] = True
+    return kwargs

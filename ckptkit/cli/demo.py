@@ -90,7 +90,9 @@ def run_demo(directory: Path, out: Callable[[str], None] = print) -> int:
     snapshot = _to_hub_cache(saved, cache)
     shutil.rmtree(saved)
     for component in ("transformer", "vae", "text_encoder"):
-        names = sorted(p.name for p in (snapshot / component).iterdir() if p.name.endswith((".safetensors", ".json")))
+        names = sorted(
+            p.name for p in (snapshot / component).iterdir() if p.name.endswith((".safetensors", ".json"))
+        )
         out(f"   {component}/: {', '.join(names)}")
     out(f"   cache: {cache / ('models--' + REPO_ID.replace('/', '--'))} (files are links into blobs/)\n")
 
@@ -130,7 +132,9 @@ def run_demo(directory: Path, out: Callable[[str], None] = print) -> int:
     ok = info.ok and written.ok and cached.ok and not result.missing_keys
     out(f"{'done' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s. Next, on a real model:")
     out("   ckptkit inspect PixArt-alpha/PixArt-XL-2-1024-MS            # what it holds (headers only)")
-    out("   ckptkit resolve PixArt-alpha/PixArt-XL-2-1024-MS --subfolder vae   # cache first, minimal download")
+    out(
+        "   ckptkit resolve PixArt-alpha/PixArt-XL-2-1024-MS --subfolder vae   # cache first, minimal download"
+    )
     out("   ckptkit plan ./your-model/transformer --devices 4 --device-memory 24GiB --dtype bf16")
     return EXIT_OK if ok else EXIT_PROBLEMS
 

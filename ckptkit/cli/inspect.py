@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, bool_or_none, print_json
+from ckptkit.cli._common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    add_source_options,
+    bool_or_none,
+    print_json,
+    source_kwargs,
+)
 from ckptkit.format.display import dtype_text
 from ckptkit.format.sizes import format_size
 
@@ -31,32 +38,12 @@ def add_inspect(sub: Any) -> None:
     parser.set_defaults(run=_run_inspect)
 
 
-def add_source_options(parser: argparse.ArgumentParser) -> None:
-    """--revision, --cache-dir, --offline, --confine: where a hub form is looked for, and how strictly."""
-    parser.add_argument("--revision", help="branch, tag or commit (hub forms)")
-    parser.add_argument("--cache-dir", help="hub cache (default: HF_HUB_CACHE or $HF_HOME/hub)")
-    parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
-    parser.add_argument(
-        "--confine", action="store_true", help="refuse files whose real path lies outside the checkpoint"
-    )
-
-
-def source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keywords of :func:`add_source_options`, for the verbs."""
-    kwargs: dict[str, Any] = {"confine": bool_or_none(args.confine)}
-    if args.revision:
-        kwargs["revision"] = args.revision
-    if args.cache_dir:
-        kwargs["cache_dir"] = args.cache_dir
-    if args.offline:
-        kwargs["local_files_only"] = True
-    return kwargs
-
-
 def _run_inspect(args: argparse.Namespace) -> int:
     from ckptkit.check.inspect import inspect_checkpoint
 
-    info = inspect_checkpoint(args.spec, subfolder=args.subfolder, variant=args.variant, **source_kwargs(args))
+    info = inspect_checkpoint(
+        args.spec, subfolder=args.subfolder, variant=args.variant, **source_kwargs(args)
+    )
     if args.json:
         print_json(info.to_dict())
     else:
@@ -88,7 +75,7 @@ def _print_summary(info: Any, indent: str) -> None:
     if info.selected is None:
         print(f"{indent}no weights" + (f" (variants: {', '.join(info.variants)})" if info.variants else ""))
         return
-    line = f"{indent}{info.selected}"
+    line = f"{indent}* {info.selected}"
     if info.parameter_count is not None:
         line += f"  {info.parameter_count:,} parameters  {format_size(info.total_bytes or 0)}"
         line += f"  ({dtype_text(info.bytes_by_dtype)})"

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, positive_int, print_json, size_argument
+from ckptkit.cli._common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    add_source_options,
+    positive_int,
+    print_json,
+    size_argument,
+    source_kwargs,
+)
 from ckptkit.format.sizes import format_size
 
 
@@ -39,6 +47,10 @@ def add_plan(sub: Any) -> None:
     )
     parser.add_argument("--subfolder", help="component of a pipeline (transformer, ...)")
     parser.add_argument("--variant", help="the variant a load would use (fp16, ...)")
+    parser.add_argument(
+        "--weights-name", help="plan the weights of this name when a folder holds several (model, ...)"
+    )
+    add_source_options(parser)
     placement = parser.add_argument_group(
         "device map", "print the accelerate device_map a load would use (pass it back as device_map=)"
     )
@@ -69,6 +81,8 @@ def _run_plan_device_map(args: argparse.Namespace) -> int:
         no_split_prefixes=args.no_split,
         subfolder=args.subfolder,
         variant=args.variant,
+        weights_name=args.weights_name,
+        **source_kwargs(args),
     )
     if args.json:
         print_json(plan.to_dict())
@@ -93,12 +107,20 @@ def _run_plan(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         subfolder=args.subfolder,
         variant=args.variant,
+        weights_name=args.weights_name,
+        **source_kwargs(args),
     )
     if args.json:
         print_json(plan.to_dict())
         return EXIT_OK if plan.fits else EXIT_PROBLEMS
     block = plan.largest_block
     print(f"{plan.path}")
+    print(f"  weight set {plan.weight_set}")
+    if plan.passed_over:
+        print(
+            f"  not counted: {', '.join(plan.passed_over)} (other weights here; plan one with "
+            "its file path or --weights-name)"
+        )
     print(
         f"  weights {format_size(plan.weights_bytes)} ({plan.parameter_count:,} parameters, "
         f"{plan.dtype or 'stored dtypes'}); {len(plan.blocks)} blocks, largest "
@@ -125,6 +147,10 @@ def _run_plan(args: argparse.Namespace) -> int:
         fitting = ", ".join(plan.fitting)
         print(
             f"  {plan.strategy} does NOT fit; "
-            + (f"fits: {fitting} (--strategy {plan.fitting[0]})" if fitting else "no strategy fits: more devices or memory")
+            + (
+                f"fits: {fitting} (--strategy {plan.fitting[0]})"
+                if fitting
+                else "no strategy fits: more devices or memory"
+            )
         )
     return EXIT_OK if plan.fits else EXIT_PROBLEMS

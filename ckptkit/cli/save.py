@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ckptkit.cli._common import EXIT_OK, print_json
+from ckptkit.cli._common import EXIT_OK, bool_or_none, print_json
 from ckptkit.format.sizes import format_size
 
 # -- resave ------------------------------------------------------------------------------------
@@ -32,8 +32,28 @@ def add_resave(sub: Any) -> None:
     parser.add_argument("--variant", help="variant to write (and read): fp16, bf16, ...")
     parser.add_argument("--dtype", help="cast floating tensors: fp16, bf16, fp32, ...")
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
-    parser.add_argument("--weights-name", help="output weights name (model, diffusion_pytorch_model)")
+    parser.add_argument(
+        "--weights-name",
+        help="the name the output files get (model, diffusion_pytorch_model); never filters SRC",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument(
+        "--unwrap",
+        nargs="?",
+        const="auto",
+        metavar="KEY",
+        help="torch files: the key the state dict is nested under (state_dict, ema); alone: the usual one",
+    )
+    parser.add_argument(
+        "--no-copy-other-files",
+        action="store_true",
+        help="write the weights only (default: configs, tokenizer files and model_index.json travel too)",
+    )
+    parser.add_argument(
+        "--confine",
+        action="store_true",
+        help="refuse source files whose real path lies outside the checkpoint",
+    )
     parser.add_argument(
         "--no-fsync", action="store_true", help="skip flushing to disk (faster, less durable)"
     )
@@ -56,6 +76,9 @@ def _run_resave(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         fsync=not args.no_fsync,
         progress=False if (args.no_progress or args.json) else None,
+        unwrap=True if args.unwrap == "auto" else args.unwrap,
+        copy_other_files=not args.no_copy_other_files,
+        confine=bool_or_none(args.confine),
     )
     sizes = {str(p): p.stat().st_size for p in ckpt.weight_files}
     if args.json:
@@ -86,6 +109,39 @@ def add_materialize(sub: Any) -> None:
     parser.add_argument("dst", help="the output directory, or the archive file with --archive")
     parser.add_argument("--archive", choices=["tar", "tar.gz"], help="write a tarball instead of a directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    choose = parser.add_argument_group("what to ship (default: every file)")
+    choose.add_argument(
+        "--include", action="append", metavar="GLOB", help="copy only files matching GLOB (repeatable)"
+    )
+    choose.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave out files matching GLOB (repeatable): '*.bin'",
+    )
+    choose.add_argument(
+        "--component", action="append", metavar="NAME", help="copy only this pipeline component (repeatable)"
+    )
+    choose.add_argument(
+        "--selected",
+        action="store_true",
+        help="only the weight set a load picks in each folder (no .bin duplicates, no other variants)",
+    )
+    choose.add_argument("--variant", help="with --selected: the variant to ship (fp16, ...)")
+    parser.add_argument(
+        "--no-manifest",
+        action="store_true",
+        help="do not write SHA256SUMS beside the files (default: write it)",
+    )
+    parser.add_argument(
+        "--compresslevel", type=int, default=1, help="gzip level for tar.gz (default 1: fast)"
+    )
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="skip flushing to disk (faster, less durable)"
+    )
+    parser.add_argument(
+        "--confine", action="store_true", help="refuse files whose real path lies outside the checkpoint"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=_run_materialize)
 
@@ -98,7 +154,16 @@ def _run_materialize(args: argparse.Namespace) -> int:
         args.dst,
         archive=args.archive,
         overwrite=args.overwrite,
+        compresslevel=args.compresslevel,
         progress=False if (args.no_progress or args.json) else None,
+        fsync=not args.no_fsync,
+        confine=bool_or_none(args.confine),
+        include=args.include,
+        exclude=args.exclude,
+        components=args.component,
+        weight_sets="selected" if args.selected else "all",
+        variant=args.variant,
+        manifest=not args.no_manifest,
     )
     size = (
         path.stat().st_size

@@ -38,6 +38,8 @@ def add_verify(sub: Any) -> None:
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
     parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
     parser.add_argument("--revision", help="for a hub cache folder: the ref or commit (default main)")
+    parser.add_argument("--cache-dir", help="hub cache for a repo id (default: HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
     parser.add_argument(
         "--checksums",
         action=argparse.BooleanOptionalAction,
@@ -70,6 +72,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         confine=True if args.confine else None,
         write_manifest=args.write_manifest,
         progress=None if sys.stderr.isatty() else False,
+        **({"cache_dir": args.cache_dir} if args.cache_dir else {}),
+        **({"local_files_only": True} if args.offline else {}),
     )
     if args.json:
         print_json(report.to_dict())

@@ -84,7 +84,9 @@ def html_table(title: str, rows: Sequence[Row], *, columns: Sequence[str] | None
             cell = _nested(value, columns)
         else:
             cell = html.escape(_text(value))
-        body.append(f"<tr><th style='text-align:left'>{html.escape(label)}</th><td style='text-align:left'>{cell}</td></tr>")
+        body.append(
+            f"<tr><th style='text-align:left'>{html.escape(label)}</th><td style='text-align:left'>{cell}</td></tr>"
+        )
     return (
         "<table class='ckptkit'>"
         f"<caption style='text-align:left'><b>{html.escape(title)}</b></caption>" + "".join(body) + "</table>"

@@ -412,7 +412,8 @@ def _weight_subfolders(directory: Path) -> list[str]:
     """The subfolders of ``directory`` that hold weights (``low_noise_model``, ``high_noise_model``)."""
     try:
         entries = sorted(
-            (e for e in os.scandir(directory) if e.is_dir() and e.name not in IGNORED_DIRS), key=lambda e: e.name
+            (e for e in os.scandir(directory) if e.is_dir() and e.name not in IGNORED_DIRS),
+            key=lambda e: e.name,
         )
     except OSError:
         return []

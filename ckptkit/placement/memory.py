@@ -27,9 +27,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from ckptkit.errors import CkptError
+from ckptkit.format.display import html_table, summary_line, text_table
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
 from ckptkit.format.safetensors_header import TensorInfo
-from ckptkit.format.display import html_table, summary_line, text_table
 from ckptkit.format.sizes import format_size, parse_size
 from ckptkit.format.validate import check_weight_set
 
@@ -90,6 +90,10 @@ class MemoryPlan:
         other_bytes: ``R``, bytes outside every block.
         strategy: the strategy asked for.
         estimates: strategy -> :class:`StrategyEstimate`, for all three strategies.
+        weight_set: the weight set planned for (``diffusion_pytorch_model.safetensors.index.json
+            (4 shards, safetensors)``).
+        passed_over: other, unrelated weight sets in the same directory that the plan does not
+            count (a text encoder's ``.pth`` beside a transformer's shards).
     """
 
     path: str
@@ -104,6 +108,8 @@ class MemoryPlan:
     other_bytes: int
     strategy: str
     estimates: dict[str, StrategyEstimate] = field(default_factory=dict)
+    weight_set: str | None = None
+    passed_over: list[str] = field(default_factory=list)
 
     @property
     def chosen(self) -> StrategyEstimate:
@@ -168,6 +174,8 @@ class MemoryPlan:
         ]
         block = self.largest_block
         return [
+            ("weight set", self.weight_set),
+            *([("not counted", self.passed_over)] if self.passed_over else []),
             ("weights", f"{format_size(self.weights_bytes)} ({self.parameter_count:,} parameters)"),
             ("dtype", self.dtype or "as stored"),
             ("devices", f"{self.devices} x {format_size(self.device_memory)}"),
@@ -252,6 +260,8 @@ def plan_memory(
         largest_block=largest,
         other_bytes=other,
         strategy=preferred,
+        weight_set=ckpt.weight_set.label,
+        passed_over=[s.label for s in ckpt.selection.passed_over] if ckpt.selection else [],
     )
     block = largest.bytes if largest else 0
     plan.estimates = {

@@ -11,6 +11,7 @@ from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheck
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import read_model_index
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
+from ckptkit.format.hub_files import dangling_link_fix, hub_repo_root
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.resolve.repo_files import parse_cache_path, parse_repo_spec
@@ -272,7 +273,9 @@ def _raise_if_dangling(weight_set: WeightSet) -> None:
         raise IncompleteCheckpointError(
             "dangling link (its target is gone): " + ", ".join(p.name for p in dangling),
             path=dangling[0],
-            fix="download the file again (huggingface_hub re-creates the link), or copy it in",
+            fix=dangling_link_fix(dangling[0])
+            if hub_repo_root(dangling[0]) is None
+            else "download the file again (huggingface_hub re-creates the link), or copy it in",
         )
 
 

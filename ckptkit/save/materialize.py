@@ -8,11 +8,16 @@ download bookkeeping (``.cache/``, ``.huggingface/``, ``.git/``).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tarfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ckptkit.check.checksums import MANIFEST_NAME, write_manifest
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
@@ -24,6 +29,7 @@ from ckptkit.io.atomic import (
     staged_file,
     walk_files,
 )
+from ckptkit.save.shipping import known_sha256, select_files
 
 __all__ = ["ARCHIVE_FORMATS", "materialize"]
 
@@ -42,6 +48,12 @@ def materialize(
     progress: bool | None = None,
     fsync: bool = True,
     confine: bool | None = None,
+    include: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str | None = None,
+    components: Sequence[str] | str | None = None,
+    weight_sets: str = "all",
+    variant: str | None = None,
+    manifest: bool = True,
 ) -> Path:
     """Copy a checkpoint directory with every symlink replaced by the file it points to.
 
@@ -59,6 +71,18 @@ def materialize(
         fsync: flush the output to disk before it is put in place.
         confine: refuse files whose real path lies outside the checkpoint (default: the
             ``CKPTKIT_CONFINE`` environment variable).
+        include: copy only files matching one of these globs, matched against the path relative
+            to the source or the file name (``"*.json"``, ``"transformer/*"``).
+        exclude: leave out files matching one of these globs (``"*.bin"``, ``"*.pth"``).
+        components: copy only these pipeline components (subfolders) and the top-level files.
+        weight_sets: ``"all"`` (every weight set, ``.bin`` duplicates and other variants included)
+            or ``"selected"``: per directory and weights name, only the set a load with ``variant``
+            would pick -- what a model server needs and nothing else.
+        variant: with ``weight_sets="selected"``, the variant to ship (``"fp16"``).
+        manifest: write a ``SHA256SUMS`` of every copied file beside them (at the archive's root),
+            so that :func:`verify_checkpoint` on the copy checks every file by hash. Digests the
+            source records (hub blob names, ``local_dir`` download etags) are taken as recorded;
+            other files are hashed.
 
     Returns:
         ``dst`` as an absolute path. It appears atomically: whole, or not at all.
@@ -67,7 +91,8 @@ def materialize(
         DestinationExistsError: ``dst`` exists and ``overwrite`` is false.
         IncompleteCheckpointError: a link dangles (an interrupted download); nothing is written.
         UnsafeCheckpointError: ``confine`` and a link points outside the checkpoint.
-        ValueError: an unknown ``archive``, or ``dst`` inside ``src``.
+        ValueError: an unknown ``archive`` or ``weight_sets``, ``dst`` inside ``src``, or a
+            selection that leaves no file.
 
     Example:
         >>> materialize("~/.cache/huggingface/hub/models--org--name", "model.tar.gz", archive="tar.gz")  # doctest: +SKIP
@@ -82,6 +107,22 @@ def materialize(
         raise ValueError(f"{dst_path}: the output must not be the source {source} or lie inside it")
 
     files = [(source.name, source)] if source.is_file() else list(walk_files(source, exclude=IGNORED_DIRS))
+    files = [(rel, path) for rel, path in files if not (manifest and rel == MANIFEST_NAME)]
+    if source.is_dir():
+        files = select_files(
+            files,
+            source,
+            include=include,
+            exclude=exclude,
+            components=components,
+            weight_sets=weight_sets,
+            variant=variant,
+        )
+    elif include or exclude or components or weight_sets != "all" or variant is not None:
+        raise ValueError(
+            f"{source}: include/exclude/components/weight_sets/variant select files of a directory"
+        )
+    known = known_sha256(files, source if source.is_dir() else source.parent) if manifest else {}
     if confine_enabled(confine):
         root = checkpoint_root(source if source.is_dir() else source.parent)
         for _, path in files:
@@ -95,9 +136,19 @@ def materialize(
                     target = staging.path / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
                     copy_file(path, target, fsync=fsync, progress=update)
+                if manifest:
+                    digests = {staging.path / rel: digest for rel, digest in known.items()}
+                    write_manifest(staging.path, digests=digests, progress=False)
         else:
             with staged_file(dst_path, overwrite=overwrite, fsync=fsync) as staging:
-                _write_tar(staging.path, files, ARCHIVE_FORMATS[archive], compresslevel, update)
+                _write_tar(
+                    staging.path,
+                    files,
+                    ARCHIVE_FORMATS[archive],
+                    compresslevel,
+                    update,
+                    known if manifest else None,
+                )
     finally:
         if bar is not None:
             bar.close()
@@ -144,9 +195,18 @@ def _cache_snapshot(repo_dir: Path) -> Path:
     )
 
 
-def _write_tar(path: Path, files: list[tuple[str, Path]], mode: str, level: int, update: Any) -> None:
+def _write_tar(
+    path: Path,
+    files: list[tuple[str, Path]],
+    mode: str,
+    level: int,
+    update: Any,
+    known: dict[str, str] | None,
+) -> None:
+    """Write the tarball; with ``known`` (digests on record), end it with a ``SHA256SUMS`` of every file."""
     kwargs: dict[str, Any] = {"compresslevel": level} if mode == "w:gz" else {}
     opener: Any = tarfile.open
+    lines = []
     with open(path, "wb") as raw, opener(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT, **kwargs) as tar:
         tar.copybufsize = _CHUNK
         directories: set[str] = set()
@@ -158,7 +218,14 @@ def _write_tar(path: Path, files: list[tuple[str, Path]], mode: str, level: int,
             with open(source, "rb") as handle:
                 stat = os.fstat(handle.fileno())
                 info = _info(rel, tarfile.REGTYPE, stat.st_size, 0o644, stat.st_mtime)
-                tar.addfile(info, _Counting(handle, update) if update else handle)
+                hasher = hashlib.sha256() if known is not None and rel not in known else None
+                tar.addfile(info, _Counting(handle, update, hasher) if update or hasher else handle)
+            if known is not None:
+                lines.append(f"{known.get(rel) or hasher.hexdigest()}  {rel}\n")  # type: ignore[union-attr]
+        if known is not None:
+            data = "".join(lines).encode()
+            info = _info(MANIFEST_NAME, tarfile.REGTYPE, len(data), 0o644, time.time())
+            tar.addfile(info, io.BytesIO(data))
 
 
 def _parents(rel: str) -> list[str]:
@@ -175,14 +242,17 @@ def _info(name: str, kind: bytes, size: int, mode: int, mtime: float) -> tarfile
 
 
 class _Counting:
-    """A read-only file wrapper that reports bytes read (tarfile copies in bounded chunks)."""
+    """A read-only file wrapper that reports bytes read and hashes them (tarfile reads in bounded chunks)."""
 
-    def __init__(self, handle: Any, update: Any) -> None:
-        self.handle, self.update = handle, update
+    def __init__(self, handle: Any, update: Any, hasher: Any = None) -> None:
+        self.handle, self.update, self.hasher = handle, update, hasher
 
     def read(self, size: int = -1) -> bytes:
         data = self.handle.read(size if size >= 0 else _CHUNK)
-        self.update(len(data))
+        if self.update is not None:
+            self.update(len(data))
+        if self.hasher is not None:
+            self.hasher.update(data)
         return data
 
 
