@@ -240,3 +240,43 @@ def test_demo_runs_offline(tmp_path) -> None:
     assert "diffusion_pytorch_model.fp16.safetensors" in out  # the one file
     assert out.count(": OK,") == 2 and "0 with no recorded digest" in out
     assert (tmp_path / "demo" / "transformer-one-file" / "SHA256SUMS").is_file()
+
+
+def _run_on_a_tty(*args: str) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal 100 columns wide; returns (exit code, stderr)."""
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {key: value for key, value in ENV.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ckptkit", *args], stdout=subprocess.DEVNULL, stderr=slave, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return process.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_resave_and_materialize_show_bars_on_a_terminal(layouts, tmp_path) -> None:
+    code, stderr = _run_on_a_tty(
+        "resave", str(layouts["pixart"]), str(tmp_path / "one"), "--max-shard-size", "none"
+    )
+    assert code == 0 and "resave: 100%" in stderr, stderr
+    code, stderr = _run_on_a_tty(
+        "materialize", str(layouts["pixart"]), str(tmp_path / "m.tar"), "--archive", "tar"
+    )
+    assert code == 0 and "materialize: 100%" in stderr, stderr
+    piped = run_cli("resave", str(layouts["pixart"]), str(tmp_path / "two"), "--max-shard-size", "none")
+    assert piped.returncode == 0 and "resave:" not in piped.stderr

@@ -173,7 +173,13 @@ class CheckpointInfo:
                 )
                 for name, info in self.components.items()
             ]
-            text = [f"{r[0]}: {r[1]}, {r[3]} parameters, {r[4]}, variants {r[5]}" for r in table]
+            text = [
+                f"{r[0]}: {r[1]}, {r[3]} parameters, {r[4]}, variants {r[5]}"
+                + ("" if r[6] == "ok" else f", {r[6]} errors")
+                if r[2] != "-"
+                else f"{r[0]}: {r[1]} (no weights)"
+                for r in table
+            ]
             rows.append(("components", table if nested else text))
         if self.selected or not self.components:
             rows += [
