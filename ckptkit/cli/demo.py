@@ -54,7 +54,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         return run_demo(Path(tmp))
 
 
-def run_demo(directory: Path, out: Callable[[str], None] = print) -> int:
+def run_demo(directory: Path, write: Callable[[str], None] = print) -> int:
     """Run the demo in ``directory``; returns the exit code (0 when every step worked)."""
     try:
         import diffusers
@@ -68,7 +68,7 @@ def run_demo(directory: Path, out: Callable[[str], None] = print) -> int:
     # Imported here, after the check above, so that `ckptkit --help` never needs torch.
     from ckptkit.check.inspect import inspect_checkpoint
     from ckptkit.check.verify import verify_checkpoint
-    from ckptkit.load.sharded import load_sharded
+    from ckptkit.load.sharded import LoadResult, load_sharded
     from ckptkit.resolve.resolve import resolve_ckpt_dir
     from ckptkit.save.resave import resave
 
@@ -76,12 +76,11 @@ def run_demo(directory: Path, out: Callable[[str], None] = print) -> int:
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.disable_progress_bar()
     versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
-    print_raw = out
 
     def out(text: str) -> None:  # paths under the demo directory are shown as <demo>/...
-        print_raw(text.replace(str(directory), "<demo>"))
+        write(text.replace(str(directory), "<demo>"))
 
-    print_raw(f"ckptkit demo in {directory} (<demo> below; {versions})\n")
+    write(f"ckptkit demo in {directory} (<demo> below; {versions})\n")
 
     out("1. build: a tiny pipeline saved by save_pretrained, laid out as a hub cache")
     saved = directory / "saved"
@@ -113,6 +112,7 @@ def run_demo(directory: Path, out: Callable[[str], None] = print) -> int:
     with init_empty_weights():
         model = PixArtTransformer2DModel.from_config(PixArtTransformer2DModel.load_config(ckpt))
     result = load_sharded(ckpt, model=model, progress=False)
+    assert isinstance(result, LoadResult)  # a plain module: the keys, bytes, dtypes and time
     out(f"   {result!r}\n")
 
     out("5. resave it as one file (as Core ML conversion wants), streaming")
@@ -145,7 +145,7 @@ def _save_pipeline(root: Path) -> None:
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    transformer = PixArtTransformer2DModel(
+    transformer: Any = PixArtTransformer2DModel(
         num_attention_heads=2,
         attention_head_dim=8,
         in_channels=4,
@@ -159,14 +159,15 @@ def _save_pipeline(root: Path) -> None:
     )
     transformer.save_pretrained(root / "transformer", max_shard_size="40KB")
     transformer.half().save_pretrained(root / "transformer", variant="fp16", max_shard_size="20KB")
-    AutoencoderKL(
+    vae: Any = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(8, 16),
         latent_channels=4,
         norm_num_groups=4,
         sample_size=16,
-    ).save_pretrained(root / "vae")
+    )
+    vae.save_pretrained(root / "vae")
     config = T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
     T5EncoderModel(config).save_pretrained(root / "text_encoder")
     # The pipeline's own file, as DiffusionPipeline.save_pretrained writes it.
