@@ -50,11 +50,31 @@ def test_quickstart_notebook_executes(tmp_path: Path, monkeypatch: pytest.Monkey
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()  # raises CellExecutionError naming the cell on any error
-    outputs = "".join(
-        output.get("text", "")
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-    )
+    outputs = _outputs(notebook)
     assert "files match SHA256SUMS" in outputs and "content damaged" in outputs
     assert "fsdp" in outputs
+    for kind in ("CheckpointDir", "CheckpointInfo", "LoadResult", "VerifyReport", "MemoryPlan"):
+        assert f"<table class='ckptkit'><caption style='text-align:left'><b>{kind} " in outputs, kind
+        assert f"<{kind} " in outputs, kind  # the text/plain form beside the table
+
+
+def test_quickstart_notebook_is_saved_with_its_outputs() -> None:
+    import nbformat
+
+    notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.outputs for cell in code), "every code cell shows its output on a code host"
+    assert "<table class='ckptkit'>" in _outputs(notebook)
+
+
+def _outputs(notebook) -> str:
+    """Text, plain and HTML outputs of every code cell, joined."""
+    parts = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        for output in cell.outputs:
+            parts.append(output.get("text", ""))
+            data = output.get("data", {})
+            parts += [data.get("text/plain", ""), data.get("text/html", "")]
+    return "\n".join(parts)
