@@ -136,19 +136,53 @@ def test_cli_errors_name_flags_python_errors_name_keywords(tmp_path) -> None:
     assert [p.name for p in (tmp_path / "out").glob("*.safetensors")] == ["ckpt.safetensors"]
 
 
+# Keywords whose flag is spelled otherwise: the negative of a default-on switch, a plural as a
+# repeatable flag, a choice as a switch.
+_FLAG_OF = {
+    "progress": "--no-progress",
+    "fsync": "--no-fsync",
+    "copy_other_files": "--no-copy-other-files",
+    "manifest": "--no-manifest",
+    "local_files_only": "--offline",
+    "allow_patterns": "--allow-pattern",
+    "components": "--component",
+    "weight_sets": "--selected",
+    "no_split_prefixes": "--no-split",
+}
+
+
 def test_every_python_option_has_a_flag() -> None:
+    import inspect as pyinspect
+
+    from ckptkit import materialize as materialize_fn
     from ckptkit.cli import build_parser
+    from ckptkit.placement.device_map import plan_device_map
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
-    assert {"--unwrap", "--weights-name", "--confine", "--no-copy-other-files"} <= flags["resave"]
-    assert {"--weights-name", "--variant-fallback", "--allow-pattern", "--endpoint"} <= flags["resolve"]
-    assert {"--include", "--exclude", "--component", "--selected", "--variant", "--no-manifest"} <= flags[
-        "materialize"
-    ]
-    assert {"--files", "--revision", "--cache-dir", "--offline", "--confine"} <= flags["inspect"]
-    assert {"--cache-dir", "--offline"} <= flags["verify"]
+    verbs = {
+        "resolve": [resolve_ckpt_dir],
+        "inspect": [inspect_checkpoint],
+        "verify": [verify_checkpoint],
+        "plan": [plan_memory, plan_device_map],
+        "resave": [resave],
+        "materialize": [materialize_fn],
+    }
+    for command, functions in verbs.items():
+        for function in functions:
+            for name, parameter in pyinspect.signature(function).parameters.items():
+                if parameter.kind is not parameter.KEYWORD_ONLY:
+                    continue  # positional: the command's arguments; **resolve_kwargs: the source flags
+                if name in ("compresslevel",):
+                    flag = "--compresslevel"
+                else:
+                    flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+                assert flag in flags[command], (
+                    f"ckptkit {command} has no {flag} for {function.__name__}({name}=)"
+                )
+    for command in ("inspect", "verify", "plan"):  # what their **resolve_kwargs take
+        assert {"--revision", "--cache-dir", "--offline", "--subfolder"} <= flags[command], command
 
 
 def test_broken_pipe_exits_quietly(layouts) -> None:

@@ -136,6 +136,7 @@ def add_resolve(sub: Any) -> None:
         help="download these files instead of the computed minimum (repeatable; hub forms)",
     )
     parser.add_argument("--endpoint", help="the Hub to download from (default: HF_ENDPOINT)")
+    parser.add_argument("--token", help="hub token (default: HF_TOKEN or the stored `hf auth login`)")
     parser.add_argument(
         "--confine", action="store_true", help="refuse weights whose real path lies outside the checkpoint"
     )
@@ -160,6 +161,7 @@ def _run_resolve(args: argparse.Namespace) -> int:
             weights_name=args.weights_name,
             allow_patterns=args.allow_pattern,
             endpoint=args.endpoint,
+            token=args.token,
             confine=bool_or_none(args.confine),
         )
     for warning in caught:

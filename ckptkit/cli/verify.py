@@ -54,6 +54,7 @@ def add_verify(sub: Any) -> None:
     parser.add_argument(
         "--confine", action="store_true", help="fail when a link leads outside the checkpoint root"
     )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=_run_verify)
 
 
@@ -71,7 +72,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         revision=args.revision,
         confine=True if args.confine else None,
         write_manifest=args.write_manifest,
-        progress=None if sys.stderr.isatty() else False,
+        progress=None if sys.stderr.isatty() and not args.no_progress and not args.json else False,
         **({"cache_dir": args.cache_dir} if args.cache_dir else {}),
         **({"local_files_only": True} if args.offline else {}),
     )
