@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except CkptError as exc:
