@@ -34,7 +34,7 @@ def main() -> None:
         with init_empty_weights():
             model = T5EncoderModel(T5Config.from_pretrained(directory))
         result = load_sharded(directory, model=model, progress=False)
-        print("into model:", result)
+        print("into model:", repr(result))  # one line; print(result) gives a small table
 
         # 3. An fp16 variant that does not exist: default weights, cast to fp16, with a warning.
         with init_empty_weights():
