@@ -131,7 +131,7 @@ def load_sharded_distributed(
     """
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback
-    )
+    ).require_single()
     entries = index_checkpoint(checkpoint, prefix=prefix, strip_prefixes=tuple(strip_prefixes or ()))
     targets = _model_tensors(model)
     want = to_torch_dtype(dtype) if dtype is not None else None

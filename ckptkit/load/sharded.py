@@ -148,7 +148,7 @@ def load_sharded(
     started = time.perf_counter()
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
-    )
+    ).require_single()
     target_device = _device(device)
     selection = checkpoint.selection
     cast = dtype if dtype is not None else (selection.cast_dtype if selection else None)
