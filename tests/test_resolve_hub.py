@@ -380,7 +380,7 @@ def test_offline_miss_makes_no_request_and_says_how_to_fetch(hub, hub_cache, mon
     assert hub.requests == []
     assert str(hub_cache / "models--org--pipe" / "refs" / "main") in message
     assert (
-        f"hf download org/pipe --include 'vae/*' --include model_index.json --cache-dir {hub_cache}"
+        f"hf download org/pipe --include 'vae/*.json' --include 'vae/*.fp16*.safetensors' --cache-dir {hub_cache}"
         in message
     )
     assert f"ckptkit resolve org/pipe/vae --variant fp16 --cache-dir {hub_cache}" in message

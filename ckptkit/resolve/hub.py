@@ -24,7 +24,6 @@ from ckptkit.errors import (
 )
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME, read_model_index
-from ckptkit.format.naming import parse_weight_filename
 from ckptkit.resolve.repo_files import DownloadPlan, plan_files, plan_pipeline
 
 __all__ = ["CACHE_PATH_ENV", "HubSpec", "cache_dirs", "default_cache_dir", "is_offline", "resolve_hub"]
@@ -178,7 +177,7 @@ class _Miss:
     missing: list[str] = field(default_factory=list)
     error: CkptError | None = None
     listed: bool = False  # the missing list comes from the repo's listing, not a guess
-    none_here: bool = False  # none of the weights files needed is in the cache
+    none_here: bool = False  # none of the files needed is in the cache
 
 
 def _cached_commit(spec: HubSpec) -> str | None:
@@ -265,10 +264,8 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
         if not isinstance(try_to_load_from_cache(spec.repo_id, f, spec.cache_dir, commit), str)
     ]
     if missing:
-        weights = [f for f in needed if parse_weight_filename(posixpath.basename(f))]
-        # Not one of its weights files is here: the component was never downloaded.
-        none_here = bool(weights) and set(weights) <= set(missing)
-        return _Miss(commit, missing, listed=listed, none_here=none_here)
+        # Not one file of it is here: it was never downloaded (not an interrupted download).
+        return _Miss(commit, missing, listed=listed, none_here=set(missing) == set(needed))
     chosen = plan.selection.weight_set if plan.selection else None
     if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
         # Only the cache was listed: the variant asked for may still exist on the Hub.
@@ -510,7 +507,7 @@ def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
     if miss.commit is not None and miss.missing and miss.listed and miss.none_here:
         return CheckpointNotFoundError(
             f"{spec.label} (revision {spec.revision or 'main'}) was never downloaded: none of its "
-            f"weights files is in the hub cache, and downloads are off ({why})",
+            f"files is in the hub cache, and downloads are off ({why})",
             path=spec.storage / "snapshots" / miss.commit / (spec.filename or spec.directory),
             fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing)}`",
         )
