@@ -274,6 +274,18 @@ def test_pipeline_repo_materializes_and_verifies_by_repo_id(hub, tmp_path):
     count = len(report.files)
     assert f"{count} files, {count} verified by hash" in run.stdout
 
+    listed = subprocess.run(
+        [sys.executable, "-m", "ckptkit", "resolve", PIXART, "--components", "vae,transformer", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    payload = json.loads(listed.stdout)
+    assert sorted(payload["components"]) == ["transformer", "vae"]
+    assert payload["cache_dir"] == constants.HF_HUB_CACHE
+
 
 def test_root_pth_beside_a_pipeline_takes_the_pipeline(layouts, tmp_path, pipeline_repos):
     # Locally too: the training .pth at the root is neither read nor copied.
