@@ -213,6 +213,9 @@ def test_component_downloaded_alone_resolves_offline(hub, hub_cache, hub_repos, 
     with pytest.raises(CheckpointNotFoundError) as info:
         resolve_ckpt_dir(PIXART, subfolder="transformer", local_files_only=True, cache_dir=hub_cache)
     assert not isinstance(info.value, IncompleteCheckpointError)
+    # The whole pipeline, offline, with only vae/ here: incomplete, and it says what to fetch.
+    with pytest.raises(IncompleteCheckpointError, match=r"model_index\.json"):
+        resolve_ckpt_dir(PIXART, local_files_only=True, cache_dir=hub_cache)
     shard = sorted((snapshot / "vae").glob("diffusion_pytorch_model-0000*-of-*.safetensors"))[0]
     shard.unlink()
     with pytest.raises(IncompleteCheckpointError, match=shard.name):

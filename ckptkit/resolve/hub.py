@@ -264,8 +264,10 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
         if not isinstance(try_to_load_from_cache(spec.repo_id, f, spec.cache_dir, commit), str)
     ]
     if missing:
-        # Not one file of it is here: it was never downloaded (not an interrupted download).
-        return _Miss(commit, missing, listed=listed, none_here=set(missing) == set(needed))
+        # Not one file of it is here: it was never downloaded (not an interrupted download). A
+        # pipeline whose model_index.json is missing but some component is here is incomplete.
+        none_here = set(missing) == set(needed) and not (plan.components == [] and any(snapshot.iterdir()))
+        return _Miss(commit, missing, listed=listed, none_here=none_here)
     chosen = plan.selection.weight_set if plan.selection else None
     if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
         # Only the cache was listed: the variant asked for may still exist on the Hub.
