@@ -106,13 +106,12 @@ def pipeline_repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def hub_repos(hub_repos: Path, pipeline_repos: Path) -> Path:  # type: ignore[override]
+def hub_repos(hub_repos: Path, pipeline_repos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """conftest's repos (org/...) and the pipelines above (acme/...), served together."""
-    for org in ("org", "acme"):
-        source = (hub_repos if org == "org" else pipeline_repos) / org
-        if not (pipeline_repos.parent / "served" / org).exists():
-            shutil.copytree(source, pipeline_repos.parent / "served" / org)
-    return pipeline_repos.parent / "served"
+    served = tmp_path_factory.mktemp("served")
+    shutil.copytree(hub_repos / "org", served / "org")
+    shutil.copytree(pipeline_repos / "acme", served / "acme")
+    return served
 
 
 def _files(directory: Path) -> set[str]:
