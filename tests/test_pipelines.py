@@ -132,6 +132,7 @@ def _images(directory: Path, **kwargs) -> torch.Tensor:
         generator=torch.Generator().manual_seed(0),
         use_resolution_binning=False,
         max_sequence_length=8,
+        clean_caption=False,
     )
     return out.images
 
