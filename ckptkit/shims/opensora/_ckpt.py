@@ -31,6 +31,24 @@ logger = logging.getLogger("ckptkit")
 REBUILT_KEYS = ("pos_embed", "pos_embed_temporal")
 #: Open-Sora 1.x drops the temporal embedding of these releases (Latte's ``temp_embed``).
 LATTE_RELEASES = ("Latte-XL-2-256x256-ucf101.pt",)
+#: Open-Sora 1.x's ``pretrained_models``: a bare release name -> where it is fetched from ("org/repo/file"
+#: on the hub, or a URL ckptkit does not download from). Upstream keeps them in ./pretrained_models/.
+RELEASES = {
+    "DiT-XL-2-512x512.pt": "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-512x512.pt",
+    "DiT-XL-2-256x256.pt": "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+    "Latte-XL-2-256x256-ucf101.pt": "maxin-cn/Latte/ucf101.pt",
+    "PixArt-XL-2-256x256.pth": "PixArt-alpha/PixArt-alpha/PixArt-XL-2-256x256.pth",
+    "PixArt-XL-2-SAM-256x256.pth": "PixArt-alpha/PixArt-alpha/PixArt-XL-2-SAM-256x256.pth",
+    "PixArt-XL-2-512x512.pth": "PixArt-alpha/PixArt-alpha/PixArt-XL-2-512x512.pth",
+    "PixArt-XL-2-1024-MS.pth": "PixArt-alpha/PixArt-alpha/PixArt-XL-2-1024-MS.pth",
+    "OpenSora-v1-16x256x256.pth": "hpcai-tech/Open-Sora/OpenSora-v1-16x256x256.pth",
+    "OpenSora-v1-HQ-16x256x256.pth": "hpcai-tech/Open-Sora/OpenSora-v1-HQ-16x256x256.pth",
+    "OpenSora-v1-HQ-16x512x512.pth": "hpcai-tech/Open-Sora/OpenSora-v1-HQ-16x512x512.pth",
+    "PixArt-Sigma-XL-2-256x256.pth": "PixArt-alpha/PixArt-Sigma/PixArt-Sigma-XL-2-256x256.pth",
+    "PixArt-Sigma-XL-2-512-MS.pth": "PixArt-alpha/PixArt-Sigma/PixArt-Sigma-XL-2-512-MS.pth",
+    "PixArt-Sigma-XL-2-1024-MS.pth": "PixArt-alpha/PixArt-Sigma/PixArt-Sigma-XL-2-1024-MS.pth",
+    "PixArt-Sigma-XL-2-2K-MS.pth": "PixArt-alpha/PixArt-Sigma/PixArt-Sigma-XL-2-2K-MS.pth",
+}
 #: Open-Sora 1.x file suffixes read with ``torch.load`` (everything else is safetensors or a directory).
 TORCH_SUFFIXES = (".pt", ".pth")
 
@@ -246,6 +264,8 @@ def _read(
     cache_dir: str | os.PathLike[str] | None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """(the state dict, whether it came from a torch ``.pt``/``.pth`` file)."""
+    if path is None and os.fspath(spec) in RELEASES:
+        return _release(os.fspath(spec), cache_dir), True
     if path is None:
         ckpt = resolve_ckpt_dir(os.fspath(spec), cache_dir=cache_dir)
         torch_file = (
@@ -259,6 +279,22 @@ def _read(
     if _is_torch_name(path):
         return _unwrap(load_torch_file(path), path), True
     return read_weights(resolve_ckpt_dir(path)), False
+
+
+def _release(name: str, cache_dir: str | os.PathLike[str] | None) -> dict[str, torch.Tensor]:
+    """A release named as in Open-Sora's configs: ./pretrained_models/<name> as upstream keeps it, else the hub."""
+    local = Path("pretrained_models") / name
+    if local.is_file():
+        return _unwrap(load_torch_file(local), local)
+    source = RELEASES[name]
+    if source.startswith("https://"):
+        raise CheckpointNotFoundError(
+            f"{name} is not in ./pretrained_models and is not on the hub (Open-Sora downloads it from {source})",
+            path=local.absolute(),
+            fix=f"download {source} to {local}",
+        )
+    ckpt = resolve_ckpt_dir(source, cache_dir=cache_dir)
+    return _unwrap(load_torch_file(ckpt.weight_files[0]), Path(ckpt.weight_files[0]))
 
 
 def _is_torch_name(path: str | os.PathLike[str]) -> bool:

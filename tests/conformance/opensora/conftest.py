@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conformance.opensora._tiny import STDiT3, trained
+from tests.conformance.opensora._tiny import STDiT3, pixart_release, trained
 
 
 @pytest.fixture(scope="session")
@@ -20,4 +20,7 @@ def hub_repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     v2 = root / "org" / "Open-Sora-v2"
     v2.mkdir(parents=True)
     save_file(trained(STDiT3, seed=5), v2 / "Open_Sora_v2.safetensors")
+    sigma = root / "PixArt-alpha" / "PixArt-Sigma"
+    sigma.mkdir(parents=True)
+    torch.save(pixart_release(seed=6, caption_len=4), sigma / "PixArt-Sigma-XL-2-512-MS.pth")
     return root

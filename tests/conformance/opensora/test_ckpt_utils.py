@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckptkit import UnsafeCheckpointError
+from ckptkit import CheckpointNotFoundError, UnsafeCheckpointError
 from ckptkit.shims.opensora import load_checkpoint
 from tests.conformance.opensora import _upstream_v12, _upstream_v13
 from tests.conformance.opensora._tiny import (
@@ -237,6 +237,35 @@ def test_adapt_16ch_is_honoured_for_safetensors(tmp_path):
         _upstream_v13.load_checkpoint(
             build(STDiT3, 0, in_channels=16), str(tmp_path / "model.safetensors"), adapt_16ch=True
         )
+
+
+def test_release_name_from_pretrained_models(tmp_path, monkeypatch):
+    """1.x configs name releases bare ("PixArt-XL-2-512x512.pth"): upstream keeps them in ./pretrained_models."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained_models").mkdir()
+    torch.save(pixart_release(caption_len=4), tmp_path / "pretrained_models" / "PixArt-XL-2-512x512.pth")
+    assert_same(*both("1.2", PixArt, "PixArt-XL-2-512x512.pth"))
+
+
+def test_release_name_from_the_hub(hub, hub_cache, tmp_path, monkeypatch):
+    """Not in ./pretrained_models: the release comes from its hub repo (cache first), not a URL download."""
+    monkeypatch.chdir(tmp_path)
+    shim = build(STDiT3, 0)
+    load_checkpoint(shim, "PixArt-Sigma-XL-2-512-MS.pth", cache_dir=hub_cache)
+    assert hub.downloads() == {"PixArt-alpha/PixArt-Sigma/PixArt-Sigma-XL-2-512-MS.pth"}
+    (tmp_path / "pretrained_models").mkdir()
+    torch.save(
+        pixart_release(seed=6, caption_len=4), tmp_path / "pretrained_models" / "PixArt-Sigma-XL-2-512-MS.pth"
+    )
+    upstream = build(STDiT3, 0)
+    _upstream_v12.load_checkpoint(upstream, "PixArt-Sigma-XL-2-512-MS.pth")
+    assert_same(upstream, shim)
+
+
+def test_release_only_at_a_url_is_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointNotFoundError, match=r"dl\.fbaipublicfiles\.com"):
+        load_checkpoint(build(PixArt, 0), "DiT-XL-2-256x256.pt")
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
