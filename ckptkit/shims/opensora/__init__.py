@@ -21,7 +21,13 @@ Local directories, files and hub caches are honoured everywhere, ``cache_dir`` i
 :class:`~ckptkit.UnsafeCheckpointError`, where upstream would run it).
 """
 
-from ckptkit.shims.opensora._ckpt import adapt_16ch_vae, load_checkpoint, load_checkpoint_v2, reparameter
+from ckptkit.shims.opensora._ckpt import (
+    adapt_16ch_vae,
+    find_model,
+    load_checkpoint,
+    load_checkpoint_v2,
+    reparameter,
+)
 from ckptkit.shims.opensora._install import install, installed, uninstall
 from ckptkit.shims.opensora._models import T5Encoder, VideoAutoencoderKL
 
@@ -29,6 +35,7 @@ __all__ = [
     "T5Encoder",
     "VideoAutoencoderKL",
     "adapt_16ch_vae",
+    "find_model",
     "install",
     "installed",
     "load_checkpoint",

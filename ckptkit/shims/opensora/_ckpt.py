@@ -23,7 +23,7 @@ from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
-__all__ = ["adapt_16ch_vae", "load_checkpoint", "load_checkpoint_v2", "reparameter"]
+__all__ = ["adapt_16ch_vae", "find_model", "load_checkpoint", "load_checkpoint_v2", "reparameter"]
 
 logger = logging.getLogger("ckptkit")
 
@@ -168,6 +168,23 @@ def load_checkpoint_v2(
     return model
 
 
+def find_model(model_name: str | os.PathLike[str], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Open-Sora 1.x ``find_model``: the state dict of a release name or a ``.pt``/``.pth`` file, reparametered.
+
+    Read as :func:`load_checkpoint` reads it (a bare release name from ``./pretrained_models`` or
+    its hub repo; ``weights_only``), then :func:`reparameter` for ``model``.
+
+    Raises:
+        CheckpointNotFoundError: nothing there.
+        UnsafeCheckpointError: a pickle that needs more than tensors.
+
+    Example:
+        >>> state = find_model("PixArt-XL-2-512x512.pth", model=model)  # doctest: +SKIP
+    """
+    state, _ = _read(_local(model_name), model_name, "model", None)
+    return reparameter(state, Path(os.fspath(model_name)).name, model)
+
+
 def rename(state: dict[str, torch.Tensor], rename_keys: Mapping[str, str]) -> dict[str, torch.Tensor]:
     """Open-Sora 2.0's key renaming: the first ``old`` found in a key is replaced (everywhere in it) by ``new``."""
     renamed = {}
@@ -182,7 +199,9 @@ def rename(state: dict[str, torch.Tensor], rename_keys: Mapping[str, str]) -> di
     return renamed
 
 
-def reparameter(state: dict[str, torch.Tensor], name: str, model: nn.Module) -> dict[str, torch.Tensor]:
+def reparameter(
+    state: dict[str, torch.Tensor], name: str | None = None, model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Open-Sora 1.x ``reparameter``: what it does to a ``.pt``/``.pth`` checkpoint for ``model``.
 
     Drops ``pos_embed``/``pos_embed_temporal`` (and Latte's ``temp_embed``); gives a 2D
@@ -193,15 +212,19 @@ def reparameter(state: dict[str, torch.Tensor], name: str, model: nn.Module) -> 
     tensors decide, so a renamed file loads the same.
 
     Args:
-        state: the unwrapped state dict (changed in place and returned).
+        state: the state dict (changed in place and returned); one nested under ``"state_dict"`` or
+            ``"ema"`` (a PixArt or Latte release) is unwrapped first, as upstream does.
         name: the checkpoint's file name.
-        model: the module it is for.
+        model: the module it is for (``None``: only the drops, nothing fitted to a model).
     """
+    for key in ("ema", "state_dict"):
+        if isinstance(state.get(key), Mapping):
+            state = state[key]  # type: ignore[assignment]
     for key in REBUILT_KEYS:
         state.pop(key, None)
-    if name in LATTE_RELEASES:
+    if name is not None and os.path.basename(name) in LATTE_RELEASES:
         state.pop("temp_embed", None)
-    return _fit(state, model)
+    return state if model is None else _fit(state, model)
 
 
 def _fit(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,14 +10,14 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from ckptkit.shims.opensora._ckpt import load_checkpoint, load_checkpoint_v2
+from ckptkit.shims.opensora._ckpt import find_model, load_checkpoint, load_checkpoint_v2
 from ckptkit.shims.opensora._models import T5Encoder, VideoAutoencoderKL
 
 __all__ = ["install", "installed", "uninstall"]
 
 #: upstream module -> {name: the shim that replaces it}. Open-Sora 1.2/1.3 have ckpt_utils, 2.0 has ckpt.
 TARGETS: dict[str, dict[str, Any]] = {
-    "opensora.utils.ckpt_utils": {"load_checkpoint": load_checkpoint},
+    "opensora.utils.ckpt_utils": {"load_checkpoint": load_checkpoint, "find_model": find_model},
     "opensora.utils.ckpt": {"load_checkpoint": load_checkpoint_v2},
     "opensora.models.text_encoder.t5": {"T5Encoder": T5Encoder},
     "opensora.models.vae.vae": {"VideoAutoencoderKL": VideoAutoencoderKL},

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from ckptkit import CheckpointNotFoundError, UnsafeCheckpointError
+from ckptkit.shims.opensora import find_model as shim_find_model
 from ckptkit.shims.opensora import load_checkpoint
 from tests.conformance.opensora import _upstream_v12, _upstream_v13
 from tests.conformance.opensora._tiny import (
@@ -237,6 +238,25 @@ def test_adapt_16ch_is_honoured_for_safetensors(tmp_path):
         _upstream_v13.load_checkpoint(
             build(STDiT3, 0, in_channels=16), str(tmp_path / "model.safetensors"), adapt_16ch=True
         )
+
+
+@pytest.mark.parametrize("with_model", [True, False])
+def test_find_model(tmp_path, with_model):
+    """find_model (the VAE discriminators call it): the reparametered state dict of a release."""
+    path = tmp_path / "PixArt-XL-2-512x512.pth"
+    torch.save(pixart_release(caption_len=4), path)
+    model = build(PixArt, 0, caption_len=6) if with_model else None
+    if with_model:
+        theirs = _upstream_v12.find_model(str(path), model=model)
+    else:  # upstream's reparameter needs a model for a file with a caption table: a file without
+        release = dit_release()
+        del release["y_embedder.y_embedding"]
+        torch.save(release, path.with_name("DiT-XL-2-256x256.pt"))
+        path = path.with_name("DiT-XL-2-256x256.pt")
+        theirs = _upstream_v12.find_model(str(path))
+    ours = shim_find_model(path, model=model)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], v) and ours[k].dtype == v.dtype for k, v in theirs.items())
 
 
 def test_release_name_from_pretrained_models(tmp_path, monkeypatch):
