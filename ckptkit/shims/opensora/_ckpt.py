@@ -222,9 +222,21 @@ def reparameter(
             state = state[key]  # type: ignore[assignment]
     for key in REBUILT_KEYS:
         state.pop(key, None)
-    if name is not None and os.path.basename(name) in LATTE_RELEASES:
+    release = os.path.basename(name) if name is not None else None
+    if release in LATTE_RELEASES:
         state.pop("temp_embed", None)
-    return state if model is None else _fit(state, model)
+    if model is not None:
+        return _fit(state, model)
+    # No model to look at: the 2D releases get the time axis by name, as upstream decides it.
+    proj = "x_embedder.proj.weight"
+    if (
+        release in RELEASES
+        and not release.startswith("OpenSora-v1")
+        and proj in state
+        and state[proj].dim() == 4
+    ):
+        state[proj] = state[proj].unsqueeze(2)
+    return state
 
 
 def _fit(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
