@@ -199,7 +199,7 @@ def test_requested_variant_missing_allow_is_silent(layouts, legacy_with_default,
 @pytest.mark.parametrize("scheme", ["current", "legacy"])
 def test_requested_variant_missing_error_raises(layouts, legacy_with_default, scheme):
     directory, _ = _schemes(layouts, legacy_with_default)[scheme]
-    with pytest.raises(VariantNotFoundError, match="variants here are .fp16. and the default weights"):
+    with pytest.raises(VariantNotFoundError, match=r"variants here are .fp16. and the default weights"):
         load_sharded(directory, variant="bf16", variant_fallback="error")
 
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.display import html_table, plural, summary_line, text_table
 from ckptkit.format.layout import Selection, WeightSet
 from ckptkit.format.sizes import format_size
@@ -32,6 +33,11 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
         root: the checkpoint root links are judged against (the ``models--org--name`` folder for
             a hub snapshot, else the directory given).
         selection: how the weight set was chosen (requested variant, fallback cast).
+        components: for a whole pipeline (``model_index.json``), each component holding weights
+            by name (``"vae"``, ``"transformer"``); a weights file at the pipeline's root (SDXL's
+            ``sd_xl_base_1.0.safetensors``) is one more entry, named by its weights name, with
+            ``subfolder=None``. Empty for a single model.
+        cache_dir: the hub cache the files were found in (hub forms).
 
     Example:
         >>> ckpt = resolve_ckpt_dir("PixArt-alpha/PixArt-XL-2-1024-MS", subfolder="vae")  # doctest: +SKIP
@@ -49,6 +55,8 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
     subfolder: str | None = None
     root: Path | None = None
     selection: Selection | None = field(default=None, repr=False)
+    components: dict[str, CheckpointDir] = field(default_factory=dict, repr=False)
+    cache_dir: Path | None = None
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -74,12 +82,17 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
 
     def _parts(self) -> list[str]:
         size = self._size()
+        shape = (
+            f"pipeline of {plural(len(self.components), 'component')}"
+            if self.components
+            else plural(len(self.weight_files), "file") + (" (sharded)" if self.index_file else "")
+        )
         return [
             self.repo_id or "",
             f"subfolder={self.subfolder}" if self.subfolder else "",
             self.format,
             f"variant={self.variant}" if self.variant else "",
-            plural(len(self.weight_files), "file") + (" (sharded)" if self.index_file else ""),
+            shape,
             format_size(size) if size is not None else "",
         ]
 
@@ -90,13 +103,20 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
             rows.append(("repo", f"{self.repo_id}" + (f" @ {self.revision[:12]}" if self.revision else "")))
         if self.subfolder:
             rows.append(("subfolder", self.subfolder))
-        rows += [
-            ("format", self.format),
-            ("variant", self.variant or "default"),
-            ("files", [p.name for p in self.weight_files]),
-            ("index", self.index_file.name if self.index_file else None),
-            ("size", format_size(size) if size is not None else "missing files"),
-        ]
+        rows += [("format", self.format), ("variant", self.variant or "default")]
+        if self.components:
+            rows.append(
+                (
+                    "components",
+                    [f"{name}: {plural(len(c.weight_files), 'file')}" for name, c in self.components.items()],
+                )
+            )
+        else:
+            rows += [
+                ("files", [p.name for p in self.weight_files]),
+                ("index", self.index_file.name if self.index_file else None),
+            ]
+        rows.append(("size", format_size(size) if size is not None else "missing files"))
         if self.selection is not None and self.selection.warning:
             rows.append(("note", self.selection.warning))
         return rows
@@ -104,6 +124,40 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
     @property
     def weight_set(self) -> WeightSet | None:
         return self.selection.weight_set if self.selection else None
+
+    @property
+    def is_pipeline(self) -> bool:
+        """Whether this is a whole pipeline (see ``components``) rather than one weight set."""
+        return bool(self.components)
+
+    def require_single(self) -> CheckpointDir:
+        """``self`` when it is one weight set; a pipeline raises, naming its components.
+
+        Raises:
+            CheckpointNotFoundError: this is a whole pipeline; the fix names ``subfolder=``.
+        """
+        if self.components:
+            names = [n for n, c in self.components.items() if c.subfolder is not None]
+            raise CheckpointNotFoundError(
+                "is a whole pipeline, not one model's weights",
+                path=self.path,
+                fix="pass subfolder= one of: " + ", ".join(names),
+            )
+        return self
+
+    @classmethod
+    def pipeline(cls, path: Path, components: dict[str, CheckpointDir], **kwargs: object) -> CheckpointDir:
+        """The whole pipeline at ``path``: every component's weight files, in component order."""
+        formats = {c.format for c in components.values()}
+        variants = {c.variant for c in components.values()}
+        return cls(
+            path=path,
+            weight_files=[p for c in components.values() for p in c.weight_files],
+            format=formats.pop() if len(formats) == 1 else "mixed",
+            variant=variants.pop() if len(variants) == 1 else None,
+            components=components,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     @classmethod
     def from_selection(cls, path: Path, selection: Selection, **kwargs: object) -> CheckpointDir:
