@@ -2,13 +2,13 @@
 
 Wan's own ``shard_model`` builds and loads the full DiT on every rank before FSDP shards it, so each
 rank's host RAM must hold all the weights at start-up. Here two CPU processes (gloo) build a tiny
-``WanTransformer3DModel`` on the meta device, ``fully_shard`` every block and the root, allocate only
-their own shards, and fill them with ``load_sharded_distributed`` from a Wan-native checkpoint
+``WanTransformer3DModel`` on the meta device, ``fully_shard`` every block and the root, and hand it to
+``load_sharded_distributed``, which allocates only each rank's shards and fills them from a Wan-native checkpoint
 directory (the DiT's diffusers shards in the root beside the T5 ``.pth`` and the VAE). The forward
 pass is compared with the single-process ``from_pretrained`` model.
 
-On GPUs: ``torchrun --nproc-per-node N`` with ``init_process_group("nccl")``, ``init_device_mesh("cuda",
-(N,))`` and ``model.to_empty(device="cuda")``; the rest is the same.
+On GPUs: ``torchrun --nproc-per-node N`` with ``init_process_group("nccl")`` and
+``init_device_mesh("cuda", (N,))``; the rest is the same.
 
 Run: python examples/wan_fsdp2.py
 """
@@ -69,12 +69,10 @@ def worker(rank: int, world: int, root: str) -> None:
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    model.to_empty(device="cpu")  # this rank's shards only
-    # The rotary tables are computed, not stored: rebuild them after to_empty.
-    rope = model.rope
-    model.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
-
+    # Allocates this rank's shards on the mesh's device, recomputes the rotary tables (no checkpoint
+    # holds them), then reads only the bytes of this rank's shards.
     result = load_sharded_distributed(ckpt_dir, model)
+    assert "rope.freqs_cos" in result.recomputed_buffers
     with torch.no_grad():
         out = model(**inputs(), return_dict=False)[0]
         expected = WanTransformer3DModel.from_pretrained(ckpt_dir)(**inputs(), return_dict=False)[0]
