@@ -145,7 +145,6 @@ _FLAG_OF = {
     "manifest": "--no-manifest",
     "local_files_only": "--offline",
     "allow_patterns": "--allow-pattern",
-    "components": "--component",
     "weight_sets": "--selected",
     "no_split_prefixes": "--no-split",
 }

@@ -215,7 +215,7 @@ def test_cli_materialize_selection_flags(hub_repo, tmp_path):
     from ckptkit.cli import main
 
     args = ["materialize", str(hub_repo), str(tmp_path / "m"), "--selected", "--variant", "fp16"]
-    assert main([*args, "--component", "vae", "--exclude", "*.json", "--no-progress"]) == 0
+    assert main([*args, "--components", "vae", "--exclude", "*.json", "--no-progress"]) == 0
     names = sorted(
         p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*") if p.is_file()
     )

@@ -120,7 +120,7 @@ def add_materialize(sub: Any) -> None:
         help="leave out files matching GLOB (repeatable): '*.bin'",
     )
     choose.add_argument(
-        "--component", action="append", metavar="NAME", help="copy only this pipeline component (repeatable)"
+        "--components", help="copy only these pipeline components (comma-separated: transformer,vae)"
     )
     choose.add_argument(
         "--selected",
@@ -160,7 +160,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
         confine=bool_or_none(args.confine),
         include=args.include,
         exclude=args.exclude,
-        components=args.component,
+        components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
         weight_sets="selected" if args.selected else "all",
         variant=args.variant,
         manifest=not args.no_manifest,
