@@ -21,7 +21,7 @@ _EXPORTS = {
     "VerifyReport": "ckptkit.check.verify",
     "verify_checkpoint": "ckptkit.check.verify",
     "write_manifest": "ckptkit.check.checksums",
-    "LoadResult": "ckptkit.load.sharded",
+    "LoadResult": "ckptkit.io.module_fill",
     "load_sharded": "ckptkit.load.sharded",
     "parse_size": "ckptkit.format.sizes",
     "DevicePlan": "ckptkit.placement.device_map",
@@ -66,7 +66,8 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.checkpoint import CheckpointDir
     from ckptkit.format.sizes import parse_size
-    from ckptkit.load.sharded import LoadResult, load_sharded
+    from ckptkit.io.module_fill import LoadResult
+    from ckptkit.load.sharded import load_sharded
     from ckptkit.placement.device_map import DevicePlan, plan_device_map
     from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
     from ckptkit.placement.memory import MemoryPlan, plan_memory

@@ -24,7 +24,7 @@ from ckptkit.distributed import (
 )
 from ckptkit.distributed.boxes import Box, byte_runs
 from ckptkit.distributed.layout import TensorSpec, plan_layout
-from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, ModelMismatchError
 from ckptkit.format import read_header
 
 SHARD = "24KB"
@@ -140,10 +140,10 @@ def test_strict_mismatch_raises_before_reading(tmp_path):
 
     ckpt = save_tiny_llama(tmp_path / "ckpt")
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=131))
-    with pytest.raises(CorruptCheckpointError, match=r"shape \[130, 32\]"):
+    with pytest.raises(ModelMismatchError, match=r"checkpoint \(130, 32\) vs model \(131, 32\)"):
         load_sharded_distributed(ckpt, model)
     model = torch.nn.Linear(32, 130, bias=False)
-    with pytest.raises(CorruptCheckpointError, match="missing keys"):
+    with pytest.raises(ModelMismatchError, match="missing keys"):
         load_sharded_distributed(ckpt, model)
     result = load_sharded_distributed(ckpt, model, strict=False, prefix="lm_head.")
     assert result.missing_keys == [] and result.bytes_read == 130 * 32 * 4

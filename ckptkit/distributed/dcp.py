@@ -80,10 +80,7 @@ def safetensors_to_dcp(
     checkpoint = resolve_ckpt_dir(
         src, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback
     )
-    entries = {
-        f"{prefix or ''}{k}": e
-        for k, e in index_checkpoint(checkpoint, prefix=None, strip_prefixes=()).items()
-    }
+    entries = {f"{prefix or ''}{k}": e for k, e in index_checkpoint(checkpoint).items()}
     mine = _share(entries, group.rank, group.size)
     meta = {k: torch.empty(entries[k].shape, dtype=entries[k].dtype, device="meta") for k in mine}
     planner = _LazySavePlanner({k: entries[k] for k in mine})
