@@ -19,6 +19,7 @@ from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
 
@@ -157,8 +158,6 @@ def inspect_checkpoint(
     root: Path | None = None
     subfolder = resolve_kwargs.pop("subfolder", None)
     if not (path.exists() or path.is_symlink()):
-        from ckptkit.resolve.resolve import resolve_ckpt_dir
-
         resolved = resolve_ckpt_dir(
             spec,
             subfolder=subfolder,

@@ -38,6 +38,7 @@ from ckptkit.placement.greedy import (
     expand_device_map,
     greedy_device_map,
 )
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = [
     "DevicePlan",
@@ -218,7 +219,6 @@ def plan_device_map(
         >>> plan.device_map  # doctest: +SKIP
         {'patch_embedding': 0, ..., 'blocks.27': 'cpu', ..., 'head': 'cpu'}
     """
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     if device_map not in DEVICE_MAP_MODES:
         raise ValueError(f"device_map must be one of {DEVICE_MAP_MODES} to plan, not {device_map!r}")

@@ -31,6 +31,7 @@ from ckptkit.format.dtypes import DTYPES, canonical_dtype
 from ckptkit.format.safetensors_header import TensorInfo
 from ckptkit.format.sizes import parse_size
 from ckptkit.format.validate import check_weight_set
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["STRATEGIES", "BlockSize", "MemoryPlan", "StrategyEstimate", "find_blocks", "plan_memory"]
 
@@ -161,7 +162,6 @@ def plan_memory(
         >>> plan.fits, plan.chosen.peak_bytes  # doctest: +SKIP
         (True, 6437234688)
     """
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     if devices < 1:
         raise ValueError(f"devices must be at least 1, not {devices}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.resolve.local import resolve_local
 from ckptkit.resolve.repo_files import DownloadPlan, plan_files
 
 __all__ = ["HubSpec", "default_cache_dir", "is_offline", "resolve_hub"]
@@ -199,8 +200,6 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
 
 
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
-    from ckptkit.resolve.resolve import resolve_local
-
     origin = {"repo_id": spec.repo_id, "revision": commit}
     try:
         if spec.filename is not None:

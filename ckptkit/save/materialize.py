@@ -23,6 +23,7 @@ from ckptkit.io.atomic import (
     staged_file,
     walk_files,
 )
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["ARCHIVE_FORMATS", "materialize"]
 
@@ -119,7 +120,6 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
         raise CheckpointNotFoundError(
             f"link points to {os.readlink(path)!r}, which does not exist", path=path
         )
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     return Path(resolve_ckpt_dir(src, confine=confine).path)  # a hub form: pass it as the user wrote it
 

@@ -29,7 +29,9 @@ from ckptkit.io.atomic import (
     staged_directory,
     walk_files,
 )
+from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
+from ckptkit.save.sources import plan_source_tensors
 
 __all__ = ["resave"]
 
@@ -292,8 +294,6 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
 def _write_job(
     job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any, unwrap: str | bool | None
 ) -> list[Path]:
-    from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
-    from ckptkit.save.sources import plan_source_tensors
 
     directory = staging / job.rel if job.rel else staging
     directory.mkdir(parents=True, exist_ok=True)
