@@ -24,7 +24,12 @@ from ckptkit.distributed import (
 )
 from ckptkit.distributed.boxes import Box, byte_runs
 from ckptkit.distributed.layout import TensorSpec, plan_layout
-from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, ModelMismatchError
+from ckptkit.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    DestinationExistsError,
+    ModelMismatchError,
+)
 from ckptkit.format import read_header
 
 SHARD = "24KB"
@@ -158,6 +163,48 @@ def test_save_refuses_non_empty_destination_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
     save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst", overwrite=True, weights_name="model")
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.save below, no_dist
+def test_save_and_dcp_export_publish_through_the_one_atomic_path(tmp_path):
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "keep.txt").write_text("x")
+    with pytest.raises(DestinationExistsError, match="overwrite=True"):
+        save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst")
+    # What a killed run leaves beside the destination is cleaned up by the next one (crash recovery).
+    (tmp_path / ".dst.ckptkit-tmp-killed").mkdir()
+    (tmp_path / ".dst.ckptkit-tmp-killed" / "model.safetensors").write_bytes(b"half")
+    save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst", overwrite=True, weights_name="model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
+    torch.distributed.checkpoint.save(
+        {"w": torch.ones(3)}, checkpoint_id=os.fspath(tmp_path / "dcp"), no_dist=True
+    )
+    with pytest.raises(DestinationExistsError):
+        dcp_to_safetensors(tmp_path / "dcp", tmp_path / "dst")
+    assert load_file(tmp_path / "dst" / "model.safetensors").keys() == {"weight", "bias"}
+
+
+def test_save_runs_out_of_disk_as_a_typed_error_and_keeps_the_old_checkpoint(tmp_path):
+    from tests._subprocess import run_python
+
+    old = tmp_path / "dst"
+    save_sharded(torch.nn.Linear(2, 2), old, weights_name="model")
+    before = (old / "model.safetensors").read_bytes()
+    script = f"""
+import resource, signal, torch
+from ckptkit.distributed import save_sharded
+from ckptkit.errors import DiskFullError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    save_sharded(torch.nn.Linear(512, 512), {str(old)!r}, overwrite=True, weights_name="model")
+except DiskFullError as exc:
+    print("DiskFullError", exc)
+"""
+    done = run_python(script)
+    assert "DiskFullError" in done.stdout, done.stdout + done.stderr
+    assert (old / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
 
 
