@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.io.atomic import staged_file
+from ckptkit.io.progress import progress_enabled
 
 __all__ = [
     "CHUNK_SIZE",
@@ -26,7 +27,6 @@ __all__ = [
     "hash_file",
     "hash_files",
     "list_content_files",
-    "progress_bars_enabled",
     "read_manifest",
     "write_manifest",
     "zip_crc_failures",
@@ -124,7 +124,7 @@ def hash_files(
             total += os.stat(path).st_size
         except OSError:
             pass
-    show = progress_bars_enabled() if progress is None else progress
+    show = progress_enabled(progress)
     lock = threading.Lock()
     bar = None
     if show:
@@ -194,18 +194,6 @@ def zip_crc_failures(
             except (zipfile.BadZipFile, EOFError):
                 failed.append(info.filename)
         return failed
-
-
-def progress_bars_enabled() -> bool:
-    """Whether to show progress bars: huggingface_hub's switch (``HF_HUB_DISABLE_PROGRESS_BARS``)."""
-    value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper()
-    if value in {"1", "ON", "YES", "TRUE"}:
-        return False
-    try:
-        from huggingface_hub.utils import are_progress_bars_disabled
-    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
-        return True
-    return not are_progress_bars_disabled()
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def dtype_code(dtype: torch.dtype) -> str:
 
 @dataclass
 class SaveStats:
-    """What this rank wrote in its last :func:`save_sharded` call (see :func:`last_save_stats`)."""
+    """What this rank wrote in a :func:`save_sharded` call (pass one as ``stats=``)."""
 
     bytes_written: int = 0
     tensors_written: int = 0
@@ -57,7 +58,16 @@ _last_stats = SaveStats()
 
 
 def last_save_stats() -> SaveStats:
-    """Bytes and tensors this rank wrote in its last :func:`save_sharded` call."""
+    """Bytes and tensors this rank wrote in its last :func:`save_sharded` call.
+
+    Deprecated: pass ``stats=SaveStats()`` to :func:`save_sharded` instead (module-global state is
+    wrong with two saves in flight); removed in the next release.
+    """
+    warnings.warn(
+        "last_save_stats() is deprecated; pass stats=SaveStats() to save_sharded",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return _last_stats
 
 
@@ -72,6 +82,7 @@ def save_sharded(
     overwrite: bool = False,
     save_config: bool = True,
     process_group: Any = None,
+    stats: SaveStats | None = None,
 ) -> CheckpointDir:
     """Save a module whose parameters are DTensors as an ordinary sharded safetensors checkpoint.
 
@@ -97,6 +108,7 @@ def save_sharded(
         save_config: also write the model's ``config.json`` (transformers ``config``, diffusers
             ``save_config``), as ``save_pretrained`` does.
         process_group: the group of ranks that hold the model (default: the world).
+        stats: filled with the bytes and tensors this rank wrote.
 
     Returns:
         The :class:`~ckptkit.CheckpointDir` of the written checkpoint.
@@ -128,7 +140,7 @@ def save_sharded(
         variant=variant,
     )
 
-    stats = SaveStats()
+    stats = stats if stats is not None else SaveStats()
     # Rank 0 stages the directory through the one publish path (lock, crash recovery, typed
     # errors); every rank writes into it; rank 0 publishes it once all ranks are done.
     with contextlib.ExitStack() as publish:

@@ -95,7 +95,8 @@ def load_sharded(
             touch and the file must stay in place while they live. Tensors that need a cast or
             another device are private anyway.
         num_threads: parallel readers (default: the CPUs available, 2 to 8).
-        progress: show a tqdm bar; ``None`` shows it unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set.
+        progress: show a tqdm bar; ``None``: when stderr is a terminal and
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         unwrap: torch files only: the key a state dict is nested under (``"state_dict"``,
             ``"ema"``), or ``True`` for the first usual one. Without it, a wrapped file is reported.
         device_map: with ``model`` (built on meta), place it across GPUs, CPU and ``"disk"``

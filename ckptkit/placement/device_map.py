@@ -52,11 +52,6 @@ __all__ = [
 ]
 
 DEVICE_MAP_MODES = ("auto", "balanced", "balanced_low_0", "sequential")
-_BYTES = {d.name: max(d.bits // 8, 1) for d in DTYPES.values()}
-_INPUT_LIKE = re.compile(
-    r"emb|shared|wte|wpe|patch|pos_|conv_in|stem|tok|time|text|caption|context|adaln|input"
-)
-_OUTPUT_LIKE = re.compile(r"head|_out$|^out|final|ln_f|norm_out|conv_out|proj_out")
 
 
 @dataclass

@@ -80,12 +80,10 @@ def _resolve_file(path: Path, *, variant: str | None, root: Path | None, **origi
             if path in weight_set.files:
                 weight_set.raise_if_unusable()
                 return CheckpointDir.from_selection(
-                    path.parent, Selection(weight_set, variant), root=root or path.parent, **origin
+                    path.parent, Selection(weight_set), root=root or path.parent, **origin
                 )
     single = WeightSet(path.parent, parsed.stem, parsed.format, parsed.variant, [path])
-    return CheckpointDir.from_selection(
-        path.parent, Selection(single, variant), root=root or path.parent, **origin
-    )
+    return CheckpointDir.from_selection(path.parent, Selection(single), root=root or path.parent, **origin)
 
 
 def _raise_if_dangling(weight_set: WeightSet) -> None:

@@ -29,6 +29,7 @@ from ckptkit.io.atomic import (
     staged_directory,
     walk_files,
 )
+from ckptkit.io.progress import progress_enabled
 from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
 from ckptkit.save.sources import plan_source_tensors
@@ -325,11 +326,7 @@ def _write_job(
 
 
 def _progress_bar(jobs: list[_Job], progress: bool | None) -> Any:
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    if not progress_enabled(progress):
         return None
     from tqdm.auto import tqdm
 
