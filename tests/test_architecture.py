@@ -260,3 +260,12 @@ def test_a_module_on_no_floor_fails(tmp_path):
 @pytest.mark.parametrize("module", ["ckptkit.format.keys", "ckptkit.io.module_fill"])
 def test_the_floors_know_the_real_modules(module):
     assert module in {_module_name(ROOT, p) for p in ROOT.rglob("*.py")}
+
+
+def test_no_module_is_over_450_lines():
+    long = {
+        p.relative_to(ROOT).as_posix(): n
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 450
+    }
+    assert long == {}
