@@ -14,7 +14,7 @@ from ckptkit.distributed.boxes import Box, box_of, byte_runs, local_part
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
-from ckptkit.io.module_fill import FillPlan, StoredTensor, plan_module_fill
+from ckptkit.io.module_fill import FillPlan, ModuleSlots, StoredTensor, plan_module_fill
 from ckptkit.io.tensors import read_into, to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 from ckptkit.resolve.resolve import resolve_ckpt_dir
@@ -143,7 +143,7 @@ def load_sharded_distributed(
     entries = index_checkpoint(checkpoint)
     cast = dtype if dtype is not None else (checkpoint.selection.cast_dtype if checkpoint.selection else None)
     plan = plan_module_fill(
-        model,
+        ModuleSlots(model, tie=False),
         [StoredTensor(key, entry.shape, entry.dtype) for key, entry in entries.items()],
         prefix=prefix,
         strip_prefixes=strip_prefixes,

@@ -67,15 +67,19 @@ class _Slot:
 class ModuleSlots:
     """The loadable tensors of a module (parameters and persistent buffers), by state-dict key.
 
+    ``tie``: first tie the weights a transformers model declares tied (as ``from_pretrained``
+    does); off for a model already sharded (FSDP2 holds its own references to its parameters).
+
     Example:
         >>> slots = ModuleSlots(torch.nn.Linear(2, 2))
         >>> sorted(slots.keys())
         ['bias', 'weight']
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, *, tie: bool = True) -> None:
         self.module = module
-        _tie_declared_weights(module)
+        if tie:
+            _tie_declared_weights(module)
         self._slots: dict[str, _Slot] = {}
         self._tensor: dict[str, torch.Tensor] = {}
         by_id: dict[int, str] = {}
