@@ -44,10 +44,17 @@ def _state(width: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in Block(width).state_dict().items()}
 
 
-def _save(directory: Path, state: dict[str, torch.Tensor], wrap: str = "") -> Path:
+def _save(directory: Path, state: dict[str, torch.Tensor], wrap: str = "", fmt: str = "safetensors") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({f"{wrap}{k}": v.contiguous() for k, v in state.items()}, directory / "model.safetensors")
+    tensors = {f"{wrap}{k}": v.contiguous() for k, v in state.items()}
+    if fmt == "torch":
+        torch.save(tensors, directory / "pytorch_model.bin")
+    else:
+        save_file(tensors, directory / "model.safetensors")
     return directory
+
+
+FORMATS = ["safetensors", "torch"]
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +118,10 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("path", PATHS)
-def test_a_shape_mismatch_is_the_same_model_mismatch_error_on_every_path(tmp_path, gloo, path):
-    ckpt = _save(tmp_path / "ckpt", _state(width=8))
+def test_a_shape_mismatch_is_the_same_model_mismatch_error_on_every_path(tmp_path, gloo, path, fmt):
+    ckpt = _save(tmp_path / "ckpt", _state(width=8), fmt=fmt)
     with pytest.raises(ModelMismatchError) as info:
         _paths(gloo)[path](ckpt, width=6)
     message = str(info.value)
@@ -121,22 +129,24 @@ def test_a_shape_mismatch_is_the_same_model_mismatch_error_on_every_path(tmp_pat
     assert "proj.weight: checkpoint (8, 8) vs model (6, 6)" in message
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("path", PATHS)
-def test_missing_and_unexpected_keys_are_the_same_error_on_every_path(tmp_path, gloo, path):
+def test_missing_and_unexpected_keys_are_the_same_error_on_every_path(tmp_path, gloo, path, fmt):
     state = _state()
     state["extra"] = torch.zeros(2)
     del state["out.bias"]
-    ckpt = _save(tmp_path / "ckpt", state)
+    ckpt = _save(tmp_path / "ckpt", state, fmt=fmt)
     with pytest.raises(
         ModelMismatchError, match=r"1 missing keys \['out.bias'\], 1 unexpected keys \['extra'\]"
     ):
         _paths(gloo)[path](ckpt)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("path", PATHS)
-def test_dtype_casts_and_keeps_fp32_modules_on_every_path(tmp_path, gloo, path):
+def test_dtype_casts_and_keeps_fp32_modules_on_every_path(tmp_path, gloo, path, fmt):
     state = _state()
-    ckpt = _save(tmp_path / "ckpt", state)
+    ckpt = _save(tmp_path / "ckpt", state, fmt=fmt)
     model, result = _paths(gloo)[path](ckpt, dtype=torch.bfloat16)
     assert result.missing_keys == [] and result.unexpected_keys == []
     for name, tensor in model.state_dict().items():
@@ -160,10 +170,11 @@ def test_the_filled_fsdp2_model_runs_in_the_cast_dtype(tmp_path, gloo):
         assert torch.equal(model(x), reference(x))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("path", PATHS)
-def test_nested_wrappers_are_stripped_on_every_path(tmp_path, gloo, path):
+def test_nested_wrappers_are_stripped_on_every_path(tmp_path, gloo, path, fmt):
     state = _state()
-    ckpt = _save(tmp_path / "ckpt", state, wrap="module._orig_mod.")
+    ckpt = _save(tmp_path / "ckpt", state, wrap="module._orig_mod.", fmt=fmt)
     model, result = _paths(gloo)[path](ckpt, strip_prefixes=("_orig_mod.", "module."))
     assert result.missing_keys == [] and result.unexpected_keys == []
     for name, tensor in model.state_dict().items():
