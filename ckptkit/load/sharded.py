@@ -3,9 +3,12 @@
 The steps, each owned by a lower floor: resolve the directory and pick the weight set by the
 variant rules (:func:`ckptkit.resolve.resolve.resolve_ckpt_dir`), validate the index and every needed
 header before reading a byte of tensor data (:func:`ckptkit.format.validate.check_weight_set`),
-choose keys (:mod:`ckptkit.format.keys`), decide where each tensor lands (:mod:`ckptkit.io.module_fill`)
+choose keys (:mod:`ckptkit.format.keys`), plan where each tensor lands and at which dtype
+(:func:`ckptkit.io.module_fill.plan_module_fill`, the one plan every path into a module executes)
 and read them in parallel (:mod:`ckptkit.io.reader`), or through ``torch.load(weights_only=True)``
-for torch files (:mod:`ckptkit.load.torch_load`).
+for torch files (:mod:`ckptkit.load.torch_load`). ``device_map=`` and models with DTensor
+parameters are handed to :mod:`ckptkit.placement.dispatch` and :mod:`ckptkit.distributed.load`,
+which execute the same plan.
 """
 
 from __future__ import annotations
