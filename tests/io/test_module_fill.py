@@ -250,3 +250,50 @@ def test_keep_list_needs_a_model(tmp_path):
     ckpt = _save(tmp_path / "ckpt", _state())
     with pytest.raises(TypeError, match="keep_in_fp32_modules cannot be used without model="):
         load_sharded(ckpt, keep_in_fp32_modules=["norm"])
+
+
+def _two_rank_worker(rank: int, world: int, store: str, root: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        ckpt = Path(root) / "ckpt"
+        state = _state(width=9)  # 9 rows over 2 ranks: FSDP2 shards them unevenly (5, 4)
+        model = _fsdp(mesh, width=9)
+        result = load_sharded(ckpt, model=model, dtype=torch.bfloat16)
+        assert result.missing_keys == [] and result.unexpected_keys == []
+        for name, param in model.named_parameters():
+            want = torch.float32 if name.startswith("norm.") else torch.bfloat16
+            assert param.dtype == want and param.to_local().dtype == want, name
+            expected = distribute_tensor(state[name].to(want), mesh, param.placements, src_data_rank=None)
+            assert torch.equal(param.to_local(), expected.to_local()), name
+        reference = Block(9)
+        load_sharded(ckpt, model=reference, dtype=torch.bfloat16)
+        x = torch.randn(3, 9, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.equal(model(x), reference(x))
+        try:
+            load_sharded(ckpt, model=_fsdp(mesh, width=8))
+        except ModelMismatchError as exc:
+            assert "proj.weight: checkpoint (9, 9) vs model (8, 8)" in str(exc)
+        else:
+            raise AssertionError("no ModelMismatchError")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_cast_keep_fp32_and_refuse_a_shape_mismatch(tmp_path):
+    import os
+
+    import torch.multiprocessing as mp
+
+    _save(tmp_path / "ckpt", _state(width=9))
+    mp.spawn(
+        _two_rank_worker, args=(2, os.fspath(tmp_path / "store"), os.fspath(tmp_path)), nprocs=2, join=True
+    )
