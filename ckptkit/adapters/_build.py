@@ -48,6 +48,9 @@ LOADER_ONLY_KWARGS = frozenset(
     }
 )
 
+#: ``from_pretrained`` arguments that go to the placement of a planned ``device_map``.
+PLACEMENT_KWARGS = ("max_memory", "offload_folder", "offload_buffers")
+
 #: ``device_map`` values that ask accelerate to plan the placement.
 PLANNED_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
