@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError
-from ckptkit.format.dtypes import DTYPES, DtypeInfo
+from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = [
@@ -55,10 +55,6 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-    @property
-    def dtype_info(self) -> DtypeInfo:
-        return DTYPES[self.dtype]
 
 
 @dataclass

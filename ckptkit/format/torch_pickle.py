@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
-from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.dtypes import torch_itemsize
 
 __all__ = ["TorchTensorEntry", "scan_torch_file"]
 
@@ -168,7 +168,7 @@ def scan_torch_file(path: str | os.PathLike[str]) -> dict[str, TorchTensorEntry]
     _collect(obj, "", entries)
     for entry in entries.values():
         size = record_sizes.get(entry.storage_key)
-        needed = entry.storage_numel * _itemsize(entry.dtype)
+        needed = entry.storage_numel * torch_itemsize(entry.dtype)
         if size is None or size < needed:
             raise CorruptCheckpointError(
                 f"storage {entry.storage_key} of tensor {entry.name!r} needs {needed} bytes "
@@ -177,11 +177,6 @@ def scan_torch_file(path: str | os.PathLike[str]) -> dict[str, TorchTensorEntry]
                 fix="the file is damaged; copy it again",
             )
     return entries
-
-
-def _itemsize(dtype: str) -> int:
-    bits = next((d.bits for d in DTYPES.values() if d.name == dtype), 8)
-    return max(bits // 8, 1)
 
 
 def _collect(obj: Any, prefix: str, out: dict[str, TorchTensorEntry]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
+from ckptkit.format.torch_pickle import scan_torch_file
 
 __all__ = ["WRAPPER_KEYS", "find_wrappers", "load_torch_file", "unwrap_state_dict"]
 
@@ -39,8 +40,6 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
     if use_mmap:
         # torch maps each storage at its record's offset without checking the record's size: a
         # short record would be read past its end, into the next entries. The scan checks sizes.
-        from ckptkit.format.torch_pickle import scan_torch_file
-
         scan_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
