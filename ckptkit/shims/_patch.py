@@ -2,7 +2,8 @@
 
 Each shim module's ``install()`` lists ``(owner, name, replacement)`` triples; :class:`Patches`
 records what was there (the raw ``__dict__`` entry, so a ``classmethod`` or ``staticmethod`` comes
-back as itself) and ``uninstall()`` restores exactly that.
+back as itself; an inherited method is patched on the class and deleted again) and ``uninstall()``
+restores exactly that.
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ from typing import Any
 __all__ = ["Patches", "temporarily"]
 
 _LOCK = threading.RLock()
+_ABSENT = object()
+
+
+def _swap(owner: Any, name: str, value: Any) -> Any:
+    """Set ``owner.name`` (``_ABSENT`` deletes it); return the raw entry it replaced."""
+    original = vars(owner).get(name, _ABSENT)
+    if value is _ABSENT:
+        delattr(owner, name)
+    else:
+        setattr(owner, name, value)
+    return original
 
 
 class Patches:
@@ -33,23 +45,21 @@ class Patches:
             if self._saved:
                 return
             for owner, name, replacement in targets():
-                self._saved.append((owner, name, vars(owner)[name]))
-                setattr(owner, name, replacement)
+                self._saved.append((owner, name, _swap(owner, name, replacement)))
 
     def uninstall(self) -> None:
         with _LOCK:
             while self._saved:
                 owner, name, original = self._saved.pop()
-                setattr(owner, name, original)
+                _swap(owner, name, original)
 
 
 @contextmanager
 def temporarily(owner: Any, name: str, replacement: Any) -> Iterator[None]:
     """``owner.name = replacement`` for the ``with`` block (serialised: other threads wait)."""
     with _LOCK:
-        original = vars(owner)[name]
-        setattr(owner, name, replacement)
+        original = _swap(owner, name, replacement)
         try:
             yield
         finally:
-            setattr(owner, name, original)
+            _swap(owner, name, original)

@@ -98,6 +98,6 @@ def cpu_attention() -> Any:
     from wan.modules.attention import attention
 
     def flash_attention(q: Any, k: Any, v: Any, k_lens: Any = None, **kwargs: Any) -> Any:
-        return attention(q, k, v, k_lens=None, **kwargs)
+        return attention(q, k, v, k_lens=None, **kwargs).to(q.dtype)
 
     return flash_attention
