@@ -25,6 +25,7 @@ tensors is refused with :class:`~ckptkit.UnsafeCheckpointError`, never executed)
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -222,12 +223,13 @@ def load_dit(
         device_map: a device (``"cuda:0"``, ``0``, ``torch.device``), ``"auto"``/``"balanced"``/
             ``"sequential"`` or a module -> device dict.
         device: the same as a single-device ``device_map`` (give one of the two).
-        config_overrides: passed to ``model_class.from_config``.
+        config_overrides: passed to ``model_class.from_config`` (``model_class.__init__``'s parameters only).
 
     Returns:
         The model in eval mode.
 
     Raises:
+        TypeError: a keyword that is neither an option here nor a config field of ``model_class``.
         ValueError: ``device_map`` names no device and no planned map.
         TypeError: both ``device`` and ``device_map``.
 
@@ -241,6 +243,13 @@ def load_dit(
     device_map = _device_map(device_map)
     if model_class is None:
         model_class = _wan("wan.modules.model").WanModel
+    accepted = inspect.signature(model_class.__init__).parameters  # type: ignore[misc]
+    unknown = sorted(k for k in config_overrides if k not in accepted or k == "self")
+    if unknown:
+        raise TypeError(
+            f"load_dit() got arguments that are neither its options nor {model_class.__name__} config "
+            f"fields: {unknown}"
+        )
     parts = checkpoint_dir if isinstance(checkpoint_dir, WanCheckpoint) else wan_checkpoint(checkpoint_dir)
     ckpt = parts.dit_checkpoint(subfolder)
     return load_diffusers_model(

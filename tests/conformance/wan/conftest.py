@@ -20,10 +20,10 @@ from tests.conformance._upstream import cpu_attention, import_upstream
 
 import_upstream()
 
-import wan.modules.model as wan_model  # isort: skip
-import wan.modules.t5 as wan_t5  # isort: skip
-import wan.modules.vae2_1 as wan_vae2_1  # isort: skip
-import wan.modules.vae2_2 as wan_vae2_2  # isort: skip
+import wan.modules.model as wan_model  # noqa: E402  # isort: skip
+import wan.modules.t5 as wan_t5  # noqa: E402  # isort: skip
+import wan.modules.vae2_1 as wan_vae2_1  # noqa: E402  # isort: skip
+import wan.modules.vae2_2 as wan_vae2_2  # noqa: E402  # isort: skip
 
 TINY_UMT5 = {
     "vocab_size": 64,

@@ -35,7 +35,10 @@ def run_dit(model: torch.nn.Module) -> torch.Tensor:
     dtype = torch.float32
     with torch.no_grad():
         return model(
-            [torch.randn(4, 1, 4, 4, dtype=dtype)], torch.tensor([500.0]), [torch.randn(3, 4096, dtype=dtype)], seq_len=4
+            [torch.randn(4, 1, 4, 4, dtype=dtype)],
+            torch.tensor([500.0]),
+            [torch.randn(3, 4096, dtype=dtype)],
+            seq_len=4,
         )[0]
 
 
@@ -82,7 +85,10 @@ def test_t5_encoder_model(tiny_wan, wan_release, dtype):
     assert (ours.text_len, ours.dtype, ours.device) == (theirs.text_len, theirs.dtype, theirs.device)
     assert_same_module(ours.model, theirs.model)
     texts = ["a red cat", "dog"]
-    outs = [copy.deepcopy(encoder.model)(*encoder.tokenizer(texts, return_mask=True, add_special_tokens=True)) for encoder in (ours, theirs)]
+    outs = [
+        copy.deepcopy(encoder.model)(*encoder.tokenizer(texts, return_mask=True, add_special_tokens=True))
+        for encoder in (ours, theirs)
+    ]
     assert torch.equal(outs[0], outs[1])
     assert [t.shape for t in ours(texts, "cpu")] == [t.shape for t in theirs(texts, "cpu")]
 
@@ -91,7 +97,10 @@ def test_t5_encoder_model(tiny_wan, wan_release, dtype):
 def test_vae(tiny_wan, wan_release, version):
     if version == "2.1":
         path = wan_release["wan21"] / "Wan2.1_VAE.pth"
-        ours, theirs = shim.Wan2_1_VAE(vae_pth=str(path), device="cpu"), wan_vae2_1.Wan2_1_VAE(vae_pth=str(path), device="cpu")
+        ours, theirs = (
+            shim.Wan2_1_VAE(vae_pth=str(path), device="cpu"),
+            wan_vae2_1.Wan2_1_VAE(vae_pth=str(path), device="cpu"),
+        )
         assert shim.WanVAE is shim.Wan2_1_VAE
     else:
         path = wan_release["wan22"] / "Wan2.2_VAE.pth"
@@ -122,7 +131,7 @@ def test_a_pickle_that_needs_more_than_tensors_is_refused(tiny_wan, wan_release,
 def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
     root = wan_release["wan22"]
     originals = {
-        "dit": vars(wan_model.WanModel)["from_pretrained"] if "from_pretrained" in vars(wan_model.WanModel) else None,
+        "dit": vars(wan_model.WanModel).get("from_pretrained", None),
         "t5": vars(wan_t5.T5EncoderModel)["__init__"],
         "vae2_1": wan_vae2_1._video_vae,
         "vae2_2": wan_vae2_2._video_vae,
@@ -144,7 +153,9 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
         assert wan_vae2_1._video_vae is shim.video_vae_2_1
         assert wan_vae2_2._video_vae is shim.video_vae_2_2
         # the calls Wan's text2video.py makes, unchanged
-        assert_same_module(wan_model.WanModel.from_pretrained(root, subfolder="high_noise_model"), reference["dit"])
+        assert_same_module(
+            wan_model.WanModel.from_pretrained(root, subfolder="high_noise_model"), reference["dit"]
+        )
         assert_same_module(wan_t5.T5EncoderModel(**t5_kwargs).model, reference["t5"])
         vae = wan_vae2_2.Wan2_2_VAE(vae_pth=str(root / "Wan2.2_VAE.pth"), c_dim=8, device="cpu")
         assert_same_module(vae.model, reference["vae"])
