@@ -342,10 +342,17 @@ def T5EncoderModel(
     return obj
 
 
+def _vae21_module() -> Any:
+    """The module of the 2.1 VAE: ``wan.modules.vae2_1`` (Wan2.2) or ``wan.modules.vae`` (Wan2.1)."""
+    try:
+        return importlib.import_module("wan.modules.vae2_1")
+    except ImportError:
+        return _wan("wan.modules.vae")
+
+
 def _video_vae(
-    module_name: str, pretrained_path: Any, device: Any, cfg: dict[str, Any], kwargs: dict[str, Any]
+    module: Any, pretrained_path: Any, device: Any, cfg: dict[str, Any], kwargs: dict[str, Any]
 ) -> torch.nn.Module:
-    module = _wan(module_name)
     cfg.update(**kwargs)
     with torch.device("meta"):
         model = module.WanVAE_(**cfg)
@@ -372,7 +379,7 @@ def video_vae_2_1(
         "temperal_downsample": [False, True, True],
         "dropout": 0.0,
     }
-    return _video_vae("wan.modules.vae2_1", pretrained_path, device, cfg, kwargs)
+    return _video_vae(_vae21_module(), pretrained_path, device, cfg, kwargs)
 
 
 def video_vae_2_2(
@@ -392,7 +399,7 @@ def video_vae_2_2(
         "temperal_downsample": [True, True, True],
         "dropout": 0.0,
     }
-    return _video_vae("wan.modules.vae2_2", pretrained_path, device, cfg, kwargs)
+    return _video_vae(_wan("wan.modules.vae2_2"), pretrained_path, device, cfg, kwargs)
 
 
 def Wan2_1_VAE(*args: Any, **kwargs: Any) -> Any:
@@ -432,13 +439,16 @@ def _dit_from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: A
 
 def _targets() -> list[tuple[Any, str, Any]]:
     model, t5 = _wan("wan.modules.model"), _wan("wan.modules.t5")
-    vae2_1, vae2_2 = _wan("wan.modules.vae2_1"), _wan("wan.modules.vae2_2")
-    return [
+    targets = [
         (model.WanModel, "from_pretrained", classmethod(_dit_from_pretrained)),
         (t5.T5EncoderModel, "__init__", _t5_init),
-        (vae2_1, "_video_vae", video_vae_2_1),
-        (vae2_2, "_video_vae", video_vae_2_2),
+        (_vae21_module(), "_video_vae", video_vae_2_1),
     ]
+    try:  # Wan2.2 only
+        targets.append((importlib.import_module("wan.modules.vae2_2"), "_video_vae", video_vae_2_2))
+    except ImportError:
+        pass
+    return targets
 
 
 def install() -> None:
@@ -446,7 +456,7 @@ def install() -> None:
 
     Patches ``WanModel.from_pretrained`` (and so its subclasses' that do not override it),
     ``T5EncoderModel.__init__`` and ``_video_vae`` of ``wan.modules.vae2_1`` / ``vae2_2`` (what
-    ``Wan2_1_VAE`` / ``Wan2_2_VAE`` call). Installing twice is a no-op; :func:`uninstall` restores them.
+    ``Wan2_1_VAE`` / ``Wan2_2_VAE`` call; Wan2.1's ``wan.modules.vae`` for its ``WanVAE``). Installing twice is a no-op; :func:`uninstall` restores them.
 
     Raises:
         ImportError: Wan is not installed.
