@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -302,7 +303,8 @@ def _t5_init(
     shard_fn: Callable[..., Any] | None = None,
 ) -> None:
     """Wan's ``T5EncoderModel.__init__``: the UMT5 encoder built on meta and filled from the ``.pth``."""
-    t5 = _wan("wan.modules.t5")
+    # the module of the class being built: Wan's, or a vendored copy patched by install(package=)
+    t5 = sys.modules.get(type(self).__module__) or _wan("wan.modules.t5")
     if device is None:  # Wan's default: the current CUDA device
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     self.text_len = text_len
@@ -342,12 +344,14 @@ def T5EncoderModel(
     return obj
 
 
-def _vae21_module() -> Any:
-    """The module of the 2.1 VAE: ``wan.modules.vae2_1`` (Wan2.2) or ``wan.modules.vae`` (Wan2.1)."""
+def _vae_module(version: str, package: str = "wan") -> Any:
+    """The module of a VAE version: ``<package>.modules.vae2_1`` / ``vae2_2`` (Wan2.2), ``.vae`` (Wan2.1)."""
+    if version == "2.2":
+        return _wan(f"{package}.modules.vae2_2")
     try:
-        return importlib.import_module("wan.modules.vae2_1")
+        return importlib.import_module(f"{package}.modules.vae2_1")
     except ImportError:
-        return _wan("wan.modules.vae")
+        return _wan(f"{package}.modules.vae")
 
 
 def _video_vae(
@@ -363,6 +367,49 @@ def _video_vae(
     return model
 
 
+def _video_vae_2_1_in(module: Any) -> Callable[..., torch.nn.Module]:
+    def _video_vae_2_1(
+        pretrained_path: str | os.PathLike[str] | None = None,
+        z_dim: int | None = None,
+        device: Any = "cpu",
+        **kwargs: Any,
+    ) -> torch.nn.Module:
+        cfg = {
+            "dim": 96,
+            "z_dim": z_dim,
+            "dim_mult": [1, 2, 4, 4],
+            "num_res_blocks": 2,
+            "attn_scales": [],
+            "temperal_downsample": [False, True, True],
+            "dropout": 0.0,
+        }
+        return _video_vae(module, pretrained_path, device, cfg, kwargs)
+
+    return _video_vae_2_1
+
+
+def _video_vae_2_2_in(module: Any) -> Callable[..., torch.nn.Module]:
+    def _video_vae_2_2(
+        pretrained_path: str | os.PathLike[str] | None = None,
+        z_dim: int = 16,
+        dim: int = 160,
+        device: Any = "cpu",
+        **kwargs: Any,
+    ) -> torch.nn.Module:
+        cfg = {
+            "dim": dim,
+            "z_dim": z_dim,
+            "dim_mult": [1, 2, 4, 4],
+            "num_res_blocks": 2,
+            "attn_scales": [],
+            "temperal_downsample": [True, True, True],
+            "dropout": 0.0,
+        }
+        return _video_vae(module, pretrained_path, device, cfg, kwargs)
+
+    return _video_vae_2_2
+
+
 def video_vae_2_1(
     pretrained_path: str | os.PathLike[str] | None = None,
     z_dim: int | None = None,
@@ -370,16 +417,7 @@ def video_vae_2_1(
     **kwargs: Any,
 ) -> torch.nn.Module:
     """Wan's ``wan.modules.vae2_1._video_vae``: the 2.1 VAE built on meta, filled (``assign``) from the ``.pth``."""
-    cfg = {
-        "dim": 96,
-        "z_dim": z_dim,
-        "dim_mult": [1, 2, 4, 4],
-        "num_res_blocks": 2,
-        "attn_scales": [],
-        "temperal_downsample": [False, True, True],
-        "dropout": 0.0,
-    }
-    return _video_vae(_vae21_module(), pretrained_path, device, cfg, kwargs)
+    return _video_vae_2_1_in(_vae_module("2.1"))(pretrained_path, z_dim, device, **kwargs)
 
 
 def video_vae_2_2(
@@ -390,29 +428,21 @@ def video_vae_2_2(
     **kwargs: Any,
 ) -> torch.nn.Module:
     """Wan's ``wan.modules.vae2_2._video_vae``: the 2.2 VAE built on meta, filled (``assign``) from the ``.pth``."""
-    cfg = {
-        "dim": dim,
-        "z_dim": z_dim,
-        "dim_mult": [1, 2, 4, 4],
-        "num_res_blocks": 2,
-        "attn_scales": [],
-        "temperal_downsample": [True, True, True],
-        "dropout": 0.0,
-    }
-    return _video_vae(_wan("wan.modules.vae2_2"), pretrained_path, device, cfg, kwargs)
+    return _video_vae_2_2_in(_vae_module("2.2"))(pretrained_path, z_dim, dim, device, **kwargs)
 
 
 def Wan2_1_VAE(*args: Any, **kwargs: Any) -> Any:
-    """Wan's ``Wan2_1_VAE(z_dim=16, vae_pth=..., dtype=..., device=...)``, its weights read by ckptkit."""
-    module = _wan("wan.modules.vae2_1")
-    with temporarily(module, "_video_vae", video_vae_2_1):
-        return module.Wan2_1_VAE(*args, **kwargs)
+    """Wan's ``Wan2_1_VAE(z_dim=16, vae_pth=..., dtype=..., device=...)`` (Wan2.1's ``WanVAE``), read by ckptkit."""
+    module = _vae_module("2.1")
+    cls = getattr(module, "Wan2_1_VAE", None) or module.WanVAE
+    with temporarily(module, "_video_vae", _video_vae_2_1_in(module)):
+        return cls(*args, **kwargs)
 
 
 def Wan2_2_VAE(*args: Any, **kwargs: Any) -> Any:
     """Wan's ``Wan2_2_VAE(z_dim=48, c_dim=160, vae_pth=..., ...)``, its weights read by ckptkit."""
-    module = _wan("wan.modules.vae2_2")
-    with temporarily(module, "_video_vae", video_vae_2_2):
+    module = _vae_module("2.2")
+    with temporarily(module, "_video_vae", _video_vae_2_2_in(module)):
         return module.Wan2_2_VAE(*args, **kwargs)
 
 
@@ -437,31 +467,37 @@ def _dit_from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: A
     return load_dit(pretrained_model_name_or_path, cls, **kwargs)
 
 
-def _targets() -> list[tuple[Any, str, Any]]:
-    model, t5 = _wan("wan.modules.model"), _wan("wan.modules.t5")
+def _targets(package: str) -> list[tuple[Any, str, Any]]:
+    model, t5 = _wan(f"{package}.modules.model"), _wan(f"{package}.modules.t5")
+    vae2_1 = _vae_module("2.1", package)
     targets = [
         (model.WanModel, "from_pretrained", classmethod(_dit_from_pretrained)),
         (t5.T5EncoderModel, "__init__", _t5_init),
-        (_vae21_module(), "_video_vae", video_vae_2_1),
+        (vae2_1, "_video_vae", _video_vae_2_1_in(vae2_1)),
     ]
     try:  # Wan2.2 only
-        targets.append((importlib.import_module("wan.modules.vae2_2"), "_video_vae", video_vae_2_2))
+        vae2_2 = importlib.import_module(f"{package}.modules.vae2_2")
     except ImportError:
-        pass
-    return targets
+        return targets
+    return [*targets, (vae2_2, "_video_vae", _video_vae_2_2_in(vae2_2))]
 
 
-def install() -> None:
+def install(package: str = "wan") -> None:
     """Make the installed Wan load through ckptkit, its own code (``generate.py``, ``wan.WanT2V``...) unchanged.
 
     Patches ``WanModel.from_pretrained`` (and so its subclasses' that do not override it),
-    ``T5EncoderModel.__init__`` and ``_video_vae`` of ``wan.modules.vae2_1`` / ``vae2_2`` (what
-    ``Wan2_1_VAE`` / ``Wan2_2_VAE`` call; Wan2.1's ``wan.modules.vae`` for its ``WanVAE``). Installing twice is a no-op; :func:`uninstall` restores them.
+    ``T5EncoderModel.__init__`` and ``_video_vae`` of ``modules.vae2_1`` / ``vae2_2`` (what
+    ``Wan2_1_VAE`` / ``Wan2_2_VAE`` call; Wan2.1's ``modules.vae`` for its ``WanVAE``). Installing
+    while installed is a no-op; :func:`uninstall` restores them.
+
+    Args:
+        package: the Wan package to patch: ``"wan"``, or a vendored copy such as Live Avatar's
+            ``"liveavatar.models.wan.wan_2_2"``.
 
     Raises:
-        ImportError: Wan is not installed.
+        ImportError: that package is not installed.
     """
-    _PATCHES.install(_targets)
+    _PATCHES.install(lambda: _targets(package))
 
 
 def uninstall() -> None:
@@ -470,10 +506,10 @@ def uninstall() -> None:
 
 
 @contextmanager
-def installed() -> Iterator[None]:
+def installed(package: str = "wan") -> Iterator[None]:
     """:func:`install` for the ``with`` block, :func:`uninstall` after it (even on error)."""
     was = _PATCHES.installed
-    install()
+    install(package)
     try:
         yield
     finally:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import pickle
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ckptkit import UnsafeCheckpointError
 from ckptkit.shims import wan as shim
-from tests.conformance.wan.conftest import wan_model, wan_t5, wan_vae2_1, wan_vae2_2
+from tests.conformance.wan.conftest import TINY_UMT5, wan_model, wan_t5, wan_vae2_1, wan_vae2_2
 
 
 def assert_same_module(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
@@ -150,8 +154,9 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
     with shim.installed():
         assert wan_model.WanModel.from_pretrained.__func__ is shim._dit_from_pretrained
         assert wan_t5.T5EncoderModel.__init__ is shim._t5_init
-        assert wan_vae2_1._video_vae is shim.video_vae_2_1
-        assert wan_vae2_2._video_vae is shim.video_vae_2_2
+        assert wan_vae2_1._video_vae.__qualname__.startswith("_video_vae_2_1_in.")
+        assert wan_vae2_2._video_vae.__qualname__.startswith("_video_vae_2_2_in.")
+        assert wan_vae2_1._video_vae.__module__ == wan_vae2_2._video_vae.__module__ == "ckptkit.shims.wan"
         # the calls Wan's text2video.py makes, unchanged
         assert_same_module(
             wan_model.WanModel.from_pretrained(root, subfolder="high_noise_model"), reference["dit"]
@@ -165,3 +170,41 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
     assert wan_vae2_1._video_vae is originals["vae2_1"]
     assert wan_vae2_2._video_vae is originals["vae2_2"]
     assert vars(wan_model.WanModel).get("from_pretrained") is originals["dit"]
+
+
+def test_install_into_a_vendored_copy_as_live_avatar_ships_it(tiny_wan, wan_release, tmp_path, monkeypatch):
+    # Live Avatar vendors Wan2.2 as liveavatar.models.wan.wan_2_2 (relative imports inside): the same here
+    vendor = tmp_path / "vendor_pkg"
+    shutil.copytree(Path(wan_model.__file__).parents[1], vendor / "wan_2_2")
+    (vendor / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # Wan's T5 default argument
+    t5 = importlib.import_module("vendor_pkg.wan_2_2.modules.t5")
+    model = importlib.import_module("vendor_pkg.wan_2_2.modules.model")
+    vae2_1 = importlib.import_module("vendor_pkg.wan_2_2.modules.vae2_1")
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(t5, "umt5_xxl", lambda **kw: t5._t5("umt5-xxl", **{**TINY_UMT5, **kw}))
+    try:
+        root = wan_release["wan21"]
+        t5_kwargs = {
+            "text_len": 8,
+            "device": "cpu",
+            "checkpoint_path": str(root / "models_t5_umt5-xxl-enc-bf16.pth"),
+            "tokenizer_path": str(root / "google" / "umt5-xxl"),
+        }
+        reference_t5 = t5.T5EncoderModel(**t5_kwargs).model
+        reference_dit = model.WanModel.from_pretrained(root, torch_dtype=torch.bfloat16, device_map="cpu")
+        wan_t5_init = vars(wan_t5.T5EncoderModel)["__init__"]
+        with shim.installed(package="vendor_pkg.wan_2_2"):
+            assert vars(wan_t5.T5EncoderModel)["__init__"] is wan_t5_init  # the wan package itself untouched
+            assert t5.T5EncoderModel.__init__ is shim._t5_init
+            assert vae2_1._video_vae.__module__ == "ckptkit.shims.wan"
+            assert_same_module(t5.T5EncoderModel(**t5_kwargs).model, reference_t5)
+            # Live Avatar's call: CausalWanModel_S2V.from_pretrained(checkpoint_dir, torch_dtype=, device_map=)
+            ours = model.WanModel.from_pretrained(root, torch_dtype=torch.bfloat16, device_map="cpu")
+            assert_same_module(ours, reference_dit)
+        assert vars(t5.T5EncoderModel)["__init__"] is not shim._t5_init
+    finally:
+        for name in [n for n in sys.modules if n.startswith("vendor_pkg")]:
+            del sys.modules[name]
