@@ -475,17 +475,27 @@ def _targets(package: str) -> list[tuple[Any, str, Any]]:
         (t5.T5EncoderModel, "__init__", _t5_init),
         (vae2_1, "_video_vae", _video_vae_2_1_in(vae2_1)),
     ]
-    try:  # Wan2.2 only
-        vae2_2 = importlib.import_module(f"{package}.modules.vae2_2")
-    except ImportError:
-        return targets
-    return [*targets, (vae2_2, "_video_vae", _video_vae_2_2_in(vae2_2))]
+    # Wan2.2 only: its 2.2 VAE, and the DiT classes that are not WanModel subclasses (S2V, Animate)
+    for module_name, attr in [
+        ("modules.vae2_2", "_video_vae"),
+        ("modules.s2v.model_s2v", "WanModel_S2V"),
+        ("modules.animate.model_animate", "WanAnimateModel"),
+    ]:
+        try:
+            module = importlib.import_module(f"{package}.{module_name}")
+        except ImportError:
+            continue
+        if attr == "_video_vae":
+            targets.append((module, attr, _video_vae_2_2_in(module)))
+        else:
+            targets.append((getattr(module, attr), "from_pretrained", classmethod(_dit_from_pretrained)))
+    return targets
 
 
 def install(package: str = "wan") -> None:
     """Make the installed Wan load through ckptkit, its own code (``generate.py``, ``wan.WanT2V``...) unchanged.
 
-    Patches ``WanModel.from_pretrained`` (and so its subclasses' that do not override it),
+    Patches ``from_pretrained`` of ``WanModel``, ``WanModel_S2V`` and ``WanAnimateModel``,
     ``T5EncoderModel.__init__`` and ``_video_vae`` of ``modules.vae2_1`` / ``vae2_2`` (what
     ``Wan2_1_VAE`` / ``Wan2_2_VAE`` call; Wan2.1's ``modules.vae`` for its ``WanVAE``). Installing
     while installed is a no-op; :func:`uninstall` restores them.

@@ -151,8 +151,11 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
         "t5": wan_t5.T5EncoderModel(**t5_kwargs).model,
         "vae": wan_vae2_2.Wan2_2_VAE(vae_pth=str(root / "Wan2.2_VAE.pth"), c_dim=8, device="cpu").model,
     }
+    s2v = importlib.import_module("wan.modules.s2v.model_s2v").WanModel_S2V
+    animate = importlib.import_module("wan.modules.animate.model_animate").WanAnimateModel
     with shim.installed():
         assert wan_model.WanModel.from_pretrained.__func__ is shim._dit_from_pretrained
+        assert s2v.from_pretrained.__func__ is animate.from_pretrained.__func__ is shim._dit_from_pretrained
         assert wan_t5.T5EncoderModel.__init__ is shim._t5_init
         assert wan_vae2_1._video_vae.__qualname__.startswith("_video_vae_2_1_in.")
         assert wan_vae2_2._video_vae.__qualname__.startswith("_video_vae_2_2_in.")
@@ -170,6 +173,7 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
     assert wan_vae2_1._video_vae is originals["vae2_1"]
     assert wan_vae2_2._video_vae is originals["vae2_2"]
     assert vars(wan_model.WanModel).get("from_pretrained") is originals["dit"]
+    assert "from_pretrained" not in vars(s2v) and "from_pretrained" not in vars(animate)
 
 
 def test_install_into_a_vendored_copy_as_live_avatar_ships_it(tiny_wan, wan_release, tmp_path, monkeypatch):
@@ -201,7 +205,7 @@ def test_install_into_a_vendored_copy_as_live_avatar_ships_it(tiny_wan, wan_rele
             assert t5.T5EncoderModel.__init__ is shim._t5_init
             assert vae2_1._video_vae.__module__ == "ckptkit.shims.wan"
             assert_same_module(t5.T5EncoderModel(**t5_kwargs).model, reference_t5)
-            # Live Avatar's call: CausalWanModel_S2V.from_pretrained(checkpoint_dir, torch_dtype=, device_map=)
+            # the form of Live Avatar's DiT call (from_pretrained(checkpoint_dir, torch_dtype=, device_map=))
             ours = model.WanModel.from_pretrained(root, torch_dtype=torch.bfloat16, device_map="cpu")
             assert_same_module(ours, reference_dit)
         assert vars(t5.T5EncoderModel)["__init__"] is not shim._t5_init
