@@ -13,6 +13,7 @@ from typing import Any
 
 from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
+from ckptkit.format.safe_files import confinement, regular_file_problem
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
@@ -179,9 +180,11 @@ def inspect_checkpoint(
     # A hub snapshot is made of links into the repo's blobs/: judge links against the repo folder.
     root = root or hub_repo_root(path) or path
     if confine_enabled(confine) and path.is_dir():
-        files = [Path(d) / f for d, _, names in os.walk(path) for f in names]
-        enforce_confinement(files, root, confine=True)
-    info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
+        # Directories too: a component folder that is a link leaving the root is refused.
+        files = [Path(d) / f for d, dirs, names in os.walk(path) for f in [*dirs, *names]]
+        enforce_confinement([path, *files], root, confine=True)
+    with confinement(root if confine_enabled(confine) else None):
+        info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
     info.root = str(root)
     return info
 
@@ -201,7 +204,11 @@ def _inspect_dir(
         )
         return info
     info.files = _list_files(directory, root, info.problems)
-    components = read_model_index(directory) if (directory / "model_index.json").is_file() else None
+    try:
+        components = read_model_index(directory)
+    except CkptError as exc:
+        info.problems.append(Problem.from_error(exc))
+        components = None
     if components is not None:
         for component in components:
             info.component_classes[component.name] = [component.library, component.class_name]
@@ -345,6 +352,11 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
                             f"{full}: links outside the checkpoint, to {real}",
                         )
                     )
+            kind = regular_file_problem(full) if size is not None else None
+            if kind is not None:
+                problems.append(
+                    Problem("error", "UnsafeCheckpointError", str(full), f"{full}: is {kind}, not a regular file")
+                )
             if filename.endswith(".incomplete"):
                 problems.append(
                     Problem("error", "IncompleteCheckpointError", str(full), f"{full}: unfinished download")

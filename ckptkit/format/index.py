@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
+from ckptkit.format.safe_files import read_capped
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = ["ShardIndex", "check_shard_name", "read_index"]
@@ -99,15 +100,7 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
         ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_INDEX_SIZE:
-            raise CorruptCheckpointError(f"index is {size} bytes, too large to be an index", path=path)
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise IncompleteCheckpointError(
-            "index file does not exist", path=path, fix="download or copy the index again"
-        ) from None
+    raw = read_capped(path, MAX_INDEX_SIZE, what="index")
     try:
         parsed = loads_strict(raw)
     except DuplicateKeyError as dup:

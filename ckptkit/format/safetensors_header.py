@@ -14,8 +14,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError
+from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES, DtypeInfo
+from ckptkit.format.safe_files import file_identity, open_regular_file, os_error
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = [
@@ -71,6 +72,8 @@ class SafetensorsHeader:
         file_size: size of the file in bytes.
         tensors: tensor name -> :class:`TensorInfo`, in the order of their offsets.
         metadata: the ``__metadata__`` map (str -> str), empty when absent.
+        identity: ``(device, inode)`` of the file the header was read from, when read from a file;
+            readers check that the file they open for the data is that same file.
     """
 
     path: Path
@@ -78,6 +81,7 @@ class SafetensorsHeader:
     file_size: int
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
+    identity: tuple[int, int] | None = field(default=None, compare=False)
 
     @property
     def data_size(self) -> int:
@@ -108,9 +112,10 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         (32128, 4096)
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
+    with open_regular_file(path) as handle:
+        try:
+            stats = os.fstat(handle.fileno())
+            file_size = stats.st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise CorruptCheckpointError(
@@ -121,25 +126,17 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             (length,) = struct.unpack("<Q", prefix)
             _check_length(path, length, file_size)
             raw = handle.read(length)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise IncompleteCheckpointError(
-                f"link points to {os.readlink(path)!r}, which does not exist",
-                path=path,
-                fix="the download was interrupted or the cache was cleaned; download the file again",
-            ) from None
-        raise IncompleteCheckpointError(
-            "file does not exist", path=path, fix="download or copy the missing file"
-        ) from None
-    except IsADirectoryError:
-        raise CorruptCheckpointError("is a directory, not a safetensors file", path=path) from None
+        except OSError as exc:
+            raise os_error(path, exc) from None
     if len(raw) < length:
         raise CorruptCheckpointError(
             f"header is {length} bytes but the file ends after {len(raw)}",
             path=path,
             fix="the file is truncated; download or copy it again",
         )
-    return parse_header_bytes(raw, path=path, file_size=file_size)
+    header = parse_header_bytes(raw, path=path, file_size=file_size)
+    header.identity = file_identity(stats)
+    return header
 
 
 def _check_length(path: Path, length: int, file_size: int) -> None:

@@ -7,9 +7,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CkptError, CkptWarning, IncompleteCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import read_model_index
+from ckptkit.format.components import check_subfolder, read_model_index
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
@@ -102,7 +102,7 @@ def _confined(ckpt: CheckpointDir, confine: bool | None) -> CheckpointDir:
     """``ckpt`` after refusing (with ``confine``) selected files whose real path leaves its root."""
     if confine_enabled(confine):
         root = ckpt.root or checkpoint_root(ckpt.path)
-        files = [*ckpt.weight_files, *([ckpt.index_file] if ckpt.index_file else [])]
+        files = [ckpt.path, *ckpt.weight_files, *([ckpt.index_file] if ckpt.index_file else [])]
         enforce_confinement(files, root, confine=True)
     return ckpt
 
@@ -123,6 +123,8 @@ def _resolve(
 ) -> CheckpointDir:
     raw = os.fspath(spec)
     path = Path(os.path.expanduser(raw))
+    if subfolder:
+        check_subfolder(subfolder, path)
     hub_options: dict[str, Any] = {
         "revision": revision,
         "variant": variant,
@@ -212,6 +214,10 @@ def resolve_local(
     """
     path = Path(path)
     if subfolder:
+        check_subfolder(subfolder, path)
+        # Links are judged against the folder given, not the component: a component that is a
+        # link leaving the pipeline is outside.
+        root = root or path
         path = path / subfolder
         if not path.exists():
             raise CheckpointNotFoundError(
@@ -277,7 +283,10 @@ def _raise_if_dangling(weight_set: WeightSet) -> None:
 
 
 def _components_hint(directory: Path) -> str | None:
-    components = read_model_index(directory) if directory.is_dir() else None
+    try:
+        components = read_model_index(directory) if directory.is_dir() else None
+    except CkptError:
+        return None
     if not components:
         return None
     names = [c.name for c in components if (directory / c.name).is_dir()]

@@ -16,6 +16,7 @@ from typing import Any
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
+from ckptkit.format.hub_files import read_ref
 from ckptkit.format.layout import IGNORED_DIRS
 from ckptkit.io.atomic import (
     copy_file,
@@ -126,11 +127,9 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
 
 def _cache_snapshot(repo_dir: Path) -> Path:
     """The snapshot ``refs/main`` names in a hub cache repo folder, else its only snapshot."""
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
-        if snapshot.is_dir():
-            return snapshot
+    commit = read_ref(repo_dir, "main")
+    if commit is not None and (repo_dir / "snapshots" / commit).is_dir():
+        return repo_dir / "snapshots" / commit
     snapshots = sorted(p for p in (repo_dir / "snapshots").iterdir() if p.is_dir())
     if len(snapshots) == 1:
         return snapshots[0]
