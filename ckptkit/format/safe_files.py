@@ -23,6 +23,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ckptkit.errors import CkptError, CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
 
@@ -139,20 +140,27 @@ def _real_path_of(fd: int, path: Path) -> str:
         return ""
 
 
-def open_regular(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> int:
+def open_regular(
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    identity: tuple[int, int] | None = None,
+) -> int:
     """A read-only descriptor of ``path``, which must be a regular file (links are followed).
 
     Args:
         path: the file.
         root: refuse a file whose real path leaves this directory; default: the root of the
             current :func:`confinement`, if any.
+        identity: the :func:`file_identity` the file must have (the file a header was read
+            from): a file swapped for another since then is refused.
 
     Returns:
         The descriptor (blocking mode, close-on-exec); the caller closes it.
 
     Raises:
         UnsafeCheckpointError: a FIFO, device or socket; a link loop; outside the root.
-        CorruptCheckpointError: a directory.
+        CorruptCheckpointError: a directory; not the file ``identity`` names.
         IncompleteCheckpointError: missing, a dangling link, or unreadable (the OS reason is given).
 
     Example:
@@ -169,6 +177,12 @@ def open_regular(path: str | os.PathLike[str], *, root: str | os.PathLike[str] |
         kind = _kind(info.st_mode)
         if kind is not None:
             raise _refuse_kind(path, kind)
+        if identity is not None and file_identity(info) != tuple(identity):
+            raise CorruptCheckpointError(
+                "was replaced by another file since its header was read",
+                path=path,
+                fix="do not change a checkpoint while it is being read; run again",
+            )
         limit = os.path.realpath(root) if root is not None else _ROOT.get()
         if limit is not None:
             real = _real_path_of(fd, path)
@@ -190,7 +204,7 @@ def open_regular(path: str | os.PathLike[str], *, root: str | os.PathLike[str] |
     return fd
 
 
-def open_regular_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None):  # noqa: ANN201
+def open_regular_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> BinaryIO:
     """:func:`open_regular` as a binary file object (``with open_regular_file(p) as handle:``)."""
     return os.fdopen(open_regular(path, root=root), "rb")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.naming import index_filename, weights_filename
+from ckptkit.format.safe_files import open_regular
 from ckptkit.io.byte_copy import COPY_CHUNK, ProgressFn, copy_range, preallocate, write_all
 
 __all__ = [
@@ -218,7 +219,7 @@ class ShardWriter:
     def _source_fd(self, path: Path) -> int:
         fd = self._sources.get(path)
         if fd is None:
-            fd = self._sources[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = self._sources[path] = open_regular(path)
         return fd
 
     def write(self, shard: PlannedShard) -> Path:
