@@ -185,12 +185,12 @@ def verify_checkpoint(
         if wanted:
             jobs[path] = wanted
     results = hash_files(jobs, progress=progress, description="verify")
-    report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, OSError))
+    report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, Exception))
     for path in files:
         report.files.append(_compare(report, path, directory, expectations.get(path, []), results.get(path)))
 
     if write_manifest and report.ok and not single_file:
-        digests = {p: r["sha256"] for p, r in results.items() if not isinstance(r, OSError) and "sha256" in r}
+        digests = {p: r["sha256"] for p, r in results.items() if not isinstance(r, Exception) and "sha256" in r}
         report.manifest_written = str(_write_manifest(directory, digests=digests, progress=progress))
     report.seconds = time.perf_counter() - started
     return report
@@ -332,7 +332,7 @@ def _compare(
     path: Path,
     directory: Path,
     expected: list[ExpectedDigest],
-    result: dict[str, str] | OSError | None,
+    result: dict[str, str] | OSError | CkptError | None,
 ) -> FileCheck:
     size = path.stat().st_size if path.exists() else None
     check = FileCheck(
@@ -340,6 +340,10 @@ def _compare(
         size=size,
         expected=[{"algorithm": e.algorithm, "hexdigest": e.hexdigest, "source": e.source} for e in expected],
     )
+    if isinstance(result, CkptError):
+        _add_problems(report, [Problem.from_error(result)])
+        check.ok = False
+        return check
     if isinstance(result, OSError):
         _add_problems(
             report,

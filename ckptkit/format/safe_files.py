@@ -31,6 +31,7 @@ __all__ = [
     "confinement",
     "confinement_root",
     "file_identity",
+    "held_path",
     "open_regular",
     "open_regular_file",
     "os_error",
@@ -207,6 +208,13 @@ def open_regular(
 def open_regular_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> BinaryIO:
     """:func:`open_regular` as a binary file object (``with open_regular_file(p) as handle:``)."""
     return os.fdopen(open_regular(path, root=root), "rb")
+
+
+def held_path(fd: int, path: str | os.PathLike[str]) -> str:
+    """A name that opens exactly the file ``fd`` holds (``/proc/self/fd/N``), for libraries that
+    open by name (``safe_open``, ``torch.load(mmap=True)``); ``path`` where there is no ``/proc``."""
+    proc = f"/proc/self/fd/{fd}"
+    return proc if os.path.exists(proc) else os.fspath(path)
 
 
 def file_identity(info: os.stat_result) -> tuple[int, int]:

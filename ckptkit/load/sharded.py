@@ -23,9 +23,11 @@ import torch
 
 from ckptkit.errors import CkptWarning, ModelMismatchError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.confine import confine_enabled
 from ckptkit.format.index import read_index
 from ckptkit.format.layout import WeightSet
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import confinement, held_path, open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.format.validate import check_weight_set
 from ckptkit.io.module_fill import ModuleSlots
@@ -149,6 +151,49 @@ def load_sharded(
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
     )
+    # Under confinement every file is checked as opened (its descriptor's real path), so a file
+    # swapped for an outside link after resolve checked it is still refused.
+    confined_root = (checkpoint.root or checkpoint.path) if confine_enabled(resolve_kwargs.get("confine")) else None
+    with confinement(confined_root):
+        result = _load(
+            checkpoint,
+            model=model,
+            device=device,
+            dtype=dtype,
+            prefix=prefix,
+            strip_prefixes=strip_prefixes,
+            strict=strict,
+            mmap=mmap,
+            num_threads=num_threads,
+            progress=progress,
+            unwrap=unwrap,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+            no_split_module_classes=no_split_module_classes,
+        )
+    logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
+    return result
+
+
+def _load(
+    checkpoint: CheckpointDir,
+    *,
+    model: nn.Module | None,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    prefix: str | None,
+    strip_prefixes: Sequence[str] | str | None,
+    strict: bool,
+    mmap: bool,
+    num_threads: int | None,
+    progress: bool | None,
+    unwrap: str | bool | None,
+    device_map: str | Mapping[str, Any] | None,
+    max_memory: Mapping[Any, int | str] | None,
+    offload_folder: str | os.PathLike[str] | None,
+    no_split_module_classes: Sequence[str] | None,
+) -> dict[str, torch.Tensor] | LoadResult | PlacementResult | DistributedLoadResult:
     target_device = _device(device)
     selection = checkpoint.selection
     cast = dtype if dtype is not None else (selection.cast_dtype if selection else None)
@@ -207,9 +252,8 @@ def load_sharded(
         warnings.warn(
             f"{checkpoint.path}: no key starts with prefix {prefix!r}; nothing was loaded",
             CkptWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
     return result
 
 
@@ -281,7 +325,7 @@ class _Plan:
         check.raise_first()
         # Index-wide findings (total_size, unlisted tensors) are meaningless for a subset of shards.
         for text in [] if partial else check.warnings:
-            warnings.warn(text, CkptWarning, stacklevel=4)
+            warnings.warn(text, CkptWarning, stacklevel=5)
         self.files = list(weight_set.files)
         self.headers: dict[Path, SafetensorsHeader] = check.headers
 
@@ -352,10 +396,17 @@ def _mapped(
     for name, source in selection.items():
         by_file.setdefault(located[source][0].path, []).append((name, source))
     out: dict[str, torch.Tensor] = {}
+    headers = {header.path: header for header, _ in located.values()}
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as handle:
-            for name, source in names:
-                out[name] = handle.get_tensor(source)
+        # safe_open opens by name: give it the file already opened and checked (regular, the
+        # one whose header was read, inside the root under confinement), not the path again.
+        fd = open_regular(path, identity=headers[path].identity)
+        try:
+            with safe_open(held_path(fd, path), framework="pt") as handle:
+                for name, source in names:
+                    out[name] = handle.get_tensor(source)
+        finally:
+            os.close(fd)
     return {name: out[name] for name in selection}
 
 
