@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
-from ckptkit.format.safe_files import read_capped
+from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.safe_files import quote_content, read_capped
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = ["ShardIndex", "check_shard_name", "read_index"]
@@ -84,6 +84,12 @@ def check_shard_name(name: str, index_path: str | os.PathLike[str]) -> None:
             path=index_path,
             fix="shard names must be plain file names next to the index; do not load this checkpoint",
         )
+    if name.endswith(("/", "\\")) or any(part in ("", ".") for part in name.replace("\\", "/").split("/")):
+        raise CorruptCheckpointError(
+            f"index names shard {quote_content(name)}, which is not a file name",
+            path=index_path,
+            fix="each weight_map value must name a shard file; re-save the checkpoint",
+        )
 
 
 def read_index(path: str | os.PathLike[str]) -> ShardIndex:
@@ -119,4 +125,10 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
     metadata = parsed.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError('index "metadata" is not an object', path=path)
+    if not weight_map:
+        raise CorruptCheckpointError(
+            'index has an empty "weight_map": it lists no tensors',
+            path=path,
+            fix="re-save the checkpoint, or delete the index if the shards are meant to be read alone",
+        )
     return ShardIndex(path=path, weight_map=dict(weight_map), metadata=metadata)

@@ -312,10 +312,12 @@ class _Plan:
             # Only the shards that hold selected keys are checked and opened.
             wanted = self.select(index.weight_map, where=index.path).source_keys
             needed = {name for key, name in index.weight_map.items() if key in wanted}
+            # Shard names are paths relative to the index ("sub/s.safetensors" included).
+            needed_paths = {index.directory / name for name in needed}
             weight_set = dataclasses.replace(
                 weight_set,
-                files=[p for p in weight_set.files if p.name in needed],
-                missing=[p for p in weight_set.missing if p.name in needed],
+                files=[p for p in weight_set.files if p in needed_paths],
+                missing=[p for p in weight_set.missing if p in needed_paths],
             )
             partial = len(needed) < len(index.shard_names)
             self.index_keys = {
