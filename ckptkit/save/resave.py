@@ -16,11 +16,11 @@ from typing import Any
 
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.components import MODEL_INDEX_NAME, check_subfolder
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.dtypes import canonical_dtype
 from ckptkit.format.layout import IGNORED_DIRS, discover_weight_sets
-from ckptkit.format.naming import parse_index_filename, parse_weight_filename, weights_family
+from ckptkit.format.naming import check_output_names, parse_index_filename, parse_weight_filename, weights_family
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.atomic import (
     Staging,
@@ -109,13 +109,19 @@ def resave(
             ``VariantNotFoundError``); nothing is written.
         UnsafeCheckpointError: ``confine`` and a file links outside the checkpoint, or a torch file
             needs more than ``weights_only`` allows.
-        ValueError: a bad size or dtype, or ``dst`` inside ``src``.
+        ValueError: a bad size or dtype, a ``variant``/``weights_name``/``subfolder`` that would
+            not make plain names inside ``dst`` (``"x/../f"``, ``"../escaped"``, ``""``), or ``dst``
+            inside ``src``.
 
     Example:
         >>> ckpt = resave("./sdxl/unet", "./unet-single", max_shard_size=None)  # doctest: +SKIP
         >>> [p.name for p in ckpt.weight_files]  # doctest: +SKIP
         ['diffusion_pytorch_model.safetensors']
     """
+    # Names are checked before anything is read or staged: a refused call leaves no trace.
+    check_output_names(weights_name, variant)
+    if subfolder is not None:
+        check_subfolder(subfolder, os.fspath(src))
     limit = None if max_shard_size is None else parse_size(max_shard_size)  # type: ignore[arg-type]
     if limit == 0:
         raise ValueError("max_shard_size must be positive (or None for a single file)")
