@@ -195,8 +195,8 @@ def zip_crc_failures(
         failed = []
         for info in members:
             try:
-                with archive.open(info) as handle:  # ZipExtFile checks the CRC at the end of the data
-                    while chunk := handle.read(CHUNK_SIZE):
+                with archive.open(info) as member:  # ZipExtFile checks the CRC at the end of the data
+                    while chunk := member.read(CHUNK_SIZE):
                         if on_bytes is not None:
                             on_bytes(len(chunk))
             except (zipfile.BadZipFile, EOFError):

@@ -13,11 +13,11 @@ from typing import Any
 
 from ckptkit.errors import CkptError
 from ckptkit.format.components import read_model_index
-from ckptkit.format.safe_files import confinement, regular_file_problem
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
+from ckptkit.format.safe_files import confinement, regular_file_problem
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
 
@@ -355,7 +355,9 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
             kind = regular_file_problem(full) if size is not None else None
             if kind is not None:
                 problems.append(
-                    Problem("error", "UnsafeCheckpointError", str(full), f"{full}: is {kind}, not a regular file")
+                    Problem(
+                        "error", "UnsafeCheckpointError", str(full), f"{full}: is {kind}, not a regular file"
+                    )
                 )
             if filename.endswith(".incomplete"):
                 problems.append(

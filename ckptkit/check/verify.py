@@ -190,7 +190,9 @@ def verify_checkpoint(
         report.files.append(_compare(report, path, directory, expectations.get(path, []), results.get(path)))
 
     if write_manifest and report.ok and not single_file:
-        digests = {p: r["sha256"] for p, r in results.items() if not isinstance(r, Exception) and "sha256" in r}
+        digests = {
+            p: r["sha256"] for p, r in results.items() if not isinstance(r, Exception) and "sha256" in r
+        }
         report.manifest_written = str(_write_manifest(directory, digests=digests, progress=progress))
     report.seconds = time.perf_counter() - started
     return report

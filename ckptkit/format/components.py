@@ -10,7 +10,14 @@ from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.format.safe_files import quote_content, read_capped
 from ckptkit.format.strict_json import loads_strict
 
-__all__ = ["MODEL_INDEX_NAME", "Component", "check_component_name", "check_subfolder", "read_json_object", "read_model_index"]
+__all__ = [
+    "MODEL_INDEX_NAME",
+    "Component",
+    "check_component_name",
+    "check_subfolder",
+    "read_json_object",
+    "read_model_index",
+]
 
 MODEL_INDEX_NAME = "model_index.json"
 CONFIG_NAME = "config.json"

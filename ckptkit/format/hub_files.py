@@ -143,11 +143,17 @@ def read_ref(folder: str | os.PathLike[str], revision: str) -> str | None:
             a huge file); its content is quoted only as a short escaped prefix.
     """
     parts = revision.split("/")
-    if not revision or revision.startswith("/") or "\\" in revision or "\0" in revision or any(
-        part in ("", ".", "..") for part in parts
+    if (
+        not revision
+        or revision.startswith("/")
+        or "\\" in revision
+        or "\0" in revision
+        or any(part in ("", ".", "..") for part in parts)
     ):
         raise UnsafeCheckpointError(
-            f"revision {quote_content(revision)} is not a ref name", path=folder, fix="pass a branch, tag or commit"
+            f"revision {quote_content(revision)} is not a ref name",
+            path=folder,
+            fix="pass a branch, tag or commit",
         )
     ref = Path(folder) / "refs" / revision
     if not os.path.lexists(ref):

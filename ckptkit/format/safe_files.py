@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import io
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from ckptkit.errors import CkptError, CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
 
@@ -104,10 +104,14 @@ def _os_error(path: Path, exc: OSError) -> CkptError:
                 path=path,
                 fix="the download was interrupted or the cache was cleaned; download the file again",
             )
-        return IncompleteCheckpointError("file does not exist", path=path, fix="download or copy the missing file")
+        return IncompleteCheckpointError(
+            "file does not exist", path=path, fix="download or copy the missing file"
+        )
     if code == errno.ELOOP:
         return UnsafeCheckpointError(
-            "is a link loop (too many levels of symbolic links)", path=path, fix="replace the link with the file"
+            "is a link loop (too many levels of symbolic links)",
+            path=path,
+            fix="replace the link with the file",
         )
     if code == errno.EISDIR:
         return CorruptCheckpointError("is a directory, not a file", path=path)
@@ -205,7 +209,9 @@ def open_regular(
     return fd
 
 
-def open_regular_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> BinaryIO:
+def open_regular_file(
+    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+) -> io.BufferedReader:
     """:func:`open_regular` as a binary file object (``with open_regular_file(p) as handle:``)."""
     return os.fdopen(open_regular(path, root=root), "rb")
 

@@ -248,7 +248,9 @@ def _scan_open(path: Path, handle: BinaryIO) -> dict[str, TorchTensorEntry] | No
         ) from None
     for entry, view in entries.values():
         size = record_sizes.get(entry.storage_key)
-        needed = max(entry.storage_numel * _itemsize(view.storage.dtype), view.extent * _itemsize(entry.dtype))
+        needed = max(
+            entry.storage_numel * _itemsize(view.storage.dtype), view.extent * _itemsize(entry.dtype)
+        )
         if size is None or size < needed:
             raise CorruptCheckpointError(
                 f"storage {entry.storage_key} of tensor {entry.name!r} (shape {list(entry.shape)}) needs "
@@ -279,7 +281,9 @@ def _check_legacy_pickle(path: Path, handle: BinaryIO) -> None:
     except (UnsafeCheckpointError, CorruptCheckpointError):
         raise
     except RecursionError:
-        raise CorruptCheckpointError("the pickle nests objects too deeply to be a state dict", path=path) from None
+        raise CorruptCheckpointError(
+            "the pickle nests objects too deeply to be a state dict", path=path
+        ) from None
     except Exception as exc:  # a damaged pickle can fail in many ways; none of them runs code
         raise CorruptCheckpointError(
             f"not a readable torch file ({type(exc).__name__}: {str(exc)[:120]})", path=path

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ckptkit.errors import DestinationExistsError, DiskFullError, IncompleteCheckpointError
 from ckptkit.format.safe_files import open_regular

@@ -50,7 +50,9 @@ def _load_open(path: Path, handle: BinaryIO, *, mmap: bool) -> Any:
     try:
         if use_mmap:
             # torch maps by name: name the file held open (checked), not the path again.
-            return torch.load(held_path(handle.fileno(), path), map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(
+                held_path(handle.fileno(), path), map_location="cpu", weights_only=True, mmap=True
+            )
         return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
@@ -65,7 +67,9 @@ def _load_open(path: Path, handle: BinaryIO, *, mmap: bool) -> Any:
         raise CorruptCheckpointError(f"not a readable torch file ({text[:300]})", path=path) from None
     except RecursionError:
         raise CorruptCheckpointError(
-            "the pickle nests objects too deeply to be a state dict", path=path, fix="check where it came from"
+            "the pickle nests objects too deeply to be a state dict",
+            path=path,
+            fix="check where it came from",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
         raise CorruptCheckpointError(
@@ -129,6 +133,8 @@ def unwrap_state_dict(
             + (f"; dicts are nested under {[quote_content(k) for k in nested[:5]]}" if nested else "")
             + f" (top-level keys: {[quote_content(str(k)) for k in list(obj)[:5]]})",
             path=path,
-            fix=f"pass unwrap={nested[0]!r} if the weights are there" if nested else "this is not a weights file",
+            fix=f"pass unwrap={nested[0]!r} if the weights are there"
+            if nested
+            else "this is not a weights file",
         )
     return tensors

@@ -153,7 +153,9 @@ def load_sharded(
     )
     # Under confinement every file is checked as opened (its descriptor's real path), so a file
     # swapped for an outside link after resolve checked it is still refused.
-    confined_root = (checkpoint.root or checkpoint.path) if confine_enabled(resolve_kwargs.get("confine")) else None
+    confined_root = (
+        (checkpoint.root or checkpoint.path) if confine_enabled(resolve_kwargs.get("confine")) else None
+    )
     with confinement(confined_root):
         result = _load(
             checkpoint,

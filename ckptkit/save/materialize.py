@@ -18,8 +18,8 @@ from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.hub_files import read_ref
-from ckptkit.format.safe_files import confinement, open_regular_file
 from ckptkit.format.layout import IGNORED_DIRS
+from ckptkit.format.safe_files import confinement, open_regular_file
 from ckptkit.io.atomic import (
     copy_file,
     staged_directory,

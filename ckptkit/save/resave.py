@@ -20,7 +20,13 @@ from ckptkit.format.components import MODEL_INDEX_NAME, check_subfolder
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.dtypes import canonical_dtype
 from ckptkit.format.layout import IGNORED_DIRS, discover_weight_sets
-from ckptkit.format.naming import check_output_names, parse_index_filename, parse_weight_filename, weights_family
+from ckptkit.format.naming import (
+    check_output_names,
+    parse_index_filename,
+    parse_weight_filename,
+    weights_family,
+)
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.atomic import (
     Staging,
@@ -132,12 +138,20 @@ def resave(
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     if source_root is not None:
         _check_not_nested(source_root, dst_path)
+    confined_root = None
     if confine_enabled(confine):
         _check_sources_confined(source_root, jobs)
+        confined_root = (
+            checkpoint_root(source_root) if source_root else jobs[0].ckpt.root or jobs[0].ckpt.path
+        )
 
     bar = _progress_bar(jobs, progress)
     try:
-        with staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging:
+        # Files are checked again as they are opened (by descriptor): a swap after the check fails.
+        with (
+            confinement(confined_root),
+            staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging,
+        ):
             if staging.existing is not None:
                 _keep_existing(staging, jobs, fsync=fsync)
             same_place = source_root is not None and os.path.realpath(source_root) == os.path.realpath(
