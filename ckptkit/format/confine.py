@@ -19,11 +19,31 @@ __all__ = ["CONFINE_ENV", "checkpoint_root", "confine_enabled", "enforce_confine
 CONFINE_ENV = "CKPTKIT_CONFINE"
 
 
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"", "0", "false", "no"})
+
+
 def confine_enabled(confine: bool | None) -> bool:
-    """``confine`` when given, else whether ``CKPTKIT_CONFINE`` is set to a true value."""
+    """``confine`` when given, else what ``CKPTKIT_CONFINE`` says.
+
+    The variable accepts ``1``/``true``/``yes`` and ``0``/``false``/``no`` (any case) or empty;
+    anything else (``2``, ``y``, ``enabled``) is refused rather than silently read as "off".
+
+    Raises:
+        ValueError: ``CKPTKIT_CONFINE`` holds another value (the message names the variable).
+    """
     if confine is not None:
         return bool(confine)
-    return os.environ.get(CONFINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    raw = os.environ.get(CONFINE_ENV, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{CONFINE_ENV}={raw[:20]!r} is not understood: use 1/true/yes to confine reads to the checkpoint, "
+        "0/false/no (or unset) not to"
+    )
 
 
 def checkpoint_root(path: str | os.PathLike[str]) -> Path:

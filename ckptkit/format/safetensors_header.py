@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: i
     """Validate the JSON bytes of a header against the file size; see :func:`read_header`."""
     path = Path(path)
     try:
-        parsed = loads_strict(raw)
+        parsed = loads_strict(raw, constants=False)
     except DuplicateKeyError as dup:
         raise CorruptCheckpointError(f"header names {dup.key!r} twice", path=path) from None
     except UnicodeDecodeError as exc:
@@ -172,6 +173,8 @@ def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: i
     if not isinstance(parsed, dict):
         raise CorruptCheckpointError(f"header is a JSON {type(parsed).__name__}, not an object", path=path)
 
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(parsed, path)
     metadata = _parse_metadata(parsed.pop("__metadata__", None), path)
     data_start = 8 + len(raw)
     data_size = file_size - data_start
@@ -231,7 +234,7 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
             f"tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", path=path
         )
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CorruptCheckpointError(f"tensor {name!r} has a bad shape {shape!r}", path=path)
+        raise CorruptCheckpointError(f"tensor {name!r} has a bad shape {_short(shape)}", path=path)
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -239,8 +242,18 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
         or offsets[0] > offsets[1]
     ):
         raise CorruptCheckpointError(f"tensor {name!r} has bad data_offsets {offsets!r}", path=path)
+    numel = 1
+    for dim in shape:  # in order, as safetensors multiplies (checked, in 64 bits)
+        numel *= dim
+        if numel >= _U64:
+            raise CorruptCheckpointError(
+                f"tensor {name!r} has shape {_short(shape)}, whose element count overflows 64 bits",
+                path=path,
+            )
+    if numel * DTYPES[dtype].bits >= _U64 or any(o >= _U64 for o in offsets):
+        raise CorruptCheckpointError(f"tensor {name!r} is too large for the format (64-bit sizes)", path=path)
     begin, end = offsets
-    expected = DTYPES[dtype].nbytes(math.prod(shape))
+    expected = DTYPES[dtype].nbytes(numel)
     if expected != end - begin:
         raise CorruptCheckpointError(
             f"tensor {name!r} of shape {shape} and dtype {dtype} needs {expected} bytes "
@@ -248,6 +261,40 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
             path=path,
         )
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+#: Sizes and counts in the format are 64-bit unsigned (Rust ``usize``).
+_U64 = 2**64
+#: A ``\\uD800``-``\\uDFFF`` escape: the only way lone surrogates get into parsed JSON.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(parsed: dict[str, object], path: Path) -> None:
+    """Refuse strings safetensors' parser refuses: lone surrogates (a proper pair decodes to one
+    character and is fine)."""
+
+    def check(text: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptCheckpointError(
+                f"header holds a lone UTF-16 surrogate in {text[:40].encode('utf-8', 'backslashreplace')!r}; "
+                "safetensors cannot read it",
+                path=path,
+            ) from None
+
+    for key, value in parsed.items():
+        check(key)
+        if isinstance(value, dict):
+            for inner_key, inner in value.items():
+                check(inner_key)
+                if isinstance(inner, str):
+                    check(inner)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _is_count(value: object) -> bool:

@@ -24,8 +24,17 @@ def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, obje
     return result
 
 
-def loads_strict(raw: bytes | str) -> object:
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON (only Python writes it)")
+
+
+def loads_strict(raw: bytes | str, *, constants: bool = True) -> object:
     """``json.loads`` that raises :class:`DuplicateKeyError` on a repeated key.
+
+    Args:
+        raw: the JSON text.
+        constants: accept ``NaN``/``Infinity`` as Python's ``json`` does; ``False`` refuses them,
+            as strict parsers (safetensors' serde_json) do.
 
     Raises:
         DuplicateKeyError: a key is repeated in an object.
@@ -33,4 +42,6 @@ def loads_strict(raw: bytes | str) -> object:
         RecursionError: nesting too deep.
     """
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+    if constants:
+        return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+    return json.loads(text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constant)

@@ -170,7 +170,15 @@ def build_header(
             "data_offsets": [offset, offset + tensor.nbytes],
         }
         offset += tensor.nbytes
-    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: safetensors could not read it back
+        bad = exc.object[max(0, exc.start - 20) : exc.end + 20] if isinstance(exc.object, str) else ""
+        raise CorruptCheckpointError(
+            f"a tensor name or metadata value holds a lone UTF-16 surrogate "
+            f"({bad.encode('utf-8', 'backslashreplace')!r}); safetensors cannot store it",
+            fix="rename the tensor",
+        ) from None
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text, ordered
 
