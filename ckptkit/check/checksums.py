@@ -240,7 +240,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
         digest, sep, name = line.partition(" ")
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not name:
             raise CorruptCheckpointError(
-                f"line {number} is not '<sha256>  <file>': {quote_content(raw)}",
+                f"line {number} ({len(raw)} characters) is not '<sha256>  <file>'",
                 path=path,
                 fix="rewrite it with `ckptkit verify DIR --write-manifest` or `sha256sum`",
             )

@@ -17,7 +17,7 @@ from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outs
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
-from ckptkit.format.safe_files import confinement, regular_file_problem
+from ckptkit.format.safe_files import confinement, lexists, regular_file_problem
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
 
@@ -157,7 +157,7 @@ def inspect_checkpoint(
     path = Path(os.path.expanduser(os.fspath(spec)))
     root: Path | None = None
     subfolder = resolve_kwargs.pop("subfolder", None)
-    if not (path.exists() or path.is_symlink()):
+    if not lexists(path):
         from ckptkit.resolve.resolve import resolve_ckpt_dir
 
         resolved = resolve_ckpt_dir(
@@ -305,6 +305,15 @@ def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
                 )
             )
             return
+        if not scanned:
+            info.problems.append(
+                Problem(
+                    "error",
+                    "CorruptCheckpointError",
+                    str(path),
+                    f"{path}: holds no tensors (a training state without weights, or not a weights file)",
+                )
+            )
         entries.extend(scanned.values())
     by_dtype: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()

@@ -161,7 +161,9 @@ def read_ref(folder: str | os.PathLike[str], revision: str) -> str | None:
     commit = read_text_capped(ref, MAX_REF_SIZE, what="ref").strip()
     if not _GIT_SHA1.match(commit):
         raise CorruptCheckpointError(
-            f"holds {quote_content(commit)}, not a commit hash", path=ref, fix="download the repo again"
+            f"holds {len(commit)} characters that are not a 40-digit commit hash",
+            path=ref,
+            fix="download the repo again",
         )
     return commit
 

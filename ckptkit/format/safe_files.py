@@ -32,6 +32,7 @@ __all__ = [
     "confinement_root",
     "file_identity",
     "held_path",
+    "lexists",
     "open_regular",
     "open_regular_file",
     "os_error",
@@ -272,9 +273,25 @@ def read_text_capped(path: str | os.PathLike[str], cap: int, *, what: str = "fil
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptCheckpointError(
-            f"{what} is not UTF-8 text (byte {exc.start} of {len(raw)}: {quote_content(raw[exc.start : exc.start + 8])})",
+            f"{what} is not UTF-8 text (byte {exc.start} of {len(raw)} is not)",
             path=path,
         ) from None
+
+
+def lexists(path: str | os.PathLike[str]) -> bool:
+    """Whether anything (a dangling link included) is at ``path``.
+
+    Raises:
+        CkptError: the path cannot be looked at (name too long, permission denied, link loop in
+            a parent), naming it, instead of a raw ``OSError``.
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise _os_error(Path(path), exc) from None
+    return True
 
 
 def regular_file_problem(path: str | os.PathLike[str]) -> str | None:

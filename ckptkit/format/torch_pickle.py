@@ -50,7 +50,7 @@ _TORCH_DTYPE_NAMES = frozenset(
 #: Bytes per element of dtypes the safetensors table does not list.
 _EXTRA_ITEMSIZE = {"complex32": 4, "complex128": 16}
 #: At most this much pickle is read; a state dict's pickle is a few MB even for huge models.
-MAX_PICKLE_SIZE = 512 * 2**20
+MAX_PICKLE_SIZE = 64 * 2**20
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from ckptkit.format.components import check_subfolder, read_model_index
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import lexists
 from ckptkit.resolve.repo_files import parse_cache_path, parse_repo_spec
 
 __all__ = ["resolve_ckpt_dir", "resolve_local"]
@@ -147,7 +148,7 @@ def _resolve(
             from_repo_folder=commit is None,
             **hub_options,
         )
-    if path.exists() or path.is_symlink():
+    if lexists(path):
         return resolve_local(
             path,
             subfolder=subfolder,
