@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return original_add(name, parents=[common], **kwargs)
 
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    sub.add_parser = add_parser  # type: ignore[method-assign, assignment]
     for add in COMMANDS:
         add(sub)
     return parser

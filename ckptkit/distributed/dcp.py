@@ -29,6 +29,7 @@ from ckptkit.distributed.save import _finish, _Group, _prepare, _pwrite_all, dty
 from ckptkit.errors import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.naming import TRANSFORMERS_WEIGHTS_NAME
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.tensors import read_tensor, to_torch_dtype
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
@@ -148,7 +149,7 @@ def _read_whole(entry: CheckpointEntry, fds: dict[Path, int]) -> torch.Tensor:
     assert entry.header is not None and entry.info is not None
     fd = fds.get(entry.path)
     if fd is None:
-        fd = fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+        fd = fds[entry.path] = open_regular(entry.path, identity=entry.header.identity)
     return read_tensor(fd, entry.header, entry.info)
 
 

@@ -51,9 +51,21 @@ def checkpoint_root(path: str | os.PathLike[str]) -> Path:
     return hub_repo_root(path) or Path(os.path.abspath(path))
 
 
+def _realpath(path: str | os.PathLike[str]) -> str:
+    """``os.path.realpath``, typed: a link swapped while it is resolved makes ``readlink`` fail."""
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        raise UnsafeCheckpointError(
+            f"its links changed while they were being resolved ({os.strerror(exc.errno or 0)})",
+            path=path,
+            fix="do not change a checkpoint while it is being read; run again",
+        ) from None
+
+
 def is_outside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
     """Whether the real path of ``path`` (links followed) lies outside the real path of ``root``."""
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    real, real_root = _realpath(path), _realpath(root)
     return os.path.commonpath([real, real_root]) != real_root
 
 
@@ -70,7 +82,7 @@ def enforce_confinement(
     for path in paths:
         if is_outside(path, root):
             raise UnsafeCheckpointError(
-                f"resolves to {os.path.realpath(path)}, outside the checkpoint root {Path(root)}",
+                f"resolves to {_realpath(path)}, outside the checkpoint root {Path(root)}",
                 path=path,
                 fix="copy the file into the checkpoint (ckptkit materialize), or pass confine=False "
                 "if you trust where the link points",

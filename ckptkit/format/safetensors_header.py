@@ -242,6 +242,10 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
         or offsets[0] > offsets[1]
     ):
         raise CorruptCheckpointError(f"tensor {name!r} has bad data_offsets {offsets!r}", path=path)
+    if any(dim >= _U64 for dim in shape):
+        raise CorruptCheckpointError(
+            f"tensor {name!r} has shape {_short(shape)}, past 64-bit sizes", path=path
+        )
     numel = 1
     for dim in shape:  # in order, as safetensors multiplies (checked, in 64 bits)
         numel *= dim

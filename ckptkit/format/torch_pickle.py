@@ -246,6 +246,12 @@ def _scan_open(path: Path, handle: BinaryIO) -> dict[str, TorchTensorEntry] | No
         raise CorruptCheckpointError(
             "the pickle nests dicts too deeply (or in a loop) to be a state dict", path=path
         ) from None
+    except _NonStringKey as exc:
+        raise CorruptCheckpointError(
+            f"state dict has keys that are not strings (first: {exc})",
+            path=path,
+            fix="re-save it with string keys (the names of the parameters)",
+        ) from None
     for entry, view in entries.values():
         size = record_sizes.get(entry.storage_key)
         needed = max(
@@ -297,7 +303,10 @@ def _itemsize(dtype: str) -> int:
     return max(bits // 8, 1)
 
 
-def _collect(obj: Any, prefix: str, out: dict[str, tuple[TorchTensorEntry, _Tensor]]) -> None:
+def _collect(
+    obj: Any, prefix: str, out: dict[str, tuple[TorchTensorEntry, _Tensor]], seen: set[int] | None = None
+) -> None:
+    seen = set() if seen is None else seen
     if isinstance(obj, _Tensor):
         name = prefix[:-1]
         dtype = obj.dtype or obj.storage.dtype
@@ -305,5 +314,15 @@ def _collect(obj: Any, prefix: str, out: dict[str, tuple[TorchTensorEntry, _Tens
         numel = obj.storage.numel * _itemsize(obj.storage.dtype) // _itemsize(dtype)
         out[name] = (TorchTensorEntry(name, dtype, obj.shape, obj.storage.key, numel), obj)
     elif isinstance(obj, dict):
+        if id(obj) in seen:  # a dict holding itself: torch.load reads it; list its tensors once
+            return
+        seen.add(id(obj))
         for key, value in obj.items():
-            _collect(value, f"{prefix}{key}.", out)
+            if not isinstance(key, str):
+                raise _NonStringKey(key)
+            _collect(value, f"{prefix}{key}.", out, seen)
+
+
+class _NonStringKey(Exception):
+    def __init__(self, key: object) -> None:
+        super().__init__(repr(key)[:40])
