@@ -13,7 +13,7 @@ from ckptkit.format.components import check_subfolder, read_model_index
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
-from ckptkit.format.safe_files import lexists
+from ckptkit.format.safe_files import lexists, open_regular, regular_file_problem
 from ckptkit.resolve.repo_files import parse_cache_path, parse_repo_spec
 
 __all__ = ["resolve_ckpt_dir", "resolve_local"]
@@ -275,6 +275,10 @@ def _resolve_file(path: Path, *, variant: str | None, root: Path | None, **origi
 def _raise_if_dangling(weight_set: WeightSet) -> None:
     # A link into a deleted blob still lists as a file; it must not pass for a present shard.
     dangling = [p for p in weight_set.files if not p.exists()]
+    for path in dangling:
+        problem = regular_file_problem(path) or ""
+        if problem != "missing" and not problem.startswith("a dangling"):
+            os.close(open_regular(path))  # a link loop, an unreadable target: raises what it is
     if dangling:
         raise IncompleteCheckpointError(
             "dangling link (its target is gone): " + ", ".join(p.name for p in dangling),
