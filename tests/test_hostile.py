@@ -747,6 +747,19 @@ def test_headers_are_accepted_exactly_when_safetensors_accepts_them(tmp_path: Pa
     assert ours == expected
 
 
+def test_a_dimension_torch_cannot_hold_is_a_typed_error_on_load(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    raw_safetensors(
+        src / "model.safetensors", b'{"w":{"dtype":"F32","shape":[0,%d],"data_offsets":[0,0]}}' % (2**64 - 1)
+    )
+    for mmap in (False, True):
+        with pytest.raises(CorruptCheckpointError, match=r"model\.safetensors"):
+            load_sharded(src, mmap=mmap, progress=False)
+    out = resave(src, tmp_path / "dst", progress=False)  # bytes are copied: what safetensors reads
+    with safe_open(out.weight_files[0], "pt") as handle:
+        assert list(handle.keys()) == ["w"]
+
+
 TORCH_DTYPES = [
     torch.uint16,
     torch.uint32,

@@ -253,7 +253,7 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
                         break
                 else:
                     if numel * info.bits < _U64 and info.nbytes(numel) == end - begin:
-                        return TensorInfo(name, dtype, tuple(shape), begin, end)
+                        return TensorInfo(name, info.code, tuple(shape), begin, end)
     return _parse_tensor_checked(name, entry, path)
 
 

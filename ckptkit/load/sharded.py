@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from ckptkit.errors import CkptWarning, ModelMismatchError
+from ckptkit.errors import CkptWarning, CorruptCheckpointError, ModelMismatchError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import confine_enabled
 from ckptkit.format.index import read_index
@@ -361,6 +361,11 @@ def _load_safetensors(plan: _Plan, options: _Options) -> dict[str, torch.Tensor]
     for path in plan.files:
         header = plan.headers[path]
         for name, info in header.tensors.items():
+            if any(dim >= 2**63 for dim in info.shape):  # valid safetensors, but no torch size
+                raise CorruptCheckpointError(
+                    f"tensor {name!r} has a dimension of 2**63 or more, which torch cannot represent",
+                    path=path,
+                )
             located[name] = (header, info)
     selection = plan.select(located)
     if options.model is None:
