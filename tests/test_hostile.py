@@ -364,6 +364,31 @@ def test_subfolder_arguments_climbing_out_are_value_errors(tmp_path: Path, subfo
     assert not os.path.lexists(tmp_path / "dst")
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(min_size=0, max_size=12))
+def test_any_component_name_stays_inside_the_pipeline(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> None:
+    """Any text as a model_index.json key and as subfolder=: a typed error or a ValueError, or
+    a component inside the pipeline; never a raw exception, never a file outside read."""
+    base = tmp_path_factory.mktemp("components")
+    pipe = base / "pipe"
+    single(pipe / "vae")
+    single(base / "outside")
+    try:
+        text = json.dumps({"vae": ["diffusers", "X"], name: ["diffusers", "Y"]})
+    except ValueError:
+        return
+    (pipe / "model_index.json").write_text(text, encoding="utf-8", errors="surrogatepass")
+    info = inspect_checkpoint(pipe)
+    assert all(Path(pipe / c).resolve().is_relative_to(pipe) for c in info.components), info.components
+    try:
+        ckpt = resolve_ckpt_dir(pipe, subfolder=name, confine=True)
+    except (CkptError, ValueError):
+        return
+    assert Path(os.path.realpath(ckpt.path)).is_relative_to(os.path.realpath(pipe))
+
+
 def _hub_repo(tmp_path: Path, ref: bytes) -> Path:
     repo = tmp_path / "hub" / "models--org--name"
     commit = "a" * 40
