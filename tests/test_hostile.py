@@ -1025,3 +1025,18 @@ def test_a_dangling_link_is_still_reported_as_dangling(tmp_path: Path) -> None:
     (src / "model.safetensors").symlink_to(tmp_path / "gone")
     with pytest.raises(IncompleteCheckpointError, match=r"does not exist|dangl"):
         load_sharded(src, progress=False)
+
+
+def test_hashing_threads_keep_the_callers_confinement(tmp_path: Path) -> None:
+    from ckptkit.check.checksums import hash_files
+    from ckptkit.format.safe_files import confinement
+
+    src = single(tmp_path / "src")
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    (src / "extra.bin").symlink_to(tmp_path / "outside.bin")
+    jobs = {src / "extra.bin": {"sha256"}, src / "model.safetensors": {"sha256"}}
+    with confinement(src):
+        results = hash_files(jobs, progress=False, max_workers=2)
+    assert isinstance(results[src / "extra.bin"], UnsafeCheckpointError)
+    assert isinstance(results[src / "model.safetensors"], dict)
+    assert isinstance(hash_files(jobs, progress=False)[src / "extra.bin"], dict)  # unconfined: read

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ckptkit.errors import CkptError, CorruptCheckpointError
-from ckptkit.format.safe_files import open_regular_file, quote_content, read_text_capped
+from ckptkit.format.safe_files import (
+    confinement,
+    confinement_root,
+    open_regular_file,
+    quote_content,
+    read_text_capped,
+)
 
 __all__ = [
     "CHUNK_SIZE",
@@ -143,13 +149,16 @@ def hash_files(
             with lock:
                 bar.update(count)
 
+    root = confinement_root()  # worker threads do not inherit the caller's confinement
+
     def run(path: Path) -> dict[str, str] | OSError | CkptError:
         wanted = set(jobs[path])
         try:
-            result = hash_file(path, wanted - {ZIP_CRC}, on_bytes=advance) if wanted - {ZIP_CRC} else {}
-            if ZIP_CRC in wanted:
-                failures = zip_crc_failures(path, on_bytes=None if len(wanted) > 1 else advance)
-                result[ZIP_CRC] = "unrecorded" if failures is None else ", ".join(failures) or "ok"
+            with confinement(root):
+                result = hash_file(path, wanted - {ZIP_CRC}, on_bytes=advance) if wanted - {ZIP_CRC} else {}
+                if ZIP_CRC in wanted:
+                    failures = zip_crc_failures(path, on_bytes=None if len(wanted) > 1 else advance)
+                    result[ZIP_CRC] = "unrecorded" if failures is None else ", ".join(failures) or "ok"
             return result
         except (OSError, CkptError) as exc:
             return exc

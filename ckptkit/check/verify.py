@@ -17,6 +17,7 @@ from ckptkit.check.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_con
 from ckptkit.check.checksums import write_manifest as _write_manifest
 from ckptkit.check.inspect import CheckpointInfo, Problem, inspect_checkpoint
 from ckptkit.errors import CkptError
+from ckptkit.format.confine import confine_enabled
 from ckptkit.format.hub_files import (
     ExpectedDigest,
     etag_expectation,
@@ -30,6 +31,7 @@ from ckptkit.format.hub_files import (
 )
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["FileCheck", "VerifyReport", "verify_checkpoint", "write_manifest"]
@@ -184,7 +186,9 @@ def verify_checkpoint(
             wanted.add("sha256")
         if wanted:
             jobs[path] = wanted
-    results = hash_files(jobs, progress=progress, description="verify")
+    # Files are confined again as they are opened for hashing (by descriptor, after any swap).
+    with confinement(root if confine_enabled(confine) else None):
+        results = hash_files(jobs, progress=progress, description="verify")
     report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, Exception))
     for path in files:
         report.files.append(_compare(report, path, directory, expectations.get(path, []), results.get(path)))
