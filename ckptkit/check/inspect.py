@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import CkptError
-from ckptkit.format.components import read_model_index
+from ckptkit.format.components import check_component_name, read_model_index
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
@@ -211,6 +211,11 @@ def _inspect_dir(
         components = None
     if components is not None:
         for component in components:
+            try:
+                check_component_name(component.name, directory / "model_index.json")
+            except CkptError as exc:  # never used as a path: "../x" would walk outside
+                info.problems.append(Problem.from_error(exc))
+                continue
             info.component_classes[component.name] = [component.library, component.class_name]
             sub = directory / component.name
             if sub.is_dir():

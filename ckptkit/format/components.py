@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.format.safe_files import quote_content, read_capped
 from ckptkit.format.strict_json import loads_strict
 
@@ -15,6 +15,7 @@ __all__ = [
     "Component",
     "check_component_name",
     "check_subfolder",
+    "choose_components",
     "read_json_object",
     "read_model_index",
 ]
@@ -51,22 +52,16 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, object]:
 
 
 def check_component_name(name: str, where: str | os.PathLike[str]) -> None:
-    """Refuse a component (subfolder) name that is not one plain directory name.
-
-    ``"../x"``, ``"a/b"``, ``"."``, absolute paths and names with NUL would climb out of the
-    pipeline or name something else than its own subfolder.
+    """Refuse a component (subfolder) name that is not one plain folder name (see
+    :func:`choose_components`): ``"../x"``, ``"a/b"``, ``"."`` or an absolute path would climb out
+    of the pipeline or name something else than its own subfolder.
 
     Raises:
         UnsafeCheckpointError: naming ``where`` and the name (quoted, shortened).
     """
-    if (
-        not name
-        or name in (".", "..")
-        or any(sep in name for sep in ("/", "\\", "\0"))
-        or len(name.encode("utf-8", "surrogatepass")) > 255
-    ):
+    if not _is_plain_name(name):
         raise UnsafeCheckpointError(
-            f"component name {quote_content(name)} is not a plain folder name",
+            f"component name {quote_content(name)} is not a plain folder name; it is ignored",
             path=where,
             fix="model_index.json may only name subfolders of the pipeline directory",
         )
@@ -102,7 +97,6 @@ def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | Non
         if key.startswith("_"):
             continue
         if isinstance(value, list) and len(value) == 2:
-            check_component_name(key, path)
             library, class_name = value
             components.append(
                 Component(
@@ -112,3 +106,43 @@ def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | Non
                 )
             )
     return components
+
+
+def _is_plain_name(name: str) -> bool:
+    return (
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    )
+
+
+def choose_components(
+    names: list[str], requested: list[str] | str | None = None, *, where: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The component folders to use: every plain name of ``names``, or those of ``requested``.
+
+    This is the one place component names are judged: a name from ``model_index.json`` that is not
+    one plain folder name (``"../x"``, ``"a/b"``) is never used as a path.
+
+    Args:
+        names: the components ``model_index.json`` names.
+        requested: ``components=``: a name or a list of names; ``None`` for all.
+        where: the pipeline, for messages.
+
+    Raises:
+        CheckpointNotFoundError: a requested name is not a component of the pipeline.
+
+    Example:
+        >>> choose_components(["scheduler", "vae", "../x"], ["vae"])
+        ['vae']
+    """
+    plain = [n for n in names if _is_plain_name(n)]
+    if requested is None:
+        return plain
+    wanted = [requested] if isinstance(requested, str) else list(requested)
+    unknown = [n for n in wanted if n not in plain]
+    if unknown:
+        raise CheckpointNotFoundError(
+            "not a component of this pipeline: " + ", ".join(map(repr, unknown)),
+            path=where,
+            fix="pass components= some of: " + ", ".join(plain),
+        )
+    return list(dict.fromkeys(wanted))

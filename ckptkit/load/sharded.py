@@ -92,7 +92,8 @@ def load_sharded(
             filled by assigning fresh tensors, so the weights are never held twice.
         device: where tensors land (``"cuda:0"`` is staged through a small pinned buffer).
             ``None``: CPU for a dict and for meta parameters; a materialized parameter stays on
-            its device.
+            its device. For an FSDP2 model built on ``meta``: where each rank allocates its local
+            shards (``None``: the device type of its mesh, e.g. the current CUDA device).
         dtype: cast floating tensors to this dtype while reading (no second pass). ``None``: the
             stored dtype (for a dict and meta parameters) or the parameter's own dtype; when a
             ``variant`` fell back to the default weights, the variant's dtype.
@@ -150,7 +151,7 @@ def load_sharded(
     started = time.perf_counter()
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
-    )
+    ).require_single()
     # Under confinement every file is checked as opened (its descriptor's real path), so a file
     # swapped for an outside link after resolve checked it is still refused.
     confined_root = (
@@ -230,6 +231,7 @@ def _load(
                 dtype=target_dtype,
                 prefix=prefix,
                 strip_prefixes=[strip_prefixes] if isinstance(strip_prefixes, str) else strip_prefixes,
+                device=device,
             )
     plan = _Plan(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
     options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)
