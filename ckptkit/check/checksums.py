@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterable
@@ -24,6 +23,8 @@ from ckptkit.format.safe_files import (
     quote_content,
     read_text_capped,
 )
+from ckptkit.io.atomic import staged_file
+from ckptkit.io.progress import progress_enabled
 
 __all__ = [
     "CHUNK_SIZE",
@@ -33,7 +34,6 @@ __all__ = [
     "hash_file",
     "hash_files",
     "list_content_files",
-    "progress_bars_enabled",
     "read_manifest",
     "write_manifest",
     "zip_crc_failures",
@@ -136,7 +136,7 @@ def hash_files(
             total += os.stat(path).st_size
         except OSError:
             pass
-    show = progress_bars_enabled() if progress is None else progress
+    show = progress_enabled(progress)
     lock = threading.Lock()
     bar = None
     if show:
@@ -213,18 +213,6 @@ def zip_crc_failures(
         return failed
 
 
-def progress_bars_enabled() -> bool:
-    """Whether to show progress bars: huggingface_hub's switch (``HF_HUB_DISABLE_PROGRESS_BARS``)."""
-    value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper()
-    if value in {"1", "ON", "YES", "TRUE"}:
-        return False
-    try:
-        from huggingface_hub.utils import are_progress_bars_disabled
-    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
-        return True
-    return not are_progress_bars_disabled()
-
-
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
     """Read a ``sha256sum``-format manifest: relative path -> sha256.
 
@@ -291,8 +279,8 @@ def write_manifest(
 ) -> Path:
     """Write ``SHA256SUMS`` (``sha256sum`` format) for every file under ``directory``.
 
-    The file is written to a temporary name and renamed into place, so a reader never sees half a
-    manifest. Check it later with :func:`ckptkit.verify_checkpoint` or ``sha256sum -c SHA256SUMS``.
+    The file is published through :func:`ckptkit.io.atomic.staged_file` (written aside, synced,
+    renamed into place), so a reader never sees half a manifest. Check it later with :func:`ckptkit.verify_checkpoint` or ``sha256sum -c SHA256SUMS``.
 
     Args:
         directory: the checkpoint directory.
@@ -303,6 +291,7 @@ def write_manifest(
         The manifest's path.
 
     Raises:
+        DiskFullError: no room for the manifest (any old one is intact).
         OSError: a file cannot be read (a dangling link) or the manifest cannot be written.
 
     Example:
@@ -327,15 +316,7 @@ def write_manifest(
         else:
             lines.append(f"{known[path]}  {name}")
     target = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with staged_file(target, overwrite=True) as staging:
+        staging.path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     logger.info("wrote %s (%d files)", target, len(lines))
     return target

@@ -14,12 +14,13 @@ from typing import Any
 from ckptkit.errors import CkptError
 from ckptkit.format.components import check_component_name, read_model_index
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
-from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.dtypes import DTYPES, torch_itemsize
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.safe_files import confinement, lexists, regular_file_problem
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
 
@@ -158,8 +159,6 @@ def inspect_checkpoint(
     root: Path | None = None
     subfolder = resolve_kwargs.pop("subfolder", None)
     if not lexists(path):
-        from ckptkit.resolve.resolve import resolve_ckpt_dir
-
         resolved = resolve_ckpt_dir(
             spec,
             subfolder=subfolder,
@@ -327,7 +326,7 @@ def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
         storage = (code, entry.storage_key)
         if storage not in seen:
             seen.add(storage)
-            by_dtype[code] += entry.storage_numel * (DTYPES[code].bits // 8 if code in DTYPES else 0)
+            by_dtype[code] += entry.storage_numel * torch_itemsize(code)
     info.tensor_count = len(entries)
     info.parameter_count = sum(e.numel for e in entries)
     info.bytes_by_dtype = dict(sorted(by_dtype.items()))

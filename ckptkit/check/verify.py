@@ -138,7 +138,8 @@ def verify_checkpoint(
             follows ``CKPTKIT_CONFINE=1``.
         write_manifest: when no problem is found, also write ``SHA256SUMS`` into the directory
             (every file hashed once for both purposes).
-        progress: show a progress bar on stderr (default: unless ``HF_HUB_DISABLE_PROGRESS_BARS``).
+        progress: show a progress bar on stderr; ``None``: when stderr is a terminal and
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         resolve_kwargs: passed to :func:`resolve_ckpt_dir` (``subfolder``, ``revision``, ``cache_dir``, ...).
 
     Returns:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError
-from ckptkit.format.dtypes import DTYPES, DtypeInfo
+from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.safe_files import file_identity, open_regular_file, os_error
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
@@ -58,10 +58,6 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-    @property
-    def dtype_info(self) -> DtypeInfo:
-        return DTYPES[self.dtype]
 
 
 @dataclass

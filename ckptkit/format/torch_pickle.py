@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
-from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.dtypes import DTYPES, torch_itemsize
 from ckptkit.format.safe_files import open_regular_file
 
 __all__ = ["TorchTensorEntry", "scan_torch_file"]
@@ -297,10 +297,7 @@ def _check_legacy_pickle(path: Path, handle: BinaryIO) -> None:
 
 
 def _itemsize(dtype: str) -> int:
-    if dtype in _EXTRA_ITEMSIZE:
-        return _EXTRA_ITEMSIZE[dtype]
-    bits = next((d.bits for d in DTYPES.values() if d.name == dtype), 8)
-    return max(bits // 8, 1)
+    return _EXTRA_ITEMSIZE.get(dtype) or torch_itemsize(dtype)
 
 
 def _collect(

@@ -13,6 +13,7 @@ import torch
 
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.format.safe_files import held_path, open_regular_file, quote_content
+from ckptkit.format.torch_pickle import scan_torch_file
 
 __all__ = ["WRAPPER_KEYS", "find_wrappers", "load_torch_file", "unwrap_state_dict"]
 
@@ -44,8 +45,6 @@ def _load_open(path: Path, handle: BinaryIO, *, mmap: bool) -> Any:
     if use_mmap:
         # torch maps each storage at its record's offset without checking the record's size: a
         # short record would be read past its end, into the next entries. The scan checks sizes.
-        from ckptkit.format.torch_pickle import scan_torch_file
-
         scan_torch_file(path)
     try:
         if use_mmap:

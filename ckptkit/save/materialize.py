@@ -26,6 +26,8 @@ from ckptkit.io.atomic import (
     staged_file,
     walk_files,
 )
+from ckptkit.io.progress import progress_enabled
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["ARCHIVE_FORMATS", "materialize"]
 
@@ -140,7 +142,6 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
         raise CheckpointNotFoundError(
             f"link points to {os.readlink(path)!r}, which does not exist", path=path
         )
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     return Path(resolve_ckpt_dir(src, confine=confine).path)  # a hub form: pass it as the user wrote it
 
@@ -203,11 +204,7 @@ class _Counting:
 
 
 def _progress_bar(files: list[tuple[str, Path]], progress: bool | None) -> Any:
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    if not progress_enabled(progress):
         return None
     from tqdm.auto import tqdm
 

@@ -34,7 +34,10 @@ from ckptkit.io.atomic import (
     staged_directory,
     walk_files,
 )
+from ckptkit.io.progress import progress_enabled
+from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
+from ckptkit.save.sources import plan_source_tensors
 
 __all__ = ["resave"]
 
@@ -299,8 +302,6 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
 def _write_job(
     job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any, unwrap: str | bool | None
 ) -> list[Path]:
-    from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
-    from ckptkit.save.sources import plan_source_tensors
 
     directory = staging / job.rel if job.rel else staging
     directory.mkdir(parents=True, exist_ok=True)
@@ -332,11 +333,7 @@ def _write_job(
 
 
 def _progress_bar(jobs: list[_Job], progress: bool | None) -> Any:
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    if not progress_enabled(progress):
         return None
     from tqdm.auto import tqdm
 

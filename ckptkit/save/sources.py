@@ -147,6 +147,7 @@ def _plan_safetensors(
 
 
 def _converted(fd: int, header: SafetensorsHeader, info: TensorInfo, code: str) -> PlannedTensor:
+    # keeps torch out of the torch-free path: only a dtype conversion needs it
     from ckptkit.io.tensors import read_tensor, to_torch_dtype
 
     target = to_torch_dtype(code)
@@ -172,6 +173,7 @@ def _claim(owner: dict[str, Path], name: str, path: Path) -> None:
 
 
 def _plan_torch(ckpt: CheckpointDir, target: str | None, unwrap: str | bool | None) -> list[PlannedTensor]:
+    # keeps torch out of the torch-free path: only torch-format sources need it
     from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 
     planned: list[PlannedTensor] = []
@@ -187,6 +189,7 @@ def _plan_torch(ckpt: CheckpointDir, target: str | None, unwrap: str | bool | No
 def _torch_tensor(name: str, tensor: torch.Tensor, target_code: str | None, path: Path) -> PlannedTensor:
     import torch
 
+    # keeps torch out of the torch-free path: only torch-format sources need it
     from ckptkit.io.tensors import to_torch_dtype
 
     if tensor.layout != torch.strided or tensor.is_quantized:

@@ -220,7 +220,7 @@ def load_component(
         model,
         single.ckpt,
         dtype=None,
-        keep_fp32=lambda name: False,
+        keep_fp32_modules=(),
         device=torch.device(device),
         prefix=prefix,
     )
