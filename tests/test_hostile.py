@@ -47,7 +47,8 @@ BOUND = 20.0
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Not HF_HUB_OFFLINE: huggingface_hub reads it once, at import, for the rest of the session.
+    # Nothing here is a hub id; every case is refused before a request could be made.
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.delenv("CKPTKIT_CONFINE", raising=False)
 
