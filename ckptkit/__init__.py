@@ -9,19 +9,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ckptkit._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
     "CheckpointDir": "ckptkit.format.checkpoint",
-    "CheckpointInfo": "ckptkit.check.inspect",
+    "CheckpointInfo": "ckptkit.check.info",
     "inspect_checkpoint": "ckptkit.check.inspect",
     "MemoryPlan": "ckptkit.placement.memory",
     "plan_memory": "ckptkit.placement.memory",
-    "VerifyReport": "ckptkit.check.verify",
+    "VerifyReport": "ckptkit.check.report",
     "verify_checkpoint": "ckptkit.check.verify",
-    "write_manifest": "ckptkit.check.checksums",
-    "LoadResult": "ckptkit.load.sharded",
+    "write_manifest": "ckptkit.io.checksums",
+    "read_manifest": "ckptkit.io.checksums",
+    "FileCheck": "ckptkit.check.report",
+    "StrategyEstimate": "ckptkit.placement.memory",
+    "find_blocks": "ckptkit.placement.memory",
+    "DistributedLoadResult": "ckptkit.distributed.load",
+    "allocate_meta_model": "ckptkit.distributed.allocate",
+    "load_sharded_distributed": "ckptkit.distributed.load",
+    "save_sharded": "ckptkit.distributed.save",
+    "dcp_to_safetensors": "ckptkit.distributed.dcp",
+    "safetensors_to_dcp": "ckptkit.distributed.dcp",
+    "LoadResult": "ckptkit.io.load_result",
     "load_sharded": "ckptkit.load.sharded",
     "parse_size": "ckptkit.format.sizes",
     "DevicePlan": "ckptkit.placement.device_map",
@@ -32,6 +42,7 @@ _EXPORTS = {
     "materialize": "ckptkit.save.materialize",
     "resave": "ckptkit.save.resave",
     "resolve_ckpt_dir": "ckptkit.resolve.resolve",
+    "cache_dirs": "ckptkit.resolve.hub",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
@@ -49,9 +60,14 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
-    from ckptkit.check.checksums import write_manifest
-    from ckptkit.check.inspect import CheckpointInfo, inspect_checkpoint
-    from ckptkit.check.verify import VerifyReport, verify_checkpoint
+    from ckptkit.check.info import CheckpointInfo
+    from ckptkit.check.inspect import inspect_checkpoint
+    from ckptkit.check.report import FileCheck, VerifyReport
+    from ckptkit.check.verify import verify_checkpoint
+    from ckptkit.distributed.allocate import allocate_meta_model
+    from ckptkit.distributed.dcp import dcp_to_safetensors, safetensors_to_dcp
+    from ckptkit.distributed.load import DistributedLoadResult, load_sharded_distributed
+    from ckptkit.distributed.save import save_sharded
     from ckptkit.errors import (
         AmbiguousCheckpointError,
         CheckpointNotFoundError,
@@ -68,10 +84,13 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.checkpoint import CheckpointDir
     from ckptkit.format.sizes import parse_size
-    from ckptkit.load.sharded import LoadResult, load_sharded
+    from ckptkit.io.checksums import read_manifest, write_manifest
+    from ckptkit.io.load_result import LoadResult
+    from ckptkit.load.sharded import load_sharded
     from ckptkit.placement.device_map import DevicePlan, plan_device_map
     from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
-    from ckptkit.placement.memory import MemoryPlan, plan_memory
+    from ckptkit.placement.memory import MemoryPlan, StrategyEstimate, find_blocks, plan_memory
+    from ckptkit.resolve.hub import cache_dirs
     from ckptkit.resolve.resolve import resolve_ckpt_dir
     from ckptkit.save.materialize import materialize
     from ckptkit.save.resave import resave

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ckptkit import UnsafeCheckpointError, verify_checkpoint, write_manifest
-from ckptkit.check.checksums import hash_file, read_manifest
 from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptkit.io.checksums import hash_file, read_manifest
 from tests._hub import (
     COMMIT,
     blob_of,
@@ -350,7 +350,7 @@ def test_hub_repo_folder_stands_for_its_main_snapshot(hub_t5) -> None:
 
 
 def test_progress_bar_follows_hf_switch(layouts, monkeypatch, capsys) -> None:
-    from ckptkit.check.checksums import hash_files
+    from ckptkit.io.checksums import hash_files
 
     jobs = {layouts["t5_single"] / "model.safetensors": {"sha256"}}
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -7,196 +7,25 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CheckpointNotFoundError, CkptError
-from ckptkit.format.components import read_model_index
+from ckptkit.check.info import CheckpointInfo, FileEntry, Problem, WeightSetInfo
+from ckptkit.errors import CkptError
+from ckptkit.format.components import check_component_name, read_model_index
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
-from ckptkit.format.display import dtype_text, html_table, plural, summary_line, text_table
-from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.dtypes import DTYPES, torch_itemsize
+from ckptkit.format.file_kinds import refuse_non_checkpoint
 from ckptkit.format.hub_files import dangling_link_fix, hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
-from ckptkit.format.naming import parse_index_filename, parse_weight_filename
-from ckptkit.format.sizes import format_size
+from ckptkit.format.safe_files import confinement, lexists, regular_file_problem
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
 
 _SKIP_DIRS = {".cache", ".git", ".huggingface"}
-
-
-@dataclass
-class Problem:
-    """One thing wrong, with the file it is about.
-
-    Attributes:
-        severity: ``"error"`` (loading would fail) or ``"warning"``.
-        kind: the ckptkit error class that loading raises (``"IncompleteCheckpointError"``), or
-            ``"warning"``.
-        path: the file or directory.
-        message: the full message, fix included.
-    """
-
-    severity: str
-    kind: str
-    path: str | None
-    message: str
-
-    @classmethod
-    def from_error(cls, error: CkptError, severity: str = "error") -> Problem:
-        return cls(severity, type(error).__name__, error.path, str(error))
-
-
-@dataclass
-class FileEntry:
-    """A file of the checkpoint: its name relative to the directory, size, and link target."""
-
-    name: str
-    size: int | None
-    link_target: str | None = None
-    outside_root: bool = False
-
-
-@dataclass
-class WeightSetInfo:
-    """One weight set as :func:`inspect_checkpoint` reports it."""
-
-    label: str
-    name: str
-    format: str
-    variant: str | None
-    sharded: bool
-    index_file: str | None
-    files: list[str]
-    missing: list[str]
-    selected: bool = False
-
-
-@dataclass(repr=False)
-class CheckpointInfo:
-    """What :func:`inspect_checkpoint` found.
-
-    Attributes:
-        path: the directory inspected.
-        files: every file under it (download bookkeeping excluded), with sizes and link targets.
-        weight_sets: every weight set found; ``selected`` marks the one a load would use.
-        selected: the label of that set, or ``None``.
-        variants: variants present (``"default"`` for no variant).
-        tensor_count, parameter_count, total_bytes, bytes_by_dtype: of the selected set
-            (``None`` for torch pickles, whose contents need torch to read).
-        metadata: the ``__metadata__`` of the selected set's first shard.
-        links: the files that are symlinks, with where they point.
-        components: for a pipeline, component name -> its own :class:`CheckpointInfo`.
-        problems: everything wrong, each naming its file.
-        root: the checkpoint root links are judged against (the ``models--org--name`` folder for a
-            hub snapshot, else the directory inspected).
-    """
-
-    path: str
-    files: list[FileEntry] = field(default_factory=list)
-    weight_sets: list[WeightSetInfo] = field(default_factory=list)
-    selected: str | None = None
-    variants: list[str] = field(default_factory=list)
-    tensor_count: int | None = None
-    parameter_count: int | None = None
-    total_bytes: int | None = None
-    bytes_by_dtype: dict[str, int] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
-    components: dict[str, CheckpointInfo] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    component_classes: dict[str, list[str | None]] = field(default_factory=dict)
-    root: str | None = None
-
-    @property
-    def links(self) -> list[FileEntry]:
-        return [f for f in self.files if f.link_target is not None]
-
-    @property
-    def ok(self) -> bool:
-        """No error anywhere (warnings allowed), components included."""
-        return not any(p.severity == "error" for p in self.problems) and all(
-            c.ok for c in self.components.values()
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        """A JSON-ready dict; its keys are stable for scripts."""
-        result = asdict(self)
-        result["ok"] = self.ok
-        result["components"] = {name: info.to_dict() for name, info in self.components.items()}
-        return result
-
-    @property
-    def errors(self) -> list[Problem]:
-        """Every error, components included."""
-        own = [p for p in self.problems if p.severity == "error"]
-        return own + [p for c in self.components.values() for p in c.errors]
-
-    def __repr__(self) -> str:
-        if self.components:
-            params = sum(c.parameter_count or 0 for c in self.components.values())
-            parts = [f"pipeline of {plural(len(self.components), 'component')}", f"{params:,} parameters"]
-        else:
-            parts = [
-                self.selected or "no weights",
-                f"{self.parameter_count:,} parameters" if self.parameter_count is not None else "",
-                dtype_text(self.bytes_by_dtype) if self.bytes_by_dtype else "",
-            ]
-        errors = len(self.errors)
-        parts.append(plural(errors, "error") if errors else "ok")
-        return summary_line("CheckpointInfo", self.path, parts)
-
-    def __str__(self) -> str:
-        return text_table(f"CheckpointInfo {self.path}", self._rows())
-
-    def _repr_html_(self) -> str:
-        return html_table(
-            f"CheckpointInfo {self.path}",
-            self._rows(nested=True),
-            columns=["component", "class", "weights", "parameters", "dtypes", "variants", "problems"],
-        )
-
-    def _rows(self, nested: bool = False) -> list[tuple[str, object]]:
-        rows: list[tuple[str, object]] = []
-        if self.components:
-            table = [
-                (
-                    name,
-                    ".".join(c for c in self.component_classes.get(name, []) if c) or "-",
-                    info.selected or "-",
-                    f"{info.parameter_count:,}" if info.parameter_count is not None else "-",
-                    dtype_text(info.bytes_by_dtype),
-                    ", ".join(info.variants) or "-",
-                    str(len(info.errors)) if info.errors else "ok",
-                )
-                for name, info in self.components.items()
-            ]
-            text = [
-                f"{r[0]}: {r[1]}, {r[3]} parameters, {r[4]}, variants {r[5]}"
-                + ("" if r[6] == "ok" else f", {r[6]} errors")
-                if r[2] != "-"
-                else f"{r[0]}: {r[1]} (no weights)"
-                for r in table
-            ]
-            rows.append(("components", table if nested else text))
-        if self.selected or not self.components:
-            rows += [
-                ("weights", self.selected),
-                ("parameters", f"{self.parameter_count:,}" if self.parameter_count is not None else None),
-                ("tensors", f"{self.tensor_count:,}" if self.tensor_count is not None else None),
-                ("dtypes", dtype_text(self.bytes_by_dtype)),
-                ("size", format_size(self.total_bytes) if self.total_bytes is not None else None),
-                ("variants", ", ".join(self.variants) or None),
-                ("weight sets", [s.label for s in self.weight_sets]),
-            ]
-        rows.append(("files", f"{len(self.files)} ({format_size(sum(f.size or 0 for f in self.files))})"))
-        problems = [p.message for p in self.problems] + [
-            p.message for c in self.components.values() for p in c.problems
-        ]
-        rows.append(("problems", problems or "none"))
-        return rows
 
 
 def inspect_checkpoint(
@@ -231,9 +60,7 @@ def inspect_checkpoint(
     path = Path(os.path.expanduser(os.fspath(spec)))
     root: Path | None = None
     subfolder = resolve_kwargs.pop("subfolder", None)
-    if not (path.exists() or path.is_symlink()):
-        from ckptkit.resolve.resolve import resolve_ckpt_dir
-
+    if not lexists(path):
         resolved = resolve_ckpt_dir(
             spec,
             subfolder=subfolder,
@@ -250,49 +77,18 @@ def inspect_checkpoint(
             path = path / str(subfolder)
     selected_file = None
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
-        _refuse_non_checkpoint(path)
+        refuse_non_checkpoint(path)
         selected_file, path = path, path.parent
     # A hub snapshot is made of links into the repo's blobs/: judge links against the repo folder.
     root = root or hub_repo_root(path) or path
     if confine_enabled(confine) and path.is_dir():
-        files = [Path(d) / f for d, _, names in os.walk(path) for f in names]
-        enforce_confinement(files, root, confine=True)
-    info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
+        # Directories too: a component folder that is a link leaving the root is refused.
+        files = [Path(d) / f for d, dirs, names in os.walk(path) for f in [*dirs, *names]]
+        enforce_confinement([path, *files], root, confine=True)
+    with confinement(root if confine_enabled(confine) else None):
+        info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
     info.root = str(root)
     return info
-
-
-_MAGIC = (
-    (b"\x1f\x8b", "a gzip file (a tarball such as model.tar.gz?)", "extract it first (tar -xzf FILE -C DIR)"),
-    (b"PK\x03\x04", "a zip archive", "extract it first (unzip FILE -d DIR)"),
-    (b"BZh", "a bzip2 file", "extract it first (tar -xjf FILE -C DIR)"),
-    (b"\xfd7zXZ", "an xz file", "extract it first (tar -xJf FILE -C DIR)"),
-    (b"(\xb5/\xfd", "a zstd file", "extract it first (tar --zstd -xf FILE -C DIR)"),
-)
-
-
-def _refuse_non_checkpoint(path: Path) -> None:
-    """Raise for a file that is neither a weights file nor an index, saying what it is."""
-    if parse_weight_filename(path.name) is not None or parse_index_filename(path.name) is not None:
-        return
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
-    except OSError:
-        return  # a dangling link: reported as such by the directory listing
-    what, fix = "not a weights file or an index", "pass the checkpoint directory or one of its weights files"
-    for magic, kind, extract in _MAGIC:
-        if head.startswith(magic):
-            what, fix = kind, extract
-    if head[257:262] == b"ustar":
-        what, fix = "a tar archive", "extract it first (tar -xf FILE -C DIR)"
-    elif path.name.endswith(".json"):
-        what = "a JSON file (a config?), not a weights file or an index"
-    raise CheckpointNotFoundError(
-        f"is {what}; it holds no checkpoint to inspect",
-        path=path,
-        fix=fix.replace("FILE", str(path)),
-    )
 
 
 def _inspect_dir(
@@ -310,9 +106,18 @@ def _inspect_dir(
         )
         return info
     info.files = _list_files(directory, root, info.problems)
-    components = read_model_index(directory) if (directory / "model_index.json").is_file() else None
+    try:
+        components = read_model_index(directory)
+    except CkptError as exc:
+        info.problems.append(Problem.from_error(exc))
+        components = None
     if components is not None:
         for component in components:
+            try:
+                check_component_name(component.name, directory / "model_index.json")
+            except CkptError as exc:  # never used as a path: "../x" would walk outside
+                info.problems.append(Problem.from_error(exc))
+                continue
             info.component_classes[component.name] = [component.library, component.class_name]
             sub = directory / component.name
             if sub.is_dir():
@@ -407,6 +212,15 @@ def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
                 )
             )
             return
+        if not scanned:
+            info.problems.append(
+                Problem(
+                    "error",
+                    "CorruptCheckpointError",
+                    str(path),
+                    f"{path}: holds no tensors (a training state without weights, or not a weights file)",
+                )
+            )
         entries.extend(scanned.values())
     by_dtype: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
@@ -415,7 +229,7 @@ def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
         storage = (code, entry.storage_key)
         if storage not in seen:
             seen.add(storage)
-            by_dtype[code] += entry.storage_numel * (DTYPES[code].bits // 8 if code in DTYPES else 0)
+            by_dtype[code] += entry.storage_numel * torch_itemsize(code)
     info.tensor_count = len(entries)
     info.parameter_count = sum(e.numel for e in entries)
     info.bytes_by_dtype = dict(sorted(by_dtype.items()))
@@ -454,6 +268,13 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
                             f"{full}: links outside the checkpoint, to {real}",
                         )
                     )
+            kind = regular_file_problem(full) if size is not None else None
+            if kind is not None:
+                problems.append(
+                    Problem(
+                        "error", "UnsafeCheckpointError", str(full), f"{full}: is {kind}, not a regular file"
+                    )
+                )
             if filename.endswith(".incomplete"):
                 problems.append(
                     Problem("error", "IncompleteCheckpointError", str(full), f"{full}: unfinished download")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ckptkit.check.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_content_files, read_manifest
-from ckptkit.check.checksums import write_manifest as _write_manifest
-from ckptkit.check.inspect import CheckpointInfo, Problem, inspect_checkpoint
+from ckptkit.check.info import CheckpointInfo, Problem
+from ckptkit.check.inspect import inspect_checkpoint
+from ckptkit.check.report import FileCheck, VerifyReport
 from ckptkit.errors import CkptError
-from ckptkit.format.display import html_table, plural, summary_line, text_table
+from ckptkit.format.confine import confine_enabled
 from ckptkit.format.hub_files import (
     ExpectedDigest,
     etag_expectation,
@@ -31,119 +30,14 @@ from ckptkit.format.hub_files import (
 )
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_weight_filename
-from ckptkit.format.sizes import format_size
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.validate import check_weight_set
+from ckptkit.io.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_content_files, read_manifest
+from ckptkit.io.checksums import write_manifest as _write_manifest
 
 __all__ = ["FileCheck", "VerifyReport", "verify_checkpoint", "write_manifest"]
 
 write_manifest = _write_manifest
-
-
-@dataclass
-class FileCheck:
-    """The content check of one file.
-
-    Attributes:
-        name: the file, relative to the verified directory.
-        size: its size in bytes (``None`` when it cannot be read, a dangling link).
-        expected: the digests recorded for it, as ``{"algorithm", "hexdigest", "source"}``.
-        computed: algorithm -> digest actually computed (empty with ``checksums=False``).
-        ok: ``True`` when every recorded digest matched, ``False`` when one did not, ``None``
-            when nothing was compared.
-    """
-
-    name: str
-    size: int | None
-    expected: list[dict[str, str]] = field(default_factory=list)
-    computed: dict[str, str] = field(default_factory=dict)
-    ok: bool | None = None
-
-
-@dataclass(repr=False)
-class VerifyReport:
-    """What :func:`verify_checkpoint` found.
-
-    Attributes:
-        path: the directory verified.
-        root: the checkpoint root links are judged against.
-        checksums: whether file contents were hashed.
-        problems: everything wrong, one line each naming its file (``severity`` ``"error"`` or
-            ``"warning"``).
-        files: the content check of each file.
-        outside_links: links whose real path lies outside the root (``"link -> real path"``).
-        manifests: the ``SHA256SUMS`` files used.
-        manifest_written: the manifest written by ``write_manifest=True``, if any.
-        bytes_hashed: bytes read to hash.
-        seconds: wall time of the whole check.
-    """
-
-    path: str
-    root: str
-    checksums: bool
-    problems: list[Problem] = field(default_factory=list)
-    files: list[FileCheck] = field(default_factory=list)
-    outside_links: list[str] = field(default_factory=list)
-    manifests: list[str] = field(default_factory=list)
-    manifest_written: str | None = None
-    bytes_hashed: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """No error (warnings allowed)."""
-        return not any(p.severity == "error" for p in self.problems)
-
-    @property
-    def verified(self) -> list[str]:
-        """Files whose recorded digests all matched."""
-        return [f.name for f in self.files if f.ok]
-
-    @property
-    def unverified(self) -> list[str]:
-        """Files that nothing recorded a digest for (or that were not hashed)."""
-        return [f.name for f in self.files if f.ok is None]
-
-    def to_dict(self) -> dict[str, object]:
-        """A JSON-ready dict; its keys are stable for scripts."""
-        result = asdict(self)
-        result.update(ok=self.ok, verified=len(self.verified), unverified=len(self.unverified))
-        return result
-
-    @property
-    def status(self) -> str:
-        """``"OK"`` or ``"FAILED (n problems)"``."""
-        errors = sum(p.severity == "error" for p in self.problems)
-        return "OK" if self.ok else f"FAILED ({plural(errors, 'problem')})"
-
-    def __repr__(self) -> str:
-        return summary_line("VerifyReport", self.path, [self.status, *self._content()])
-
-    def __str__(self) -> str:
-        return text_table(f"VerifyReport {self.path}: {self.status}", self._rows())
-
-    def _repr_html_(self) -> str:
-        return html_table(f"VerifyReport {self.path}: {self.status}", self._rows())
-
-    def _content(self) -> list[str]:
-        if not self.checksums:
-            return [plural(len(self.files), "file"), "checksums skipped"]
-        return [
-            plural(len(self.files), "file"),
-            f"{len(self.verified)} verified by hash",
-            f"{len(self.unverified)} with no recorded digest",
-        ]
-
-    def _rows(self) -> list[tuple[str, object]]:
-        damaged = [f.name for f in self.files if f.ok is False]
-        return [
-            ("files", len(self.files)),
-            ("verified by hash", len(self.verified) if self.checksums else "checksums skipped"),
-            ("no recorded digest", self.unverified if self.checksums else "-"),
-            ("damaged", damaged or "none"),
-            ("hashed", f"{format_size(self.bytes_hashed)} in {self.seconds:.2f} s"),
-            ("manifests", self.manifests or "none"),
-            ("problems", [f"{p.severity}: {p.message}" for p in self.problems] or "none"),
-        ]
 
 
 def verify_checkpoint(
@@ -174,7 +68,8 @@ def verify_checkpoint(
             follows ``CKPTKIT_CONFINE=1``.
         write_manifest: when no problem is found, also write ``SHA256SUMS`` into the directory
             (every file hashed once for both purposes).
-        progress: show a progress bar on stderr (default: unless ``HF_HUB_DISABLE_PROGRESS_BARS``).
+        progress: show a progress bar on stderr; ``None``: when stderr is a terminal and
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         resolve_kwargs: passed to :func:`resolve_ckpt_dir` (``subfolder``, ``revision``, ``cache_dir``, ...).
 
     Returns:
@@ -222,13 +117,17 @@ def verify_checkpoint(
             wanted.add("sha256")
         if wanted:
             jobs[path] = wanted
-    results = hash_files(jobs, progress=progress, description="verify")
-    report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, OSError))
+    # Files are confined again as they are opened for hashing (by descriptor, after any swap).
+    with confinement(root if confine_enabled(confine) else None):
+        results = hash_files(jobs, progress=progress, description="verify")
+    report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, Exception))
     for path in files:
         report.files.append(_compare(report, path, directory, expectations.get(path, []), results.get(path)))
 
     if write_manifest and report.ok and not single_file:
-        digests = {p: r["sha256"] for p, r in results.items() if not isinstance(r, OSError) and "sha256" in r}
+        digests = {
+            p: r["sha256"] for p, r in results.items() if not isinstance(r, Exception) and "sha256" in r
+        }
         report.manifest_written = str(_write_manifest(directory, digests=digests, progress=progress))
     report.seconds = time.perf_counter() - started
     return report
@@ -370,7 +269,7 @@ def _compare(
     path: Path,
     directory: Path,
     expected: list[ExpectedDigest],
-    result: dict[str, str] | OSError | None,
+    result: dict[str, str] | OSError | CkptError | None,
 ) -> FileCheck:
     size = path.stat().st_size if path.exists() else None
     check = FileCheck(
@@ -378,6 +277,10 @@ def _compare(
         size=size,
         expected=[{"algorithm": e.algorithm, "hexdigest": e.hexdigest, "source": e.source} for e in expected],
     )
+    if isinstance(result, CkptError):
+        _add_problems(report, [Problem.from_error(result)])
+        check.ok = False
+        return check
     if isinstance(result, OSError):
         _add_problems(
             report,

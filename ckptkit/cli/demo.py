@@ -19,9 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ckptkit.check.inspect import inspect_checkpoint
+from ckptkit.check.verify import verify_checkpoint
 from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS
 from ckptkit.errors import CkptError
 from ckptkit.format.sizes import format_size
+from ckptkit.load.sharded import LoadResult, load_sharded
+from ckptkit.resolve.resolve import resolve_ckpt_dir
+from ckptkit.save.resave import resave
 
 REPO_ID = "demo/tiny-pipeline"
 COMMIT = "d" * 40
@@ -65,12 +70,6 @@ def run_demo(directory: Path, write: Callable[[str], None] = print) -> int:
             f"the demo builds its pipeline with diffusers and transformers, and {exc.name} is not installed",
             fix='pip install "ckptkit[hf]" (keeps the torch you have)',
         ) from None
-    # Imported here, after the check above, so that `ckptkit --help` never needs torch.
-    from ckptkit.check.inspect import inspect_checkpoint
-    from ckptkit.check.verify import verify_checkpoint
-    from ckptkit.load.sharded import LoadResult, load_sharded
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
-    from ckptkit.save.resave import resave
 
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()

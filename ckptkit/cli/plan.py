@@ -15,6 +15,8 @@ from ckptkit.cli._common import (
     source_kwargs,
 )
 from ckptkit.format.sizes import format_size
+from ckptkit.placement.device_map import plan_device_map
+from ckptkit.placement.memory import plan_memory
 
 
 def add_plan(sub: Any) -> None:
@@ -69,7 +71,6 @@ def add_plan(sub: Any) -> None:
 
 
 def _run_plan_device_map(args: argparse.Namespace) -> int:
-    from ckptkit.placement.device_map import plan_device_map
 
     if not args.max_memory:
         raise ValueError("plan --device-map needs --max-memory, e.g. --max-memory 0=20GiB,cpu=64GiB")
@@ -92,7 +93,6 @@ def _run_plan_device_map(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from ckptkit.placement.memory import plan_memory
 
     if args.device_map:
         return _run_plan_device_map(args)

@@ -23,7 +23,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.hub_paths import REPO_FOLDER_PREFIXES, dangling_link_fix, hub_repo_root
+from ckptkit.format.safe_files import quote_content, read_text_capped
 
 __all__ = [
     "dangling_link_fix",
@@ -43,8 +45,6 @@ __all__ = [
     "tree_expectation",
 ]
 
-#: Folder name prefixes of repos in the hub cache (``models--org--name``).
-REPO_FOLDER_PREFIXES = ("models--", "datasets--", "spaces--")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 # Where ``local_dir`` downloads keep per-file metadata (current, then huggingface_hub 0.23.x).
@@ -83,46 +83,6 @@ def digest_kind(name: str) -> str | None:
     return None
 
 
-def hub_repo_root(path: str | os.PathLike[str]) -> Path | None:
-    """The ``models--org--name`` folder when ``path`` lies in one of its snapshots, else ``None``.
-
-    The path is looked at as written (links are not followed): a snapshot path resolved to its
-    blob has lost the repo's names.
-
-    Example:
-        >>> hub_repo_root("/c/hub/models--org--name/snapshots/abc123/vae")
-        PosixPath('/c/hub/models--org--name')
-    """
-    parts = Path(os.path.abspath(os.fspath(path))).parts
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i] == "snapshots" and parts[i - 1].startswith(REPO_FOLDER_PREFIXES):
-            return Path(*parts[:i])
-    return None
-
-
-def dangling_link_fix(path: str | os.PathLike[str]) -> str:
-    """What to do about a link that points nowhere, told apart by where it lies.
-
-    A hub snapshot's files are relative links into ``../../blobs/``. Inside a ``models--*`` folder a
-    dangling one means an interrupted download or a cleaned cache; outside one, the snapshot was
-    copied out of its cache (``cp -a``, ``cp -r``) and the links were left pointing at blobs that
-    are not there.
-
-    Example:
-        >>> dangling_link_fix("/tmp/copy/model.safetensors")  # doctest: +SKIP
-        'this is a hub snapshot copied out of its cache ...'
-    """
-    target = os.readlink(path) if os.path.islink(path) else ""
-    if "blobs/" in target.replace(os.sep, "/") and hub_repo_root(path) is None:
-        return (
-            f"this is a hub snapshot copied out of its cache: the link leads to {target!r}, a blob that "
-            "stayed behind in the models--org--name/blobs/ folder; copy the snapshot with its files, "
-            "not its links (`ckptkit materialize SNAPSHOT DST`, or `cp -rL`), or point at the snapshot "
-            "inside the cache"
-        )
-    return "the download was interrupted or the cache was cleaned; download the file again"
-
-
 def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None = None) -> Path | None:
     """The snapshot a hub cache repo folder (``models--org--name``) stands for, or ``None`` for other paths.
 
@@ -141,8 +101,7 @@ def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None =
     revision = revision or "main"
     if _GIT_SHA1.match(revision) and (folder / "snapshots" / revision).is_dir():
         return folder / "snapshots" / revision
-    ref = folder / "refs" / revision
-    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else None
+    commit = read_ref(folder, revision)
     if commit and (folder / "snapshots" / commit).is_dir():
         return folder / "snapshots" / commit
     present = sorted(p.name for p in (folder / "snapshots").iterdir())
@@ -152,6 +111,44 @@ def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None =
         path=folder,
         fix=f"pass revision= one of the snapshots here: {', '.join(present) or 'none'}",
     )
+
+
+#: ``refs/<name>`` holds a 40-character commit hash and a newline.
+MAX_REF_SIZE = 4096
+
+
+def read_ref(folder: str | os.PathLike[str], revision: str) -> str | None:
+    """The commit ``refs/<revision>`` names in a hub cache repo folder, or ``None`` when there is no such ref.
+
+    Raises:
+        UnsafeCheckpointError: ``revision`` is not a ref name (absolute, ``..``, empty parts).
+        CorruptCheckpointError: the ref file holds anything but a commit hash (a path, binary,
+            a huge file); its content is quoted only as a short escaped prefix.
+    """
+    parts = revision.split("/")
+    if (
+        not revision
+        or revision.startswith("/")
+        or "\\" in revision
+        or "\0" in revision
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise UnsafeCheckpointError(
+            f"revision {quote_content(revision)} is not a ref name",
+            path=folder,
+            fix="pass a branch, tag or commit",
+        )
+    ref = Path(folder) / "refs" / revision
+    if not os.path.lexists(ref):
+        return None
+    commit = read_text_capped(ref, MAX_REF_SIZE, what="ref").strip()
+    if not _GIT_SHA1.match(commit):
+        raise CorruptCheckpointError(
+            f"holds {len(commit)} characters that are not a 40-digit commit hash",
+            path=ref,
+            fix="download the repo again",
+        )
+    return commit
 
 
 def hub_blob_expectation(path: Path, repo_root: Path) -> ExpectedDigest | None:

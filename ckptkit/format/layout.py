@@ -27,6 +27,7 @@ from ckptkit.format.naming import (
     parse_weight_filename,
     weights_family,
 )
+from ckptkit.format.safe_files import os_error
 
 __all__ = [
     "VARIANT_POLICIES",
@@ -120,9 +121,18 @@ def _walk_files(directory: Path) -> list[Path]:
         raise CheckpointNotFoundError("directory does not exist", path=directory) from None
     except NotADirectoryError:
         raise CheckpointNotFoundError("is not a directory", path=directory) from None
-    return [
-        Path(e.path) for e in entries if not e.is_dir() or (e.is_symlink() and not os.path.exists(e.path))
-    ]
+    except OSError as exc:
+        raise os_error(directory, exc) from None
+    return [Path(e.path) for e in entries if not _is_real_dir(e)]
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    """A directory (links followed); a link loop or an unreadable target is listed as a file, so
+    opening it names what is wrong."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def discover_weight_sets(
@@ -236,26 +246,17 @@ class Selection:
 
     Attributes:
         weight_set: the chosen set.
-        requested_variant: the variant asked for.
         cast_dtype: torch dtype name to cast to when a variant fell back to the default weights
             (``"float16"`` for ``variant="fp16"``); applies only when the caller gave no ``dtype``.
         warning: the text to warn with (``None`` when nothing needs saying).
-        alternatives: the other sets of the same weights, for messages.
         passed_over: sets of other, unrelated weights in the same directory (a text encoder's
             ``.pth`` beside a transformer's shards), for messages that name the candidates.
     """
 
     weight_set: WeightSet
-    requested_variant: str | None = None
     cast_dtype: str | None = None
     warning: str | None = None
-    alternatives: list[WeightSet] = field(default_factory=list)
     passed_over: list[WeightSet] = field(default_factory=list)
-
-
-def _variants_text(sets: Iterable[WeightSet]) -> str:
-    names = sorted({s.variant or "default" for s in sets}, key=lambda v: (v != "default", v))
-    return ", ".join(names)
 
 
 def _best(candidates: list[WeightSet]) -> WeightSet:
@@ -327,7 +328,7 @@ def _select_variant(
 
     if variant is not None and variant in variants:
         chosen = [s for s in same if s.variant == variant]
-        return Selection(_best(chosen), variant, alternatives=[s for s in same if s not in chosen])
+        return Selection(_best(chosen))
     if variant is not None:
         if None not in variants or variant_fallback == "error":
             raise VariantNotFoundError(
@@ -351,10 +352,10 @@ def _select_variant(
                 f"loading the default weights {best.label}{cast_text} instead. "
                 "Pass variant_fallback='allow' to silence this or 'error' to refuse."
             )
-        return Selection(best, variant, cast, warning, [s for s in same if s not in chosen])
+        return Selection(best, cast, warning)
     if None in variants:
         chosen = [s for s in same if s.variant is None]
-        return Selection(_best(chosen), None, alternatives=[s for s in same if s not in chosen])
+        return Selection(_best(chosen))
     if len(variants) == 1:
         only = next(iter(variants))
         chosen = [s for s in same if s.variant == only]
@@ -363,7 +364,7 @@ def _select_variant(
             f"{where}: no default weights, only the {only!r} variant; loading {best.label}. "
             f"Pass variant={only!r} to silence this."
         )
-        return Selection(best, None, None, warning)
+        return Selection(best, None, warning)
     raise VariantNotFoundError(
         f"no default weights, and {_variants_present(same)}",
         path=where if isinstance(where, (str, os.PathLike)) else None,
