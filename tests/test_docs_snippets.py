@@ -74,10 +74,7 @@ SETUP: dict[tuple[str, int], Setup] = {
     ("docs/distributed.md", 0): Setup("load_sharded_distributed", torchrun=True),
     ("docs/guides/ltx-video.md", 1): Setup("from ltx_video.inference", compile_only="LTX-Video's own code"),
     ("docs/guides/ltx-video.md", 2): Setup(
-        "ckpt_path", prelude='ckpt_path = "ltxv-13b-0.9.7-dev.safetensors"'
-    ),
-    ("docs/guides/ltx-video.md", 3): Setup(
-        "MyVAEClass", prelude="from diffusers import AutoencoderKLLTXVideo as MyVAEClass"
+        "ckptkit.shims.ltx.install()", compile_only="patches the installed LTX-Video package"
     ),
     ("docs/guides/open-sora.md", 1): Setup(
         "ColossalAI booster dir", compile_only="Open-Sora's models and its released checkpoints"
@@ -94,9 +91,9 @@ SETUP: dict[tuple[str, int], Setup] = {
         "cache_dir = os.path.expanduser('~/.cache/huggingface/hub')\nmodel = build_t5()\nckpt_path = './t5'",
     ),
     ("docs/guides/wan.md", 0): Setup("args.ckpt_dir", prelude=_ARGS),
-    ("docs/guides/wan.md", 1): Setup("args.ckpt_dir", prelude=_ARGS),
-    ("docs/guides/wan.md", 2): Setup("generate.py", replace={"python generate.py --ckpt_dir": "test -d"}),
-    ("docs/guides/wan.md", 3): Setup("# before (wan/text2video.py)", compile_only="Wan's own code"),
+    ("docs/guides/wan.md", 1): Setup("from wan.modules.t5", compile_only="Wan's own modules and its config"),
+    ("docs/guides/wan.md", 2): Setup("wan.WanT2V(", compile_only="patches the installed Wan package"),
+    ("docs/guides/wan.md", 3): Setup("liveavatar", compile_only="patches Live Avatar's vendored Wan"),
     ("docs/guides/wan.md", 4): Setup(
         "meta_model",
         prelude="from accelerate import init_empty_weights\nfrom diffusers import WanTransformer3DModel\n"

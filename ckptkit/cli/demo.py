@@ -24,7 +24,6 @@ from ckptkit.check.verify import verify_checkpoint
 from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS
 from ckptkit.errors import CkptError
 from ckptkit.format.sizes import format_size
-from ckptkit.load.sharded import LoadResult, load_sharded
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 from ckptkit.save.resave import resave
 
@@ -70,6 +69,9 @@ def run_demo(directory: Path, write: Callable[[str], None] = print) -> int:
             f"the demo builds its pipeline with diffusers and transformers, and {exc.name} is not installed",
             fix='pip install "ckptkit[hf]" (keeps the torch you have)',
         ) from None
+
+    # Imported here, after the check above, to keep torch out of the torch-free `ckptkit` CLI start.
+    from ckptkit.load.sharded import LoadResult, load_sharded
 
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
