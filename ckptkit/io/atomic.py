@@ -279,11 +279,11 @@ def _new_parents(destination: Path) -> Iterator[None]:
 
 
 def _leftovers(parent: Path, name: str, tag: str) -> list[Path]:
-    """The staging/aside names a killed run left for exactly ``name`` (``.<name><tag><8 random>``).
+    """The staging/aside names a killed run left for exactly ``name`` (``.<name><tag><random letters>``).
 
     Listed and compared, never globbed: a name holding ``*``, ``?`` or ``[`` would match others'.
     """
-    pattern = re.compile(re.escape(f".{name}{tag}") + r"[a-z0-9_]{8}")
+    pattern = re.compile(re.escape(f".{name}{tag}") + r"[a-z0-9_]+")
     try:
         names = os.listdir(parent)
     except OSError:
