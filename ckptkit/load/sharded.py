@@ -122,7 +122,8 @@ def load_sharded(
     plan (:func:`ckptkit.io.module_fill.plan_module_fill`): the same keys, shapes, dtypes and
     errors. Options the path taken cannot honour raise ``TypeError`` naming them: with
     ``device_map``, ``device``/``num_threads``/``progress``/``unwrap``; with DTensor parameters,
-    those and the placement options (``mmap`` has no effect there: local shards are always the
+    ``num_threads``/``progress``/``unwrap`` and the placement options (``device`` only says where a
+    model built on meta is allocated; ``mmap`` has no effect there: local shards are always the
     model's own memory, filled in place); without ``device_map``, ``max_memory``/
     ``offload_folder``/``no_split_module_classes``.
 
@@ -250,8 +251,8 @@ def _refuse_unused_options(model: nn.Module | None, *, device_map: object, **opt
         refused = given & {"device", "num_threads", "progress", "unwrap"}
         why = "with device_map= (accelerate places the tensors)"
     elif model is not None and has_dtensor_params(model):
-        # Local shards are filled in place on their own devices, by one reader per rank; device= only
-        # says where a meta-device model's shards are allocated.
+        # Local shards are filled in place on their own devices (device= only says where a model
+        # built on meta is allocated), by one reader per rank.
         refused = given & ({"num_threads", "progress", "unwrap"} | placement_only)
         why = "for a model with DTensor parameters (each rank fills its local shards in place)"
     else:
