@@ -22,6 +22,7 @@ from ckptkit.errors import (
 )
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.hub_files import read_ref
 from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, offline_miss, resume_fix
 from ckptkit.resolve.hub_spec import (
     CACHE_PATH_ENV,
@@ -48,6 +49,12 @@ def _cached_commit(spec: HubSpec) -> str | None:
 
     if spec.revision is not None and _COMMIT.match(spec.revision):
         return spec.revision
+    # Read refs/<revision> ourselves: capped, a commit hash or a typed error (never a path that
+    # would lead outside the cache, never its content in a message).
+    if spec.storage.is_dir():
+        commit = read_ref(spec.storage, spec.revision or "main")
+        if commit is not None:
+            return commit
     try:
         resolved = HfApi().resolve_revision(
             spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
