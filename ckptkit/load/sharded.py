@@ -30,7 +30,7 @@ from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.format.validate import check_weight_set
 from ckptkit.io.module_fill import ModuleSlots
 from ckptkit.io.progress import progress_bar
-from ckptkit.io.reader import TensorRead, read_tensors
+from ckptkit.io.reader import FileMaps, TensorRead, read_tensors
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.load.keys import KeySelection, select_keys
 from ckptkit.resolve.resolve import resolve_ckpt_dir
@@ -71,7 +71,7 @@ def load_sharded(
     prefix: str | None = None,
     strip_prefixes: Sequence[str] | str | None = None,
     strict: bool = True,
-    mmap: bool = False,
+    mmap: bool | None = None,
     num_threads: int | None = None,
     progress: bool | None = None,
     unwrap: str | bool | None = None,
@@ -102,10 +102,12 @@ def load_sharded(
         strip_prefixes: wrapper prefixes to remove (``("module.", "_orig_mod.")``).
         strict: with ``model``, raise when keys are missing or unexpected (before anything is
             loaded).
-        mmap: return file-backed, zero-copy tensors (safetensors ``safe_open``, ``torch.load(mmap=True)``)
-            instead of private memory. They cost no RAM up front, but every page is read on first
-            touch and the file must stay in place while they live. Tensors that need a cast or
-            another device are private anyway.
+        mmap: ``None`` (default) or ``True``: CPU tensors in their stored dtype are zero-copy,
+            copy-on-write views of the files (as ``from_pretrained`` and safetensors ``load_file``
+            return them): no anonymous memory, each page read on first touch, writes stay private,
+            and the files must not be truncated in place while the tensors live. ``False``: every
+            tensor is private memory (read in parallel). A cast, another device or a misaligned
+            tensor is private either way.
         num_threads: parallel readers (default: the CPUs available, 2 to 8).
         progress: show a tqdm bar; ``None`` shows it unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set.
         unwrap: torch files only: the key a state dict is nested under (``"state_dict"``,
@@ -167,7 +169,7 @@ def load_sharded(
             dtype=target_dtype,
             no_split_module_classes=no_split_module_classes,
             strict=strict,
-            mmap=mmap,
+            mmap=mmap is not False,
             key_map=_key_map(prefix, strip_prefixes),
         )
     if model is not None:
@@ -175,6 +177,12 @@ def load_sharded(
 
         if has_dtensor_params(model):
             from ckptkit.distributed import load_sharded_distributed
+
+            if mmap:
+                raise ValueError(
+                    "mmap=True: a model with DTensor parameters is filled with private shard copies; "
+                    "leave mmap unset"
+                )
 
             return load_sharded_distributed(
                 checkpoint,
@@ -185,7 +193,8 @@ def load_sharded(
                 strip_prefixes=[strip_prefixes] if isinstance(strip_prefixes, str) else strip_prefixes,
             )
     plan = _Plan(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
-    options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)
+    zero_copy = mmap is not False
+    options = _Options(model, target_device, target_dtype, strict, zero_copy, num_threads, progress, unwrap)
     if checkpoint.format == "safetensors":
         result = _load_safetensors(plan, options)
     else:
@@ -199,7 +208,7 @@ def load_sharded(
             device=target_device,
             dtype=target_dtype,
             strict=strict,
-            mmap=mmap,
+            mmap=zero_copy,
             unwrap=unwrap,
             progress=progress,
         )
@@ -328,35 +337,26 @@ def _safetensors_to_dict(
     selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> dict[str, torch.Tensor]:
     device = options.device or torch.device("cpu")
+    maps = _file_maps(options, device)
     out: dict[str, torch.Tensor] = {}
-    if options.mmap:
-        for name, tensor in _mapped(selection, located).items():
-            out[name] = tensor.to(device=device, dtype=_want_dtype(tensor.dtype, options.dtype))
-        return out
     reads = []
     for name, source in selection.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
-        out[name] = torch.empty(info.shape, dtype=_want_dtype(stored, options.dtype), device=device)
+        want = _want_dtype(stored, options.dtype)
+        view = maps.tensor(header, info) if maps is not None and want == stored else None
+        if view is not None:
+            out[name] = view  # zero-copy: a copy-on-write view of the file
+            continue
+        out[name] = torch.empty(info.shape, dtype=want, device=device)
         reads.append(TensorRead(header, info, out[name]))
     _read(reads, options)
     return out
 
 
-def _mapped(
-    selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]]
-) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for name, source in selection.items():
-        by_file.setdefault(located[source][0].path, []).append((name, source))
-    out: dict[str, torch.Tensor] = {}
-    for path, names in by_file.items():
-        with safe_open(path, framework="pt") as handle:
-            for name, source in names:
-                out[name] = handle.get_tensor(source)
-    return {name: out[name] for name in selection}
+def _file_maps(options: _Options, device: torch.device | None) -> FileMaps | None:
+    """Maps for zero-copy CPU tensors, unless a private copy was asked (``mmap=False``)."""
+    return FileMaps() if options.mmap and (device is None or device.type == "cpu") else None
 
 
 def _read(reads: list[TensorRead], options: _Options) -> None:
@@ -375,7 +375,7 @@ def _safetensors_to_module(
     check_shapes(slots, shapes, where=_where(located))
     filled: set[str] = set()
     reads, assigns = [], []
-    mapped = _mapped(selection, located) if options.mmap else {}
+    maps = _file_maps(options, options.device)
     for name, source in selection.items():
         if name not in slots or filled.intersection(slots.aliases(name)):
             continue
@@ -383,19 +383,12 @@ def _safetensors_to_module(
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
         placement = slots.placement(name, dtype=options.dtype, device=options.device, stored=stored)
-        if name in mapped:
-            tensor = mapped[name]
-            if (
-                placement.assign
-                and placement.target.dtype == stored
-                and placement.target.device.type == "cpu"
-            ):
-                assigns.append((name, tensor))  # zero-copy: the file-backed tensor itself
-            else:
-                placement.target.copy_(tensor)
-                if placement.assign:
-                    assigns.append((name, placement.target))
-            continue
+        target = placement.target
+        if maps is not None and placement.assign and target.dtype == stored and target.device.type == "cpu":
+            view = maps.tensor(header, info)
+            if view is not None:
+                assigns.append((name, view))  # zero-copy: a copy-on-write view of the file
+                continue
         reads.append(TensorRead(header, info, placement.target))
         if placement.assign:
             assigns.append((name, placement.target))
