@@ -81,6 +81,11 @@ def load_diffusers_model(
     """
     from accelerate import init_empty_weights
 
+    try:
+        from diffusers.models.modeling_utils import no_init_weights
+    except ImportError:  # diffusers before 0.33 had none
+        from contextlib import nullcontext as no_init_weights  # type: ignore[assignment]
+
     request = ComponentRequest(spec, subfolder, component, classes, variant, variant_fallback, hub)
     ckpt = resolve_component(request)
     config = read_config(ckpt)
@@ -93,7 +98,9 @@ def load_diffusers_model(
     keep = getattr(cls, "_keep_in_fp32_modules", None) if load_dtype != torch.float32 else None
 
     overrides, loader = config_kwargs(config_overrides)
-    with init_empty_weights():
+    # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
+    # from_pretrained does; on meta tensors it would only cost time.
+    with init_empty_weights(), no_init_weights():
         model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
     model.eval()

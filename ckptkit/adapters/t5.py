@@ -96,6 +96,11 @@ def load_t5(
     import transformers
     from accelerate import init_empty_weights
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined,no-redef]
+
     hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only, "token": token}
     request = ComponentRequest(
         pretrained_model_name_or_path,
@@ -123,7 +128,9 @@ def load_t5(
     default = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else _stored_dtype(ckpt)
     load_dtype = choose_dtype(ckpt, requested, default)
 
-    with init_empty_weights():
+    # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
+    # from_pretrained does; on meta tensors it would only cost time.
+    with init_empty_weights(), no_init_weights():
         model = cls._from_config(config)
     keep = set()
     if load_dtype == torch.float16:

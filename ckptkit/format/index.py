@@ -122,6 +122,7 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
     for key, shard in weight_map.items():
         if not isinstance(shard, str):
             raise CorruptCheckpointError(f"weight_map entry {key!r} is not a file name", path=path)
+    for shard in dict.fromkeys(weight_map.values()):  # each name once: many keys share few shards
         check_shard_name(shard, path)
     metadata = parsed.get("metadata") or {}
     if not isinstance(metadata, dict):

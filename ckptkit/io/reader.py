@@ -83,6 +83,8 @@ class FileMaps:
 
     def __init__(self) -> None:
         self._bases: dict[Path, torch.Tensor] = {}
+        self._last_header: SafetensorsHeader | None = None
+        self._last_base = torch.empty(0, dtype=torch.uint8)
 
     def tensor(self, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor | None:
         """A file-backed tensor of ``info`` in its stored dtype and shape, or ``None`` when it
@@ -91,10 +93,11 @@ class FileMaps:
         start = header.data_start + info.begin
         if not info.nbytes or start % dtype.itemsize or dtype.itemsize * info.numel != info.nbytes:
             return None
-        base = self._bases.get(header.path)
-        if base is None:
-            base = self._map(header)
-        return base[start : start + info.nbytes].view(dtype).view(info.shape)
+        if header is not self._last_header:  # tensors come file by file: skip hashing the path
+            self._last_header = header
+            base = self._bases.get(header.path)
+            self._last_base = base if base is not None else self._map(header)
+        return self._last_base[start : start + info.nbytes].view(dtype).view(info.shape)
 
     def _map(self, header: SafetensorsHeader) -> torch.Tensor:
         path = header.path
