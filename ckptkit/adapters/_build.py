@@ -68,7 +68,8 @@ def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     """Split ``**kwargs`` of a ``from_pretrained`` call: (config overrides, loader options).
 
     Loader options kept: ``max_memory``, ``offload_folder``, ``offload_buffers`` (for planned
-    ``device_map``). Quantization is refused rather than silently ignored.
+    ``device_map``) and ``disable_mmap`` (private copies instead of views of the files).
+    Quantization is refused rather than silently ignored.
 
     Raises:
         ValueError: ``quantization_config`` was given.
@@ -80,7 +81,7 @@ def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     loader = {
         k: kwargs[k] for k in kwargs if k in LOADER_ONLY_KWARGS or k in ("max_memory", "quantization_config")
     }
-    ignored = sorted(k for k in loader if k != "max_memory")
+    ignored = sorted(k for k in loader if k not in ("max_memory", "disable_mmap"))
     if ignored:
         logger.info("ckptkit resolves and reads the weights itself; ignoring %s", ignored)
     return {k: v for k, v in kwargs.items() if k not in loader}, loader
@@ -134,6 +135,7 @@ def fill_model(
     device: torch.device,
     tied: dict[str, str] | None = None,
     prefix: str | None = None,
+    mmap: bool | None = None,
 ) -> None:
     """Fill a meta-device ``model`` from ``ckpt``, cast it, and tie its shared weights.
 
@@ -143,18 +145,19 @@ def fill_model(
     Args:
         tied: target -> source parameter names that share storage (transformers' ``_tied_weights_keys``).
         prefix: use only the checkpoint keys under this prefix, stripped (``"vae."`` of a single file).
+        mmap: ``False``: private copies; default: CPU tensors in their stored dtype are views of the files.
 
     Raises:
         CorruptCheckpointError: a tensor's shape differs from the model's, or the checkpoint lacks
             tensors the model needs.
     """
-    unexpected = _read_into(model, ckpt, dtype=dtype, device=device, prefix=prefix)
+    unexpected = _read_into(model, ckpt, dtype=dtype, device=device, prefix=prefix, mmap=mmap)
     kept = [n for n, t in _tensors(model) if keep_fp32(n) and t.is_floating_point() and not t.is_meta]
     if dtype is not None and dtype != torch.float32 and kept:
         # The kept modules were read at ``dtype`` with the rest; read them again from the file at
         # float32 (exact, and only they), so nothing is rounded and no float32 copy of the model exists.
         shell = _shell(model, kept)
-        _read_into(shell, ckpt, dtype=torch.float32, device=device, prefix=prefix)
+        _read_into(shell, ckpt, dtype=torch.float32, device=device, prefix=prefix, mmap=mmap)
         for name in kept:
             _put(
                 model,
@@ -179,12 +182,13 @@ def _read_into(
     dtype: torch.dtype | None,
     device: torch.device,
     prefix: str | None = None,
+    mmap: bool | None = None,
 ) -> list[str]:
     """Read the checkpoint into the model with :func:`ckptkit.load_sharded`; returns the unexpected keys."""
     from ckptkit.load.sharded import LoadResult, load_sharded
 
     result = load_sharded(
-        ckpt, model=model, dtype=dtype, device=device, prefix=prefix, strict=False, progress=False
+        ckpt, model=model, dtype=dtype, device=device, prefix=prefix, strict=False, progress=False, mmap=mmap
     )
     assert isinstance(result, LoadResult)
     return list(result.unexpected_keys)
@@ -270,12 +274,22 @@ def load_weights(
     Args:
         keep_fp32_modules: modules read at float32 when ``dtype`` is lower (the library's rule,
             already applied: transformers keeps them only under float16).
-        loader: ``max_memory``, ``offload_folder``, ``offload_buffers`` from the caller's kwargs.
+        loader: ``max_memory``, ``offload_folder``, ``offload_buffers``, ``disable_mmap`` from the
+            caller's kwargs.
     """
     keep = sorted(keep_fp32_modules or ())
     device, planned = split_device_map(device_map)
+    mmap = False if loader.get("disable_mmap") else None
     if planned is None:
-        fill_model(model, ckpt, dtype=dtype, keep_fp32=keep_in_fp32_matcher(keep), device=device, tied=tied)
+        fill_model(
+            model,
+            ckpt,
+            dtype=dtype,
+            keep_fp32=keep_in_fp32_matcher(keep),
+            device=device,
+            tied=tied,
+            mmap=mmap,
+        )
         return
     from ckptkit.placement.dispatch import load_with_device_map
 
@@ -292,6 +306,7 @@ def load_weights(
             offload_buffers=bool(loader.get("offload_buffers", False)),
             dtype=dtype,
             strict=False,
+            mmap=mmap,
         )
     finally:
         if own is _UNSET:

@@ -76,7 +76,8 @@ def load_t5(
             else the pipeline's ``tokenizer`` folder).
         kwargs: passed to the config (``AutoConfig.from_pretrained(..., **kwargs)``), except
             ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``force_download``, ...),
-            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
+            which are accepted and ignored, ``max_memory``, used with ``device_map="auto"``, and
+            ``disable_mmap=True``: private copies instead of copy-on-write views of the file.
 
     Returns:
         The encoder in eval mode, or ``(encoder, tokenizer)``.

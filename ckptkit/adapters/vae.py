@@ -72,8 +72,9 @@ def load_vae(
         low_cpu_mem_usage: accepted for compatibility; loading always goes through the meta device.
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"`` when the variant is missing.
         kwargs: config overrides, passed to ``cls.from_config(config, **kwargs)``, except
-            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``disable_mmap``, ...),
-            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
+            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ...), which are
+            accepted and ignored, ``max_memory``, used with ``device_map="auto"``, and
+            ``disable_mmap=True``: private copies instead of copy-on-write views of the file.
 
     Returns:
         The autoencoder in eval mode.

@@ -204,7 +204,7 @@ def load_with_device_map(
             ckpt.weight_files, model, targets, held, mmap=mmap is not False, names=stored_names
         )
     else:
-        fill_from_state_dict(state, model, targets, held)
+        fill_from_state_dict(state, model, targets, held, mmap=mmap is not False)
         _convert_disk_entries(ckpt, state, model, targets, held, folder, result)
     _tie_offloaded(tied, result.offload_index)
     retie_parameters(model, tied)

@@ -193,3 +193,15 @@ def test_auto_device_map_offloads_to_disk_and_still_runs(layouts, tmp_path):
     assert "disk" in set(ours.hf_device_map.values())
     reference = T5EncoderModel.from_pretrained(layouts["t5_single"])
     assert torch.equal(hidden(ours), hidden(reference))
+
+
+@pytest.mark.parametrize("device_map", [None, "auto"])
+def test_disable_mmap_gives_private_weights_equal_to_from_pretrained(layouts, device_map):
+    from tests.adapters._compare import file_backed
+
+    default = load_t5(layouts["t5_sharded"], device_map=device_map)
+    private = load_t5(layouts["t5_sharded"], device_map=device_map, disable_mmap=True)
+    assert all(file_backed(t) for t in default.state_dict().values())
+    assert not any(file_backed(t) for t in private.state_dict().values())
+    reference = T5EncoderModel.from_pretrained(layouts["t5_sharded"], disable_mmap=True)
+    assert torch.equal(hidden(private), hidden(reference))
