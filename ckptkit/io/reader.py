@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ckptkit.errors import CkptError, CorruptCheckpointError
+from ckptkit.format.safe_files import held_path, open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.buffers import raw_bytes
 from ckptkit.io.tensors import read_into, to_torch_dtype
@@ -110,8 +111,14 @@ class FileMaps:
                 path=path,
                 fix="the file is truncated; download or copy it again",
             )
-        # shared=False: MAP_PRIVATE, so writes to a tensor copy the page and never reach the file.
-        storage = torch.UntypedStorage.from_file(os.fspath(path), False, size)
+        # Map the file already opened and checked (regular, the one whose header was read), not the
+        # path again. shared=False: MAP_PRIVATE, so writes to a tensor copy the page and never reach
+        # the file.
+        fd = open_regular(path, identity=header.identity)
+        try:
+            storage = torch.UntypedStorage.from_file(held_path(fd, path), False, size)
+        finally:
+            os.close(fd)
         base = torch.empty(0, dtype=torch.uint8).set_(storage)  # type: ignore[arg-type]  # from_file's stub says _StorageBase
         self._bases[path] = base
         return base
@@ -223,7 +230,7 @@ def _open_files(reads: Sequence[TensorRead]) -> Iterator[dict[Path, int]]:
         for item in reads:
             path = item.header.path
             if path not in fds:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = open_regular(path, identity=item.header.identity)
                 fds[path] = fd
                 if hasattr(os, "posix_fadvise"):
                     # Sequential readahead for cold files; harmless when the pages are cached.

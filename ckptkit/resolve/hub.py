@@ -11,7 +11,6 @@ import logging
 import os
 import posixpath
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,9 @@ from ckptkit.errors import (
 )
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME, read_model_index
+from ckptkit.format.hub_files import read_ref
+from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, offline_miss, resume_fix
+from ckptkit.resolve.local import resolve_local
 from ckptkit.resolve.repo_files import DownloadPlan, plan_files, plan_pipeline
 
 __all__ = ["CACHE_PATH_ENV", "HubSpec", "cache_dirs", "default_cache_dir", "is_offline", "resolve_hub"]
@@ -171,21 +173,18 @@ def cache_dirs(
 # -- the cache ----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Miss:
-    commit: str | None
-    missing: list[str] = field(default_factory=list)
-    error: CkptError | None = None
-    listed: bool = False  # the missing list comes from the repo's listing, not a guess
-    none_here: bool = False  # none of the files needed is in the cache
-
-
 def _cached_commit(spec: HubSpec) -> str | None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RevisionResolutionError
 
     if spec.revision is not None and _COMMIT.match(spec.revision):
         return spec.revision
+    # Read refs/<revision> ourselves: capped, a commit hash or a typed error (never a path that
+    # would lead outside the cache, never its content in a message).
+    if spec.storage.is_dir():
+        commit = read_ref(spec.storage, spec.revision or "main")
+        if commit is not None:
+            return commit
     try:
         resolved = HfApi().resolve_revision(
             spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
@@ -227,8 +226,8 @@ def _local_listing(snapshot: Path, directory: str) -> list[str]:
     return out
 
 
-def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Miss:
-    """Resolve from the cache alone (no HTTP); a :class:`_Miss` says what is lacking."""
+def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | CacheMiss:
+    """Resolve from the cache alone (no HTTP); a :class:`CacheMiss` says what is lacking."""
     from huggingface_hub import get_cached_repo_tree, try_to_load_from_cache
     from huggingface_hub.errors import CachedRepoTreeNotFoundError
     from huggingface_hub.utils import filter_repo_objects
@@ -236,11 +235,11 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
     commit = commit or _cached_commit(spec)
     spec.looked.append(str(spec.storage / "refs" / (spec.revision or "main")))
     if commit is None:
-        return _Miss(None)
+        return CacheMiss(None)
     snapshot = spec.storage / "snapshots" / commit
     spec.looked.append(str(snapshot / (spec.filename or spec.directory)))
     if not snapshot.is_dir():
-        return _Miss(commit)
+        return CacheMiss(commit)
     try:
         tree = get_cached_repo_tree(spec.repo_id, revision=commit, cache_dir=spec.cache_dir)
         listing, listed = [f.path for f in tree], True
@@ -254,7 +253,7 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
             raise  # the listing of that very commit says so
         # A branch may have moved on since it was cached, and a cache without a listing shows only
         # what was downloaded: let the Hub's listing decide when it can be asked.
-        return _Miss(commit, error=exc, listed=listed)
+        return CacheMiss(commit, error=exc, listed=listed)
     needed = plan.files
     if spec.allow_patterns is not None and listed:
         needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))
@@ -267,17 +266,15 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
         # Not one file of it is here: it was never downloaded (not an interrupted download). A
         # pipeline whose model_index.json is missing but some component is here is incomplete.
         none_here = set(missing) == set(needed) and not (plan.components == [] and any(snapshot.iterdir()))
-        return _Miss(commit, missing, listed=listed, none_here=none_here)
+        return CacheMiss(commit, missing, listed=listed, none_here=none_here)
     chosen = plan.selection.weight_set if plan.selection else None
     if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
         # Only the cache was listed: the variant asked for may still exist on the Hub.
-        return _Miss(commit, [], listed=False)
+        return CacheMiss(commit, [], listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
 
 
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
-    from ckptkit.resolve.resolve import resolve_local
-
     origin: dict[str, Any] = {"repo_id": spec.repo_id, "revision": commit, "cache_dir": spec.cache_dir}
     try:
         if spec.filename is not None:
@@ -296,7 +293,7 @@ def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointD
         )
     except IncompleteCheckpointError as exc:
         raise IncompleteCheckpointError(
-            exc.detail, path=exc.path, fix=_resume_fix(spec, commit, None)
+            exc.detail, path=exc.path, fix=resume_fix(spec, commit, None)
         ) from None
 
 
@@ -369,12 +366,12 @@ def _download(spec: HubSpec) -> str:
             f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc})",
             path=spec.label,
             fix=f"check the network or HF_ENDPOINT; looked in: {'; '.join(spec.looked)}; "
-            f"fetch it with: {_fetch_command(spec, None)}",
+            f"fetch it with: {fetch_command(spec, None)}",
         ) from None
     return revision.resolved
 
 
-def _resolve_unlisted_snapshot(spec: HubSpec, miss: _Miss) -> None:
+def _resolve_unlisted_snapshot(spec: HubSpec, miss: CacheMiss) -> None:
     """Without the Hub, a cached snapshot that has no listing is judged by what is on disk.
 
     Its own error (a dangling link, an unfinished blob, a missing shard) is the one worth showing,
@@ -398,7 +395,7 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
         IncompleteCheckpointError: cached in part while offline, or still incomplete after downloading.
         VariantNotFoundError: the variant rules refuse.
     """
-    misses: list[tuple[Path, _Miss]] = []
+    misses: list[tuple[Path, CacheMiss]] = []
     for cache in spec.caches:
         spec.cache_dir = cache
         found = _from_cache(spec)
@@ -409,7 +406,7 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
     spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
     if spec.offline:
         _resolve_unlisted_snapshot(spec, found)
-        raise _offline_miss(spec, found)
+        raise offline_miss(spec, found, env_offline=is_offline())
     spec.cache_dir = spec.caches[0]  # downloads go to the first cache
     try:
         commit = _download(spec)
@@ -425,104 +422,5 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
     raise IncompleteCheckpointError(
         "still missing after download: " + ", ".join(again.missing),
         path=spec.storage / "snapshots" / commit,
-        fix=_resume_fix(spec, commit, again.missing),
-    )
-
-
-# -- messages -----------------------------------------------------------------------------------
-
-
-def _custom_cache(spec: HubSpec) -> list[str]:
-    from huggingface_hub import constants
-
-    if os.path.abspath(spec.cache_dir) == os.path.abspath(os.path.expanduser(constants.HF_HUB_CACHE)):
-        return []
-    return ["--cache-dir", str(spec.cache_dir)]
-
-
-def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
-    words = ["hf", "download", spec.repo_id]
-    if files:
-        words += files
-    elif spec.filename:
-        words.append(spec.filename)
-    else:
-        for pattern in _guessed_patterns(spec):
-            words += ["--include", pattern]
-    if spec.revision:
-        words += ["--revision", spec.revision]
-    words += _custom_cache(spec)
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def _guessed_patterns(spec: HubSpec) -> list[str]:
-    """Without the repo's listing: the configs and the safetensors of the variant asked for.
-
-    Patterns of ``hf download --include`` match across ``/``: at the root they cover a pipeline's
-    components too, and no subfolder is guessed.
-    """
-    where = f"{spec.directory}/" if spec.directory else ""
-    weights = f"*.{spec.variant}*.safetensors" if spec.variant else "*.safetensors"
-    patterns = [f"{where}*.json", where + weights]
-    base = posixpath.basename(spec.directory)
-    if base.startswith("text_encoder"):
-        parent = posixpath.dirname(spec.directory)
-        tokenizer = base.replace("text_encoder", "tokenizer", 1)
-        patterns += [f"{where}*.model", f"{parent + '/' if parent else ''}{tokenizer}/*"]
-    elif not spec.directory:
-        patterns += ["*.model", "*.txt"]
-    return patterns
-
-
-def _ckptkit_command(spec: HubSpec) -> str:
-    words = ["ckptkit", "resolve", spec.label]
-    if spec.revision:
-        words += ["--revision", spec.revision]
-    if spec.variant:
-        words += ["--variant", spec.variant]
-    words += _custom_cache(spec)
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def _resume_fix(spec: HubSpec, commit: str, missing: list[str] | None) -> str:
-    incomplete = list((spec.storage / "blobs").glob("*.incomplete"))
-    # huggingface_hub restarts a file rather than resuming another process's *.incomplete.
-    note = (
-        f" ({len(incomplete)} interrupted downloads left *.incomplete files in {spec.storage / 'blobs'}; "
-        "they are not reused and can be deleted)"
-        if incomplete
-        else ""
-    )
-    return (
-        f"download the missing files again{note}: `{_fetch_command(spec, missing)}` "
-        f"or `{_ckptkit_command(spec)}` while online"
-    )
-
-
-def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
-    why = "local_files_only=True" if not is_offline() else "HF_HUB_OFFLINE=1"
-    looked = "; ".join(dict.fromkeys(spec.looked))
-    if miss.error is not None:
-        exc = miss.error
-        extra = f"looked in: {looked}; downloads are off ({why}); fetch with: `{_fetch_command(spec, None)}`"
-        return type(exc)(exc.detail, path=exc.path, fix=f"{exc.fix}; {extra}" if exc.fix else extra)
-    if miss.commit is not None and miss.missing and miss.listed and miss.none_here:
-        return CheckpointNotFoundError(
-            f"{spec.label} (revision {spec.revision or 'main'}) was never downloaded: none of its "
-            f"files is in the hub cache, and downloads are off ({why})",
-            path=spec.storage / "snapshots" / miss.commit / (spec.filename or spec.directory),
-            fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing)}`",
-        )
-    if miss.commit is not None and miss.missing and miss.listed:
-        return IncompleteCheckpointError(
-            f"{len(miss.missing)} needed files are not in the cache and downloads are off ({why}): "
-            + ", ".join(miss.missing),
-            path=spec.storage / "snapshots" / miss.commit,
-            fix=_resume_fix(spec, miss.commit, miss.missing),
-        )
-    return CheckpointNotFoundError(
-        f"{spec.label} (revision {spec.revision or 'main'}) is not in the hub cache and downloads are off ({why})",
-        path=spec.storage,
-        fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing or None)}` "
-        f"(or `{_ckptkit_command(spec)}` while online, which fetches only the files needed)",
+        fix=resume_fix(spec, commit, again.missing),
     )
