@@ -1,5 +1,4 @@
-"""The files a load reads, validated before any tensor is read: the selected weight set, narrowed
-to the shards that hold the selected keys, with their headers and how keys are chosen."""
+"""The weight files a load reads: validated, and cut to the shards that hold the selected keys."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from ckptkit.format.naming import parse_weight_filename
 from ckptkit.format.safetensors_header import SafetensorsHeader
 from ckptkit.format.validate import check_weight_set
 
-__all__ = ["WeightFiles", "weight_set_of"]
+__all__ = ["WeightFiles"]
 
 
 class WeightFiles:
@@ -30,7 +29,7 @@ class WeightFiles:
         self.checkpoint = checkpoint
         self.prefix = prefix
         self.strip_prefixes = strip_prefixes
-        weight_set = checkpoint.weight_set or weight_set_of(checkpoint)
+        weight_set = checkpoint.weight_set or _weight_set_of(checkpoint)
         index = weight_set.index
         self.index_keys: dict[Path, list[str]] | None = None
         partial = False
@@ -63,7 +62,7 @@ class WeightFiles:
         )
 
 
-def weight_set_of(checkpoint: CheckpointDir) -> WeightSet:
+def _weight_set_of(checkpoint: CheckpointDir) -> WeightSet:
     files = list(checkpoint.weight_files)
     parsed = parse_weight_filename(files[0].name) if files else None
     weight_set = WeightSet(
