@@ -29,6 +29,7 @@ from ckptkit.distributed.save import dtype_code, finish_staging, write_blank_fil
 from ckptkit.errors import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.naming import TRANSFORMERS_WEIGHTS_NAME
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.atomic import staged_directory
 from ckptkit.io.byte_copy import pwrite_all
@@ -147,7 +148,7 @@ def _read_whole(entry: CheckpointEntry, fds: dict[Path, int]) -> torch.Tensor:
     assert entry.header is not None and entry.info is not None
     fd = fds.get(entry.path)
     if fd is None:
-        fd = fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+        fd = fds[entry.path] = open_regular(entry.path, identity=entry.header.identity)
     return read_tensor(fd, entry.header, entry.info)
 
 

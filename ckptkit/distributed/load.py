@@ -14,6 +14,7 @@ from ckptkit.distributed.allocate import allocate_meta_model
 from ckptkit.distributed.boxes import Box, box_of, byte_runs, local_part
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 from ckptkit.io.module_fill import FillPlan, ModuleSlots, StoredTensor, plan_module_fill
 from ckptkit.io.tensors import read_into, to_torch_dtype
@@ -273,7 +274,7 @@ def _fill(local: torch.Tensor, entry: CheckpointEntry, box: Box, fds: dict[Path,
     raw = memoryview(buffer.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
     fd = fds.get(entry.path)
     if fd is None:
-        fd = fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+        fd = fds[entry.path] = open_regular(entry.path, identity=entry.header.identity)
     base = entry.header.data_start + entry.info.begin
     total = 0
     for run in byte_runs(box, buffer.element_size()):

@@ -27,6 +27,7 @@ from ckptkit.format.naming import (
     parse_weight_filename,
     weights_family,
 )
+from ckptkit.format.safe_files import os_error
 
 __all__ = [
     "VARIANT_POLICIES",
@@ -120,9 +121,18 @@ def _walk_files(directory: Path) -> list[Path]:
         raise CheckpointNotFoundError("directory does not exist", path=directory) from None
     except NotADirectoryError:
         raise CheckpointNotFoundError("is not a directory", path=directory) from None
-    return [
-        Path(e.path) for e in entries if not e.is_dir() or (e.is_symlink() and not os.path.exists(e.path))
-    ]
+    except OSError as exc:
+        raise os_error(directory, exc) from None
+    return [Path(e.path) for e in entries if not _is_real_dir(e)]
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    """A directory (links followed); a link loop or an unreadable target is listed as a file, so
+    opening it names what is wrong."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def discover_weight_sets(

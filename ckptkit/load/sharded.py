@@ -25,19 +25,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ckptkit.distributed.load import DistributedLoadResult, has_dtensor_params, load_sharded_distributed
-from ckptkit.errors import CkptWarning
+from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.index import read_index
-from ckptkit.format.keys import KeySelection, select_keys
-from ckptkit.format.layout import WeightSet
-from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.confine import confine_enabled
+from ckptkit.format.keys import KeySelection
+from ckptkit.format.safe_files import confinement, held_path, open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
-from ckptkit.format.validate import check_weight_set
 from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor, plan_module_fill
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.reader import TensorRead, read_tensors
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.load.torch_load import load_torch_weights
+from ckptkit.load.weight_files import WeightFiles
 from ckptkit.placement.dispatch import PlacementResult, load_with_device_map
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
@@ -122,7 +121,8 @@ def load_sharded(
     plan (:func:`ckptkit.io.module_fill.plan_module_fill`): the same keys, shapes, dtypes and
     errors. Options the path taken cannot honour raise ``TypeError`` naming them: with
     ``device_map``, ``device``/``num_threads``/``progress``/``unwrap``; with DTensor parameters,
-    those and the placement options (``mmap`` has no effect there: local shards are always the
+    ``num_threads``/``progress``/``unwrap`` and the placement options (``device`` only says where a
+    model built on meta is allocated; ``mmap`` has no effect there: local shards are always the
     model's own memory, filled in place); without ``device_map``, ``max_memory``/
     ``offload_folder``/``no_split_module_classes``.
 
@@ -168,6 +168,53 @@ def load_sharded(
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
     ).require_single()
+    # Under confinement every file is checked as opened (its descriptor's real path), so a file
+    # swapped for an outside link after resolve checked it is still refused.
+    confined_root = (
+        (checkpoint.root or checkpoint.path) if confine_enabled(resolve_kwargs.get("confine")) else None
+    )
+    with confinement(confined_root):
+        result = _load(
+            checkpoint,
+            model=model,
+            device=device,
+            dtype=dtype,
+            prefix=prefix,
+            strip_prefixes=strip_prefixes,
+            strict=strict,
+            mmap=mmap,
+            num_threads=num_threads,
+            progress=progress,
+            unwrap=unwrap,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+            no_split_module_classes=no_split_module_classes,
+            keep_in_fp32_modules=keep_in_fp32_modules,
+        )
+    logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
+    return result
+
+
+def _load(
+    checkpoint: CheckpointDir,
+    *,
+    model: nn.Module | None,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    prefix: str | None,
+    strip_prefixes: Sequence[str] | str | None,
+    strict: bool,
+    mmap: bool,
+    num_threads: int | None,
+    progress: bool | None,
+    unwrap: str | bool | None,
+    device_map: str | Mapping[str, Any] | None,
+    max_memory: Mapping[Any, int | str] | None,
+    offload_folder: str | os.PathLike[str] | None,
+    no_split_module_classes: Sequence[str] | None,
+    keep_in_fp32_modules: Sequence[str] | None,
+) -> dict[str, torch.Tensor] | LoadResult | PlacementResult | DistributedLoadResult:
     target_device = _device(device)
     selection = checkpoint.selection
     cast = dtype if dtype is not None else (selection.cast_dtype if selection else None)
@@ -198,7 +245,7 @@ def load_sharded(
             keep_in_fp32_modules=keep_in_fp32_modules,
             device=device,
         )
-    files = _WeightFiles(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
+    files = WeightFiles(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
     options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)
     plan = None
     if model is not None:
@@ -233,9 +280,8 @@ def load_sharded(
         warnings.warn(
             f"{checkpoint.path}: no key starts with prefix {prefix!r}; nothing was loaded",
             CkptWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
     return result
 
 
@@ -250,8 +296,8 @@ def _refuse_unused_options(model: nn.Module | None, *, device_map: object, **opt
         refused = given & {"device", "num_threads", "progress", "unwrap"}
         why = "with device_map= (accelerate places the tensors)"
     elif model is not None and has_dtensor_params(model):
-        # Local shards are filled in place on their own devices, by one reader per rank; device= only
-        # says where a meta-device model's shards are allocated.
+        # Local shards are filled in place on their own devices (device= only says where a model
+        # built on meta is allocated), by one reader per rank.
         refused = given & ({"num_threads", "progress", "unwrap"} | placement_only)
         why = "for a model with DTensor parameters (each rank fills its local shards in place)"
     else:
@@ -288,70 +334,18 @@ def _device(device: str | torch.device | None) -> torch.device | None:
     return resolved
 
 
-class _WeightFiles:
-    """The validated files to read and how keys are chosen; built before any tensor is read."""
-
-    def __init__(
-        self, checkpoint: CheckpointDir, *, prefix: str | None, strip_prefixes: Sequence[str] | str | None
-    ) -> None:
-        self.checkpoint = checkpoint
-        self.prefix = prefix
-        self.strip_prefixes = strip_prefixes
-        weight_set = checkpoint.weight_set or _weight_set_of(checkpoint)
-        index = weight_set.index
-        self.index_keys: dict[Path, list[str]] | None = None
-        partial = False
-        if index is not None:
-            # Only the shards that hold selected keys are checked and opened.
-            wanted = self.select(index.weight_map, where=index.path).source_keys
-            needed = {name for key, name in index.weight_map.items() if key in wanted}
-            weight_set = dataclasses.replace(
-                weight_set,
-                files=[p for p in weight_set.files if p.name in needed],
-                missing=[p for p in weight_set.missing if p.name in needed],
-            )
-            partial = len(needed) < len(index.shard_names)
-            self.index_keys = {
-                index.directory / name: keys for name, keys in index.keys_by_shard().items() if name in needed
-            }
-        check = check_weight_set(weight_set)
-        check.raise_first()
-        # Index-wide findings (total_size, unlisted tensors) are meaningless for a subset of shards.
-        for text in [] if partial else check.warnings:
-            warnings.warn(text, CkptWarning, stacklevel=4)
-        self.files = list(weight_set.files)
-        self.headers: dict[Path, SafetensorsHeader] = check.headers
-
-    def select(self, keys: Any, *, where: Path | None = None) -> KeySelection:
-        return select_keys(
-            keys, prefix=self.prefix, strip_prefixes=self.strip_prefixes, where=where or self.checkpoint.path
-        )
-
-
-def _weight_set_of(checkpoint: CheckpointDir) -> WeightSet:
-    files = list(checkpoint.weight_files)
-    parsed = parse_weight_filename(files[0].name) if files else None
-    weight_set = WeightSet(
-        directory=checkpoint.path,
-        name=parsed.stem if parsed else "model",
-        format=checkpoint.format,
-        variant=checkpoint.variant,
-        files=[p for p in files if p.exists()],
-        index_file=checkpoint.index_file,
-        missing=[p for p in files if not p.exists()],
-    )
-    if checkpoint.index_file is not None:
-        weight_set.index = read_index(checkpoint.index_file)
-    return weight_set
-
-
 def _load_safetensors(
-    files: _WeightFiles, options: _Options, plan: Callable[..., FillPlan] | None
+    files: WeightFiles, options: _Options, plan: Callable[..., FillPlan] | None
 ) -> dict[str, torch.Tensor] | LoadResult:
     located: dict[str, tuple[SafetensorsHeader, TensorInfo]] = {}
     for path in files.files:
         header = files.headers[path]
         for name, info in header.tensors.items():
+            if any(dim >= 2**63 for dim in info.shape):  # valid safetensors, but no torch size
+                raise CorruptCheckpointError(
+                    f"tensor {name!r} has a dimension of 2**63 or more, which torch cannot represent",
+                    path=path,
+                )
             located[name] = (header, info)
     if plan is None:
         return _safetensors_to_dict(files.select(located), located, options)
@@ -391,10 +385,17 @@ def _mapped(
     for name, source in selection.items():
         by_file.setdefault(located[source][0].path, []).append((name, source))
     out: dict[str, torch.Tensor] = {}
+    headers = {header.path: header for header, _ in located.values()}
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as handle:
-            for name, source in names:
-                out[name] = handle.get_tensor(source)
+        # safe_open opens by name: give it the file already opened and checked (regular, the
+        # one whose header was read, inside the root under confinement), not the path again.
+        fd = open_regular(path, identity=headers[path].identity)
+        try:
+            with safe_open(held_path(fd, path), framework="pt") as handle:
+                for name, source in names:
+                    out[name] = handle.get_tensor(source)
+        finally:
+            os.close(fd)
     return {name: out[name] for name in selection}
 
 

@@ -12,11 +12,13 @@ import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.keys import KeySelection
+from ckptkit.format.safe_files import open_regular_file
 from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
@@ -33,13 +35,18 @@ def check_torch_file(path: str | os.PathLike[str]) -> None:
         CorruptCheckpointError: the archive is truncated or damaged.
     """
     path = Path(path)
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         magic = handle.read(4)
-    if magic != b"PK\x03\x04":
-        return
-    size = path.stat().st_size
+        if magic != b"PK\x03\x04":
+            return
+        size = os.fstat(handle.fileno()).st_size
+        handle.seek(0)
+        _check_zip_members(path, handle, size)
+
+
+def _check_zip_members(path: Path, handle: BinaryIO, size: int) -> None:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
             for member in archive.infolist():
                 if member.header_offset + member.compress_size > size:
                     raise zipfile.BadZipFile(f"member {member.filename} runs past the end")

@@ -1,4 +1,4 @@
-"""Local checkpoints: a directory or a weights file, and the weight set chosen in it.
+"""Local checkpoints: a directory, a weights file or a pipeline, and the weight sets chosen in it.
 
 Used by :mod:`ckptkit.resolve.resolve` for local paths and by :mod:`ckptkit.resolve.hub` for a
 downloaded snapshot (so the hub needs nothing from the module that dispatches to it).
@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CheckpointNotFoundError, CkptWarning, IncompleteCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CkptError, CkptWarning, IncompleteCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import MODEL_INDEX_NAME, choose_components, read_model_index
+from ckptkit.format.components import MODEL_INDEX_NAME, check_subfolder, choose_components, read_model_index
 from ckptkit.format.layout import Selection, WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import open_regular, regular_file_problem
 
 __all__ = ["resolve_local"]
 
@@ -40,6 +41,10 @@ def resolve_local(
     """
     path = Path(path)
     if subfolder:
+        check_subfolder(subfolder, path)
+        # Links are judged against the folder given, not the component: a component that is a
+        # link leaving the pipeline is outside.
+        root = root or path
         path = path / subfolder
         if not path.exists():
             raise CheckpointNotFoundError(
@@ -189,6 +194,10 @@ def _no_components(path: Path, absent: list[str]) -> CheckpointDir:
 def _raise_if_dangling(weight_set: WeightSet) -> None:
     # A link into a deleted blob still lists as a file; it must not pass for a present shard.
     dangling = [p for p in weight_set.files if not p.exists()]
+    for path in dangling:
+        problem = regular_file_problem(path) or ""
+        if problem != "missing" and not problem.startswith("a dangling"):
+            os.close(open_regular(path))  # a link loop, an unreadable target: raises what it is
     if dangling:
         raise IncompleteCheckpointError(
             "dangling link (its target is gone): " + ", ".join(p.name for p in dangling),
@@ -198,7 +207,10 @@ def _raise_if_dangling(weight_set: WeightSet) -> None:
 
 
 def _components_hint(directory: Path) -> str | None:
-    components = read_model_index(directory) if directory.is_dir() else None
+    try:
+        components = read_model_index(directory) if directory.is_dir() else None
+    except CkptError:
+        return None
     if not components:
         return None
     names = [c.name for c in components if (directory / c.name).is_dir()]

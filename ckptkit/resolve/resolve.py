@@ -8,8 +8,10 @@ from typing import Any
 
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.components import check_subfolder
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import lexists
 from ckptkit.resolve.hub import HubSpec, cache_dirs, is_offline, resolve_hub
 from ckptkit.resolve.local import resolve_local
 from ckptkit.resolve.repo_files import parse_cache_path, parse_repo_spec
@@ -123,7 +125,8 @@ def _confined(ckpt: CheckpointDir, confine: bool | None) -> CheckpointDir:
     if confine_enabled(confine):
         for part in [ckpt, *ckpt.components.values()]:
             root = part.root or checkpoint_root(part.path)
-            files = [*part.weight_files, *([part.index_file] if part.index_file else [])]
+            # The folder too: a component that is a link leaving the pipeline is outside.
+            files = [part.path, *part.weight_files, *([part.index_file] if part.index_file else [])]
             enforce_confinement(files, root, confine=True)
     return ckpt
 
@@ -145,6 +148,8 @@ def _resolve(
 ) -> CheckpointDir:
     raw = os.fspath(spec)
     path = Path(os.path.expanduser(raw))
+    if subfolder:
+        check_subfolder(subfolder, path)
     hub_options: dict[str, Any] = {
         "revision": revision,
         "variant": variant,
@@ -169,7 +174,7 @@ def _resolve(
             search_caches=False,
             **hub_options,
         )
-    if path.exists() or path.is_symlink():
+    if lexists(path):
         return resolve_local(
             path,
             subfolder=subfolder,

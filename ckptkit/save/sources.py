@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 from ckptkit.format.validate import check_weight_set
 from ckptkit.io.writer import PlannedTensor
@@ -128,7 +129,7 @@ def _plan_safetensors(
             _claim(owner, info.name, header.path)
             if _castable(info.dtype, target_code):
                 if fd is None:
-                    fd = os.open(header.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    fd = open_regular(header.path, identity=header.identity)
                     stack.callback(os.close, fd)
                 planned.append(_converted(fd, header, info, target_code))  # type: ignore[arg-type]
             else:
