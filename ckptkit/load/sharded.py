@@ -29,11 +29,11 @@ from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import confine_enabled
 from ckptkit.format.keys import KeySelection
-from ckptkit.format.safe_files import confinement, held_path, open_regular
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor, plan_module_fill
 from ckptkit.io.progress import progress_bar
-from ckptkit.io.reader import TensorRead, read_tensors
+from ckptkit.io.reader import FileMaps, TensorRead, read_tensors
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.load.torch_load import load_torch_weights
 from ckptkit.load.weight_files import WeightFiles
@@ -60,7 +60,7 @@ def load_sharded(
     prefix: str | None = None,
     strip_prefixes: Sequence[str] | str | None = None,
     strict: bool = True,
-    mmap: bool = False,
+    mmap: bool | None = None,
     num_threads: int | None = None,
     progress: bool | None = None,
     unwrap: str | bool | None = None,
@@ -93,10 +93,12 @@ def load_sharded(
         strip_prefixes: wrapper prefixes to remove (``("module.", "_orig_mod.")``).
         strict: with ``model``, raise when keys are missing or unexpected (before anything is
             loaded).
-        mmap: return file-backed, zero-copy tensors (safetensors ``safe_open``, ``torch.load(mmap=True)``)
-            instead of private memory. They cost no RAM up front, but every page is read on first
-            touch and the file must stay in place while they live. Tensors that need a cast or
-            another device are private anyway.
+        mmap: ``None`` (default) or ``True``: CPU tensors in their stored dtype are zero-copy,
+            copy-on-write views of the files (as ``from_pretrained`` and safetensors ``load_file``
+            return them): no anonymous memory, each page read on first touch, writes stay private,
+            and the files must not be truncated in place while the tensors live. ``False``: every
+            tensor is private memory (read in parallel). A cast, another device or a misaligned
+            tensor is private either way.
         num_threads: parallel readers (default: the CPUs available, 2 to 8).
         progress: show a tqdm bar; ``None``: when stderr is a terminal and
             ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
@@ -205,7 +207,7 @@ def _load(
     prefix: str | None,
     strip_prefixes: Sequence[str] | str | None,
     strict: bool,
-    mmap: bool,
+    mmap: bool | None,
     num_threads: int | None,
     progress: bool | None,
     unwrap: str | bool | None,
@@ -229,12 +231,17 @@ def _load(
             dtype=target_dtype,
             no_split_module_classes=no_split_module_classes,
             strict=strict,
-            mmap=mmap,
+            mmap=mmap is not False,
             prefix=prefix,
             strip_prefixes=strip_prefixes,
             keep_in_fp32_modules=keep_in_fp32_modules,
         )
     if model is not None and has_dtensor_params(model):
+        if mmap:
+            raise ValueError(
+                "mmap=True: a model with DTensor parameters is filled with private shard copies; "
+                "leave mmap unset"
+            )
         return load_sharded_distributed(
             checkpoint,
             model,
@@ -246,7 +253,9 @@ def _load(
             device=device,
         )
     files = WeightFiles(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
-    options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)
+    options = _Options(
+        model, target_device, target_dtype, strict, mmap is not False, num_threads, progress, unwrap
+    )
     plan = None
     if model is not None:
 
@@ -272,7 +281,7 @@ def _load(
             plan=plan,
             device=target_device,
             dtype=target_dtype,
-            mmap=mmap,
+            mmap=mmap is not False,
             unwrap=unwrap,
             progress=progress,
         )
@@ -361,42 +370,26 @@ def _safetensors_to_dict(
     selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> dict[str, torch.Tensor]:
     device = options.device or torch.device("cpu")
+    maps = _file_maps(options, device)
     out: dict[str, torch.Tensor] = {}
-    if options.mmap:
-        for name, tensor in _mapped(selection, located).items():
-            out[name] = tensor.to(device=device, dtype=_want_dtype(tensor.dtype, options.dtype))
-        return out
     reads = []
     for name, source in selection.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
-        out[name] = torch.empty(info.shape, dtype=_want_dtype(stored, options.dtype), device=device)
+        want = _want_dtype(stored, options.dtype)
+        view = maps.tensor(header, info) if maps is not None and want == stored else None
+        if view is not None:
+            out[name] = view  # zero-copy: a copy-on-write view of the file
+            continue
+        out[name] = torch.empty(info.shape, dtype=want, device=device)
         reads.append(TensorRead(header, info, out[name]))
     _read(reads, options)
     return out
 
 
-def _mapped(
-    selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]]
-) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for name, source in selection.items():
-        by_file.setdefault(located[source][0].path, []).append((name, source))
-    out: dict[str, torch.Tensor] = {}
-    headers = {header.path: header for header, _ in located.values()}
-    for path, names in by_file.items():
-        # safe_open opens by name: give it the file already opened and checked (regular, the
-        # one whose header was read, inside the root under confinement), not the path again.
-        fd = open_regular(path, identity=headers[path].identity)
-        try:
-            with safe_open(held_path(fd, path), framework="pt") as handle:
-                for name, source in names:
-                    out[name] = handle.get_tensor(source)
-        finally:
-            os.close(fd)
-    return {name: out[name] for name in selection}
+def _file_maps(options: _Options, device: torch.device | None) -> FileMaps | None:
+    """Maps for zero-copy CPU tensors, unless a private copy was asked (``mmap=False``)."""
+    return FileMaps() if options.mmap and (device is None or device.type == "cpu") else None
 
 
 def _read(reads: list[TensorRead], options: _Options) -> None:
@@ -409,27 +402,20 @@ def _safetensors_to_module(
     plan: FillPlan, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> LoadResult:
     reads, assigns = [], []
+    maps = _file_maps(options, options.device)
     chosen = KeySelection({name: stored.key for name, stored in plan.fills.items()})
-    mapped = _mapped(chosen, located) if options.mmap else {}
     for name, source in chosen.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
         placement = plan.slots.placement(
             name, dtype=plan.cast(name, stored), device=options.device, stored=stored
         )
-        if name in mapped:
-            tensor = mapped[name]
-            if (
-                placement.assign
-                and placement.target.dtype == stored
-                and placement.target.device.type == "cpu"
-            ):
-                assigns.append((name, tensor))  # zero-copy: the file-backed tensor itself
-            else:
-                placement.target.copy_(tensor)
-                if placement.assign:
-                    assigns.append((name, placement.target))
-            continue
+        target = placement.target
+        if maps is not None and placement.assign and target.dtype == stored and target.device.type == "cpu":
+            view = maps.tensor(header, info)
+            if view is not None:
+                assigns.append((name, view))  # zero-copy: a copy-on-write view of the file
+                continue
         reads.append(TensorRead(header, info, placement.target))
         if placement.assign:
             assigns.append((name, placement.target))
