@@ -1,5 +1,4 @@
-"""LTX-Video's single file: its embedded config, its weights by component, and a component built
-from them. Re-exported by :mod:`ckptkit.shims.ltx`, where it is documented."""
+"""An LTX-Video single-file checkpoint: resolving the file and reading its embedded config."""
 
 from __future__ import annotations
 
@@ -11,27 +10,17 @@ from typing import Any
 
 import torch
 
-from ckptkit.adapters._build import fill_model, read_weights
+from ckptkit.adapters._build import read_weights
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.safetensors_header import read_header
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
-__all__ = [
-    "COMPONENT_PREFIXES",
-    "DEFAULT_REPO",
-    "DEFAULT_TEXT_ENCODER",
-    "LTXSingleFile",
-    "load_component",
-    "read_single_file",
-]
-
+__all__ = ["COMPONENT_PREFIXES", "DEFAULT_REPO", "LTXSingleFile", "read_single_file"]
 
 #: Where LTX-Video's scripts fetch a checkpoint named by file name alone.
 DEFAULT_REPO = "Lightricks/LTX-Video"
-#: The text encoder LTX-Video's scripts use.
-DEFAULT_TEXT_ENCODER = "PixArt-alpha/PixArt-XL-2-1024-MS"
 #: Component -> key prefix in the single file.
 COMPONENT_PREFIXES = {"transformer": "model.diffusion_model.", "vae": "vae."}
 
@@ -168,48 +157,3 @@ def read_single_file(
     if not isinstance(config, dict):
         raise CorruptCheckpointError("its metadata 'config' is not a JSON object", path=file)
     return LTXSingleFile(ckpt, config, metadata)
-
-
-def load_component(
-    ckpt_path: str | os.PathLike[str] | LTXSingleFile,
-    component: str,
-    model_class: type,
-    *,
-    device: str | torch.device = "cpu",
-    **resolve_kwargs: Any,
-) -> torch.nn.Module:
-    """Build ``model_class`` from the file's ``component`` config on the meta device and fill it.
-
-    The weights keep the dtype they are stored in (``load_state_dict(assign=True)``, as LTX-Video
-    does), so an fp8 or bf16 file is never widened in memory.
-
-    Args:
-        ckpt_path: the single file (see :func:`read_single_file`) or what it returned.
-        component: ``"transformer"`` or ``"vae"``.
-        model_class: a diffusers ``ConfigMixin`` model class (LTX-Video's ``Transformer3DModel``,
-            diffusers' ``LTXVideoTransformer3DModel``, ...).
-        device: where the weights are read to.
-
-    Raises:
-        CorruptCheckpointError: the config or weights are missing or do not fit ``model_class``.
-    """
-    from accelerate import init_empty_weights
-
-    single = (
-        ckpt_path if isinstance(ckpt_path, LTXSingleFile) else read_single_file(ckpt_path, **resolve_kwargs)
-    )
-    config = single._part(component)
-    prefix = COMPONENT_PREFIXES.get(component)
-    if prefix is None:
-        raise ValueError(f"component must be one of {sorted(COMPONENT_PREFIXES)}, not {component!r}")
-    with init_empty_weights():
-        model = model_class.from_config(config)  # type: ignore[attr-defined]
-    fill_model(
-        model,
-        single.ckpt,
-        dtype=None,
-        keep_fp32_modules=(),
-        device=torch.device(device),
-        prefix=prefix,
-    )
-    return model.eval()

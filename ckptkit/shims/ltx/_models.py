@@ -1,70 +1,77 @@
-"""LTX-Video loader entry points, loading through ckptkit.
-
-LTX-Video ships one ``.safetensors`` file per release: its metadata holds a ``config`` JSON with
-``transformer``, ``vae`` and ``scheduler`` parts, the transformer's weights are prefixed
-``model.diffusion_model.`` and the VAE's ``vae.`` (with the latent statistics under
-``vae.per_channel_statistics.``). The text encoder is the T5 of ``PixArt-alpha/PixArt-XL-2-1024-MS``
-(``subfolder="text_encoder"``). Swap the import::
-
-    # from ltx_video.inference import create_ltx_video_pipeline, create_transformer
-    from ckptkit.shims.ltx import create_ltx_video_pipeline, create_transformer
-
-or leave LTX-Video's code as it is and call :func:`install` first: its ``inference.py`` then loads
-through ckptkit (:func:`uninstall` puts LTX-Video's loaders back).
-
-The model classes are LTX-Video's own (``Transformer3DModel``, ``CausalVideoAutoencoder``,
-``RectifiedFlowScheduler``), so the ``ltx-video`` package must be installed for them; what ckptkit
-replaces is finding and reading the weights (offline first, only the needed files fetched, headers
-validated, no float32 copy of a bf16 transformer).
-"""
+"""LTX-Video's model loaders on ckptkit: transformer, VAE, scheduler and text encoder."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ckptkit.adapters._build import read_weights
+from ckptkit.adapters._build import fill_model, read_weights
 from ckptkit.adapters.t5 import load_t5
-from ckptkit.errors import (
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    ModelMismatchError,
-    UnsafeCheckpointError,
-)
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, ModelMismatchError
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.resolve.resolve import resolve_ckpt_dir
-from ckptkit.shims._ltx_file import (
-    COMPONENT_PREFIXES,
-    DEFAULT_REPO,
-    DEFAULT_TEXT_ENCODER,
-    LTXSingleFile,
-    load_component,
-    read_single_file,
-)
-from ckptkit.shims._patch import Patches
+from ckptkit.shims.ltx._single_file import COMPONENT_PREFIXES, LTXSingleFile, read_single_file
 
 __all__ = [
-    "COMPONENT_PREFIXES",
-    "DEFAULT_REPO",
     "DEFAULT_TEXT_ENCODER",
-    "LTXSingleFile",
-    "create_ltx_video_pipeline",
     "create_transformer",
-    "install",
-    "installed",
     "load_component",
     "load_scheduler",
     "load_text_encoder",
     "load_vae",
-    "read_single_file",
-    "uninstall",
 ]
+
+#: The text encoder LTX-Video's scripts use.
+DEFAULT_TEXT_ENCODER = "PixArt-alpha/PixArt-XL-2-1024-MS"
+
+
+def load_component(
+    ckpt_path: str | os.PathLike[str] | LTXSingleFile,
+    component: str,
+    model_class: type,
+    *,
+    device: str | torch.device = "cpu",
+    **resolve_kwargs: Any,
+) -> torch.nn.Module:
+    """Build ``model_class`` from the file's ``component`` config on the meta device and fill it.
+
+    The weights keep the dtype they are stored in (``load_state_dict(assign=True)``, as LTX-Video
+    does), so an fp8 or bf16 file is never widened in memory.
+
+    Args:
+        ckpt_path: the single file (see :func:`read_single_file`) or what it returned.
+        component: ``"transformer"`` or ``"vae"``.
+        model_class: a diffusers ``ConfigMixin`` model class (LTX-Video's ``Transformer3DModel``,
+            diffusers' ``LTXVideoTransformer3DModel``, ...).
+        device: where the weights are read to.
+
+    Raises:
+        CorruptCheckpointError: the config or weights are missing or do not fit ``model_class``.
+    """
+    from accelerate import init_empty_weights
+
+    single = (
+        ckpt_path if isinstance(ckpt_path, LTXSingleFile) else read_single_file(ckpt_path, **resolve_kwargs)
+    )
+    config = single._part(component)
+    prefix = COMPONENT_PREFIXES.get(component)
+    if prefix is None:
+        raise ValueError(f"component must be one of {sorted(COMPONENT_PREFIXES)}, not {component!r}")
+    with init_empty_weights():
+        model = model_class.from_config(config)  # type: ignore[attr-defined]
+    fill_model(
+        model,
+        single.ckpt,
+        dtype=None,
+        keep_fp32_modules=(),
+        device=torch.device(device),
+        prefix=prefix,
+    )
+    return model.eval()
 
 
 def _ltx(name: str) -> Any:
@@ -238,77 +245,6 @@ def load_scheduler(ckpt_path: str | os.PathLike[str] | LTXSingleFile, **resolve_
     return scheduler_class.from_config(single.scheduler_config)
 
 
-def create_ltx_video_pipeline(
-    ckpt_path: str | os.PathLike[str],
-    precision: str,
-    text_encoder_model_name_or_path: str | os.PathLike[str],
-    sampler: str | None = None,
-    device: str | torch.device | None = None,
-    enhance_prompt: bool = False,
-    prompt_enhancer_image_caption_model_name_or_path: str | None = None,
-    prompt_enhancer_llm_model_name_or_path: str | None = None,
-) -> Any:
-    """LTX-Video's ``create_ltx_video_pipeline``: the same ``LTXVideoPipeline``, loaded through ckptkit.
-
-    The transformer (:func:`create_transformer`), VAE (:func:`load_vae`), scheduler (from the
-    embedded config, or ``sampler``), the T5 text encoder (``subfolder="text_encoder"``, only its
-    files fetched) and ``T5Tokenizer`` (``subfolder="tokenizer"``) end where LTX-Video puts them:
-    on ``device``, the VAE and text encoder in bf16, ``allowed_inference_steps`` from the metadata.
-
-    Raises:
-        UnsafeCheckpointError: ``enhance_prompt=True``: its caption model loads with
-            ``trust_remote_code=True`` (code from the hub); use LTX-Video's own function for it.
-        CheckpointNotFoundError: ``ckpt_path`` does not exist.
-    """
-    if enhance_prompt:
-        raise UnsafeCheckpointError(
-            "enhance_prompt=True loads the prompt-enhancer models with trust_remote_code=True "
-            "(it runs code from the hub); ckptkit does not",
-            path=prompt_enhancer_image_caption_model_name_or_path,
-            fix="create the pipeline with enhance_prompt=False, or call ltx_video.inference."
-            "create_ltx_video_pipeline for prompt enhancement",
-        )
-    from transformers import T5Tokenizer
-
-    pipeline_class = _ltx("ltx_video.pipelines.pipeline_ltx_video.LTXVideoPipeline")
-    patchifier_class = _ltx("ltx_video.models.transformers.symmetric_patchifier.SymmetricPatchifier")
-    scheduler_class = _ltx("ltx_video.schedulers.rf.RectifiedFlowScheduler")
-    path = Path(os.fspath(ckpt_path))
-    if not path.exists():
-        raise CheckpointNotFoundError(
-            "does not exist (--ckpt_path)", path=path, fix="pass the LTX-Video .safetensors file"
-        )
-    single = read_single_file(path)
-    allowed_inference_steps = single.config.get("allowed_inference_steps", None)
-    vae = load_vae(single)
-    transformer = create_transformer(path, precision)
-    if sampler == "from_checkpoint" or not sampler:
-        scheduler = load_scheduler(single)
-    else:
-        scheduler = scheduler_class(
-            sampler=("Uniform" if sampler.lower() == "uniform" else "LinearQuadratic")
-        )
-    text_encoder, _ = load_text_encoder(text_encoder_model_name_or_path, with_tokenizer=False)
-    tokenizer = T5Tokenizer.from_pretrained(text_encoder_model_name_or_path, subfolder="tokenizer")
-    transformer = transformer.to(device)
-    vae = vae.to(device).to(torch.bfloat16)
-    text_encoder = text_encoder.to(device).to(torch.bfloat16)
-    pipeline = pipeline_class(
-        transformer=transformer,
-        patchifier=patchifier_class(patch_size=1),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        vae=vae,
-        prompt_enhancer_image_caption_model=None,
-        prompt_enhancer_image_caption_processor=None,
-        prompt_enhancer_llm_model=None,
-        prompt_enhancer_llm_tokenizer=None,
-        allowed_inference_steps=allowed_inference_steps,
-    )
-    return pipeline.to(device)
-
-
 def load_text_encoder(
     text_encoder_model_name_or_path: str | os.PathLike[str] = DEFAULT_TEXT_ENCODER,
     *,
@@ -358,87 +294,3 @@ def load_text_encoder(
         tokenizer_subfolder=tokenizer_subfolder,
     )
     return model, tokenizer
-
-
-# --- install(): LTX-Video's own code path on ckptkit -------------------------------------------------
-
-_PATCHES = Patches("ltx_video")
-
-
-def _transformer_from_pretrained(cls: type, pretrained_model_path: Any, *args: Any, **kwargs: Any) -> Any:
-    # LTX-Video's create_transformer passes dtype=float8_e4m3fn, which its from_pretrained ignores
-    # (an fp8 release is stored in fp8): honoured here as "must already be stored so".
-    dtype = kwargs.pop("dtype", None)
-    if args or kwargs:
-        raise TypeError(
-            f"Transformer3DModel.from_pretrained (ckptkit) got unsupported arguments: "
-            f"{[*map(repr, args), *sorted(kwargs)]}"
-        )
-    directory = _local_directory(pretrained_model_path)
-    if directory is not None:
-        model = _diffusers_transformer(directory, cls)
-    else:
-        model = load_component(pretrained_model_path, "transformer", cls).train()
-    if dtype is not None:
-        stored = {t.dtype for t in model.parameters() if t.is_floating_point()}
-        if stored != {to_torch_dtype(dtype)}:
-            raise ValueError(
-                f"dtype={dtype} but the checkpoint stores {sorted(map(str, stored))}: LTX-Video loads "
-                "the stored dtype (cast the model afterwards)"
-            )
-    return model
-
-
-def _vae_from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
-    torch_dtype = kwargs.pop("torch_dtype", None)
-    if args or kwargs:
-        raise TypeError(
-            f"CausalVideoAutoencoder.from_pretrained (ckptkit) got unsupported arguments: "
-            f"{[*map(repr, args), *sorted(kwargs)]}"
-        )
-    return load_vae(pretrained_model_name_or_path, torch_dtype=torch_dtype, model_class=cls)
-
-
-def _targets() -> list[tuple[Any, str, Any]]:
-    inference = _ltx("ltx_video.inference")
-    transformer = _ltx("ltx_video.models.transformers.transformer3d.Transformer3DModel")
-    vae = _ltx("ltx_video.models.autoencoders.causal_video_autoencoder.CausalVideoAutoencoder")
-    scheduler = _ltx("ltx_video.schedulers.rf.RectifiedFlowScheduler")
-    return [
-        (inference, "create_transformer", create_transformer),
-        (inference, "create_ltx_video_pipeline", create_ltx_video_pipeline),
-        (transformer, "from_pretrained", classmethod(_transformer_from_pretrained)),
-        (vae, "from_pretrained", classmethod(_vae_from_pretrained)),
-        (scheduler, "from_pretrained", staticmethod(load_scheduler)),
-    ]
-
-
-def install() -> None:
-    """Make the installed LTX-Video load through ckptkit, its own code unchanged.
-
-    Patches ``ltx_video.inference.create_transformer`` and ``create_ltx_video_pipeline``, and the
-    ``from_pretrained`` of ``Transformer3DModel``, ``CausalVideoAutoencoder`` and
-    ``RectifiedFlowScheduler``; ``inference.py``'s ``infer()`` then runs on ckptkit. Installing twice
-    is a no-op; :func:`uninstall` restores the originals.
-
-    Raises:
-        ImportError: LTX-Video is not installed.
-    """
-    _PATCHES.install(_targets)
-
-
-def uninstall() -> None:
-    """Put LTX-Video's own loaders back (a no-op when :func:`install` was not called)."""
-    _PATCHES.uninstall()
-
-
-@contextmanager
-def installed() -> Iterator[None]:
-    """:func:`install` for the ``with`` block, :func:`uninstall` after it (even on error)."""
-    was = _PATCHES.installed
-    install()
-    try:
-        yield
-    finally:
-        if not was:
-            uninstall()

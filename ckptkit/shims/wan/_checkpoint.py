@@ -1,16 +1,17 @@
-"""The parts of a Wan ``ckpt_dir`` (T5 ``.pth``, tokenizer, VAE ``.pth``, DiT weights in the root or
-in Wan2.2 A14B's expert folders). Re-exported by :mod:`ckptkit.shims.wan`, where it is documented."""
+"""A Wan ``ckpt_dir``: where its parts are, and reading them (``weights_only``) into Wan's modules."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ckptkit.adapters._build import read_weights
-from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.errors import CheckpointNotFoundError, ModelMismatchError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
@@ -24,7 +25,6 @@ __all__ = [
     "WanCheckpoint",
     "wan_checkpoint",
 ]
-
 
 T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
 T5_TOKENIZER = "google/umt5-xxl"
@@ -128,3 +128,31 @@ def wan_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> WanCheckpoint:
             fix="pass the directory Wan's weights were downloaded into",
         )
     return parts
+
+
+def _wan(module_name: str) -> Any:
+    """A module of the installed Wan package (its model classes)."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module_name} comes from Wan ({exc}); install Wan2.1/Wan2.2 (`pip install wan22`) or pass model_class="
+        ) from None
+
+
+def _read_pth(path: str | os.PathLike[str] | None, what: str) -> dict[str, torch.Tensor]:
+    if path is None:
+        raise TypeError(f"{what}: checkpoint path is None; pass the .pth file")
+    return unwrap_state_dict(load_torch_file(path), None, Path(path))
+
+
+def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
+    """Fill a meta-built ``model`` with ``state`` (strict: every key, nothing extra), as ``load_state_dict(assign=True)``."""
+    try:
+        model.load_state_dict(state, assign=True, strict=True)
+    except RuntimeError as exc:
+        raise ModelMismatchError(
+            f"does not fit {type(model).__name__}: {str(exc)[:600]}",
+            path=path,
+            fix="check that the file is this model's checkpoint (Wan's native key names)",
+        ) from None
