@@ -120,7 +120,8 @@ def load_t5(
     config = transformers.AutoConfig.from_pretrained(ckpt.path, **overrides)
     cls = getattr(transformers, class_name)
     requested = user_dtype(torch_dtype, dtype)
-    default = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else _stored_dtype(ckpt)
+    auto = _config_dtype(config) or _stored_dtype(ckpt)
+    default = auto if requested == "auto" or _default_is_auto(transformers) else torch.get_default_dtype()
     load_dtype = choose_dtype(ckpt, requested, default)
 
     with init_empty_weights():
@@ -142,7 +143,9 @@ def load_t5(
     )
     model.eval()
     if load_dtype is not None:
-        model.config.dtype = load_dtype
+        # transformers >= 4.56 names it ``dtype`` (``torch_dtype`` is then a deprecated alias property).
+        field = "torch_dtype" if "torch_dtype" in vars(model.config) else "dtype"
+        setattr(model.config, field, load_dtype)
     model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
     if not with_tokenizer:
         return model
@@ -182,6 +185,24 @@ def load_tokenizer(
         path=local,
         fix="pass tokenizer_subfolder= the folder that holds the tokenizer",
     )
+
+
+def _default_is_auto(transformers: Any) -> bool:
+    """Whether the installed transformers' ``from_pretrained`` keeps the stored dtype by default.
+
+    transformers 5 defaults to ``dtype="auto"``; 4.x loads in ``torch.get_default_dtype()`` (float32)
+    unless asked. The change has no attribute to detect it by, so the major version decides.
+    """
+    major = str(getattr(transformers, "__version__", "5")).split(".")[0]
+    return not major.isdigit() or int(major) >= 5
+
+
+def _config_dtype(config: Any) -> torch.dtype | None:
+    """The dtype config.json records: ``dtype`` (transformers >= 4.56) or ``torch_dtype`` (older)."""
+    for value in (getattr(config, "dtype", None), vars(config).get("torch_dtype")):
+        if isinstance(value, torch.dtype):
+            return value
+    return None
 
 
 def _stored_dtype(ckpt: CheckpointDir) -> torch.dtype | None:

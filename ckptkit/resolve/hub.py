@@ -3,21 +3,33 @@
 The cache is read and written by huggingface_hub's own functions (``HfApi.resolve_revision``,
 ``get_cached_repo_tree``, ``try_to_load_from_cache``, ``snapshot_download``); which files a component
 needs is decided by :mod:`ckptkit.resolve.repo_files` from the repo's listing.
+
+huggingface_hub >= 0.30 is supported. Newer pieces are used where the installed version has them
+(found by attribute, never by version string), with a fallback that works on every supported version:
+
+- ``HfApi.resolve_revision`` -> the cache's ``refs/<revision>`` file offline, ``model_info`` online;
+- ``get_cached_repo_tree`` -> the ``trees/<commit>.json`` a newer client may have left, else the
+  snapshot folder's own listing;
+- the HTTP client's transport errors -> those of whichever client (``requests``, ``httpx``,
+  ``httpx2``) the installed huggingface_hub has imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import posixpath
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.hub_files import read_tree_listing
 from ckptkit.resolve.repo_files import DownloadPlan, plan_files
 
 __all__ = ["HubSpec", "default_cache_dir", "is_offline", "resolve_hub"]
@@ -106,19 +118,33 @@ class _Miss:
     listed: bool = False  # the missing list comes from the repo's listing, not a guess
 
 
-def _cached_commit(spec: HubSpec) -> str | None:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RevisionResolutionError
+def _ref_commit(spec: HubSpec) -> str | None:
+    """The commit the cache's ``refs/<revision>`` names, with no request; ``None`` when not cached."""
+    from huggingface_hub import HfApi, errors
 
+    unresolved = getattr(errors, "RevisionResolutionError", None)
+    if hasattr(HfApi, "resolve_revision") and unresolved is not None:
+        try:
+            resolved = HfApi().resolve_revision(
+                spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
+            )
+            return str(resolved.resolved)
+        except unresolved:
+            return None
+    # huggingface_hub < 1.26: the ref file itself (what every version writes after a download).
+    try:
+        text = (spec.storage / "refs" / (spec.revision or "main")).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _COMMIT.match(text) else None
+
+
+def _cached_commit(spec: HubSpec) -> str | None:
     if spec.revision is not None and _COMMIT.match(spec.revision):
         return spec.revision
-    try:
-        resolved = HfApi().resolve_revision(
-            spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
-        )
-        return str(resolved.resolved)
-    except RevisionResolutionError:
-        pass
+    commit = _ref_commit(spec)
+    if commit is not None:
+        return commit
     snapshots = spec.storage / "snapshots"
     if spec.pick_only_snapshot and spec.revision is None and snapshots.is_dir():
         commits = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
@@ -153,10 +179,26 @@ def _local_listing(snapshot: Path, directory: str) -> list[str]:
     return out
 
 
+def _cached_listing(spec: HubSpec, commit: str) -> list[str] | None:
+    """The repo's full listing at ``commit`` as the cache recorded it, or ``None`` if it did not."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    get_tree = getattr(huggingface_hub, "get_cached_repo_tree", None)
+    not_found = getattr(errors, "CachedRepoTreeNotFoundError", None)
+    if get_tree is not None and not_found is not None:
+        try:
+            return [f.path for f in get_tree(spec.repo_id, revision=commit, cache_dir=spec.cache_dir)]
+        except not_found:
+            return None
+    # An older client: a newer one sharing this cache may still have written the listing.
+    files = read_tree_listing(spec.storage, commit)
+    return sorted(files) if files is not None else None
+
+
 def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Miss:
     """Resolve from the cache alone (no HTTP); a :class:`_Miss` says what is lacking."""
-    from huggingface_hub import get_cached_repo_tree, try_to_load_from_cache
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import filter_repo_objects
 
     commit = commit or _cached_commit(spec)
@@ -167,11 +209,8 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
     spec.looked.append(str(snapshot / (spec.filename or spec.directory)))
     if not snapshot.is_dir():
         return _Miss(commit)
-    try:
-        tree = get_cached_repo_tree(spec.repo_id, revision=commit, cache_dir=spec.cache_dir)
-        listing, listed = [f.path for f in tree], True
-    except CachedRepoTreeNotFoundError:
-        listing, listed = _local_listing(snapshot, spec.directory), False
+    cached = _cached_listing(spec, commit)
+    listing, listed = (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
     try:
         plan = spec.plan(listing, snapshot)
     except CkptError as exc:
@@ -225,64 +264,92 @@ def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointD
 # -- download -----------------------------------------------------------------------------------
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the HTTP client the installed huggingface_hub uses.
+
+    huggingface_hub < 1.0 talks through ``requests``, 1.x through ``httpx``, later ones through
+    ``httpx2``; only a client already imported (by huggingface_hub itself) is looked at.
+    """
+    import huggingface_hub.file_download  # noqa: F401 - imports the client huggingface_hub uses
+
+    found: list[type[BaseException]] = []
+    for module, names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
+        client = sys.modules.get(module)
+        for name in names:
+            cls = getattr(client, name, None) if client is not None else None
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                found.append(cls)
+    return tuple(found)
+
+
 def _download(spec: HubSpec) -> str:
     """List the repo, plan the component's files, and fetch them with ``snapshot_download``."""
-    import httpx2
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-        RevisionResolutionError,
-    )
+    from huggingface_hub import HfApi, errors, snapshot_download
 
     api = HfApi(endpoint=spec.endpoint, token=spec.token)
     where = spec.endpoint or api.endpoint
     spec.looked.append(f"{where}/{spec.repo_id} (revision {spec.revision or 'main'})")
+    unreachable: tuple[type[BaseException], ...] = (
+        errors.LocalEntryNotFoundError,
+        errors.OfflineModeIsEnabled,
+        errors.HfHubHTTPError,
+        *_transport_errors(),
+    )
+    unresolved = getattr(errors, "RevisionResolutionError", None)
+    if unresolved is not None:
+        unreachable += (unresolved,)
     try:
-        revision = api.resolve_revision(spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir)
-        listing = api.list_repo_files(spec.repo_id, revision=revision.resolved)
-        snapshot = spec.storage / "snapshots" / revision.resolved
+        target: object
+        if hasattr(api, "resolve_revision"):
+            # One resolution shared by the listing and the download (the branch cannot move between).
+            target = api.resolve_revision(spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir)
+            commit = str(target.resolved)  # type: ignore[attr-defined]
+            listing = api.list_repo_files(spec.repo_id, revision=commit)
+        else:
+            # huggingface_hub < 1.26: model_info gives the commit and the listing in one request;
+            # snapshot_download is given the branch so that it records refs/<branch> for offline use.
+            info = api.model_info(spec.repo_id, revision=spec.revision)
+            commit = str(info.sha)
+            listing = [s.rfilename for s in info.siblings or []]
+            target = spec.revision
+        snapshot = spec.storage / "snapshots" / commit
         plan = spec.plan(listing, snapshot)
         patterns = spec.allow_patterns if spec.allow_patterns is not None else plan.files
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
-        snapshot_download(
+        folder = snapshot_download(
             spec.repo_id,
-            revision=revision,
+            revision=target,  # type: ignore[arg-type]
             cache_dir=spec.cache_dir,
             allow_patterns=patterns,
             token=spec.token,
             endpoint=spec.endpoint,
         )
-    except RevisionNotFoundError:
+    except errors.RevisionNotFoundError:
         raise CheckpointNotFoundError(
             f"revision {spec.revision!r} does not exist in {spec.repo_id}",
             path=f"{where}/{spec.repo_id}",
             fix="pass an existing branch, tag or commit as revision=",
         ) from None
-    except RepositoryNotFoundError:
+    except errors.RepositoryNotFoundError:
         raise CheckpointNotFoundError(
             f"repo {spec.repo_id} was not found on {where} (or it is private/gated and no valid token was given)",
             path=spec.label,
-            fix="check the repo id, log in with `hf auth login` or pass token=; looked in: "
+            fix=f"check the repo id, log in with `{_hf_cli('login')}` or pass token=; looked in: "
             + "; ".join(spec.looked),
         ) from None
-    except (
-        RevisionResolutionError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        httpx2.TransportError,
-        HfHubHTTPError,
-    ) as exc:
+    except unreachable as exc:
         raise _HubUnreachable(
             f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc})",
             path=spec.label,
             fix=f"check the network or HF_ENDPOINT; looked in: {'; '.join(spec.looked)}; "
             f"fetch it with: {_fetch_command(spec, None)}",
         ) from None
-    return revision.resolved
+    # The snapshot folder is named by the commit actually downloaded.
+    return Path(folder).name
 
 
 def _resolve_unlisted_snapshot(spec: HubSpec, miss: _Miss) -> None:
@@ -344,8 +411,15 @@ def _custom_cache(spec: HubSpec) -> list[str]:
     return ["--cache-dir", str(spec.cache_dir)]
 
 
+def _hf_cli(verb: str) -> str:
+    """The installed huggingface_hub's command for ``verb``: ``hf`` (>= 0.34), else ``huggingface-cli``."""
+    if importlib.util.find_spec("huggingface_hub.cli") is not None:
+        return f"hf auth {verb}" if verb == "login" else f"hf {verb}"
+    return f"huggingface-cli {verb}"
+
+
 def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
-    words = ["hf", "download", spec.repo_id]
+    words = [*_hf_cli("download").split(), spec.repo_id]
     if files:
         words += files
     elif spec.filename:
