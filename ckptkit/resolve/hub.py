@@ -196,8 +196,14 @@ def _cached_listing(spec: HubSpec, commit: str) -> list[str] | None:
     return sorted(files) if files is not None else None
 
 
-def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Miss:
-    """Resolve from the cache alone (no HTTP); a :class:`_Miss` says what is lacking."""
+def _from_cache(
+    spec: HubSpec, commit: str | None = None, hub_listing: list[str] | None = None
+) -> CheckpointDir | _Miss:
+    """Resolve from the cache alone (no HTTP); a :class:`_Miss` says what is lacking.
+
+    ``hub_listing`` is the Hub's listing of ``commit`` just fetched, for clients that do not record
+    it in the cache.
+    """
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import filter_repo_objects
 
@@ -209,7 +215,7 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
     spec.looked.append(str(snapshot / (spec.filename or spec.directory)))
     if not snapshot.is_dir():
         return _Miss(commit)
-    cached = _cached_listing(spec, commit)
+    cached = _cached_listing(spec, commit) if hub_listing is None else hub_listing
     listing, listed = (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
     try:
         plan = spec.plan(listing, snapshot)
@@ -234,6 +240,13 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | _Mi
     if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
         # Only the cache was listed: the variant asked for may still exist on the Hub.
         return _Miss(commit, [], listed=False)
+    if not listed and not spec.offline:
+        try:
+            return _resolve_snapshot(spec, snapshot, commit)
+        except IncompleteCheckpointError as exc:
+            # Only what is on disk was listed (a shard gone, a link dangling): the Hub's listing says
+            # what to fetch again.
+            return _Miss(commit, error=exc, listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
 
 
@@ -286,8 +299,12 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _download(spec: HubSpec) -> str:
-    """List the repo, plan the component's files, and fetch them with ``snapshot_download``."""
+def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
+    """List the repo, plan the component's files, and fetch them with ``snapshot_download``.
+
+    Returns the commit downloaded and the Hub's listing of it (``None`` if the branch moved on
+    between listing and downloading).
+    """
     from huggingface_hub import HfApi, errors, snapshot_download
 
     api = HfApi(endpoint=spec.endpoint, token=spec.token)
@@ -349,7 +366,8 @@ def _download(spec: HubSpec) -> str:
             f"fetch it with: {_fetch_command(spec, None)}",
         ) from None
     # The snapshot folder is named by the commit actually downloaded.
-    return Path(folder).name
+    downloaded = Path(folder).name
+    return downloaded, listing if downloaded == commit else None
 
 
 def _resolve_unlisted_snapshot(spec: HubSpec, miss: _Miss) -> None:
@@ -384,11 +402,11 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
         _resolve_unlisted_snapshot(spec, found)
         raise _offline_miss(spec, found)
     try:
-        commit = _download(spec)
+        commit, listing = _download(spec)
     except _HubUnreachable:
         _resolve_unlisted_snapshot(spec, found)
         raise
-    again = _from_cache(spec, commit)
+    again = _from_cache(spec, commit, listing)
     if isinstance(again, CheckpointDir):
         return again
     if again.error is not None:
@@ -425,8 +443,12 @@ def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
     elif spec.filename:
         words.append(spec.filename)
     elif spec.directory:
-        for pattern in (f"{spec.directory}/*", MODEL_INDEX_NAME):
-            words += ["--include", pattern]
+        patterns = [f"{spec.directory}/*", MODEL_INDEX_NAME]
+        if words[0] == "hf":
+            for pattern in patterns:
+                words += ["--include", pattern]
+        else:  # huggingface-cli keeps only the last --include: one flag, several patterns
+            words += ["--include", *patterns]
     if spec.revision:
         words += ["--revision", spec.revision]
     words += _custom_cache(spec)
