@@ -85,7 +85,12 @@ def write_tree_listing(folder: Path, files: dict[str, Path]) -> None:
         if file.name.endswith(LFS_SUFFIXES):
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{etag_of(file)}\nsize {size}\n".encode()
             pointer_id = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
-            entries[repo_path] = {"size": size, "blob_id": pointer_id, "lfs_sha256": etag_of(file), "lfs_size": size}
+            entries[repo_path] = {
+                "size": size,
+                "blob_id": pointer_id,
+                "lfs_sha256": etag_of(file),
+                "lfs_size": size,
+            }
         else:
             entries[repo_path] = {"size": size, "blob_id": etag_of(file)}
     try:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ckptkit.errors import CkptWarning, CorruptCheckpointError
+from ckptkit.errors import CkptError, CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
@@ -210,6 +210,11 @@ def load_with_device_map(
     retie_parameters(model, tied)
     if folder is not None and result.offload_index and state is None:
         write_offload_index(folder, result.offload_index)
+    # accelerate < 1.15 refuses a map that is all "disk" unless told to hook it with the CPU as the
+    # execution device; newer versions do just that by themselves.
+    whole_disk: dict[str, Any] = (
+        {"main_device": "cpu", "force_hooks": True} if set(placed.values()) == {"disk"} else {}
+    )
     dispatch_model(
         model,
         device_map=placed,
@@ -217,8 +222,29 @@ def load_with_device_map(
         offload_index=result.offload_index or None,
         offload_buffers=offload_buffers,
         state_dict=_fill_missing(model, result.missing_keys, placed),
+        **whole_disk,
     )
+    if any(model.get_parameter(group[0]).is_meta for group in tied if group):
+        _forget_meta_pointer(model)
     return result
+
+
+def _forget_meta_pointer(model: torch.nn.Module) -> None:
+    """Drop the ``data_ptr() == 0`` entry accelerate < 1.15 makes for a tied weight left on disk.
+
+    Those versions key tied weights by ``data_ptr()``, which is 0 for every meta tensor: the first
+    disk tensor loaded would then be handed to every other disk tensor of the model (a layer norm
+    running with the embedding). Newer versions skip meta tensors there; this does the same.
+    """
+    maps = {}
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for one in [*getattr(hook, "hooks", ()), hook]:
+            tied_map = getattr(one, "tied_params_map", None)
+            if isinstance(tied_map, dict):
+                maps[id(tied_map)] = tied_map
+    for tied_map in maps.values():
+        tied_map.pop(0, None)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -252,13 +278,23 @@ def _make_device_map(
     )
     special = {name: str(d).removeprefix("torch.") for name, d in held.items()}
     if device_map != "sequential":
-        budgets = get_balanced_memory(
-            model,
-            max_memory=budgets,
-            no_split_module_classes=classes,
-            special_dtypes=special,
-            low_zero=device_map == "balanced_low_0",
-        )
+        try:
+            budgets = get_balanced_memory(
+                model,
+                max_memory=budgets,
+                no_split_module_classes=classes,
+                special_dtypes=special,
+                low_zero=device_map == "balanced_low_0",
+            )
+        except RuntimeError as exc:
+            if not any(isinstance(d, int) for d in budgets or ()):
+                raise
+            # accelerate < 1.15 resolves GPU indices through torch.device, which fails without one.
+            raise CkptError(
+                f"the installed accelerate cannot balance GPU budgets on a machine without GPUs ({exc})",
+                fix="plan from the headers with ckptkit.plan_device_map (or `ckptkit plan`), which needs "
+                "no GPU, pass device_map='sequential', or upgrade accelerate",
+            ) from None
     placed = infer_auto_device_map(
         model, max_memory=budgets, no_split_module_classes=classes, special_dtypes=special
     )

@@ -216,7 +216,9 @@ def _from_cache(
     if not snapshot.is_dir():
         return _Miss(commit)
     cached = _cached_listing(spec, commit) if hub_listing is None else hub_listing
-    listing, listed = (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
+    listing, listed = (
+        (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
+    )
     try:
         plan = spec.plan(listing, snapshot)
     except CkptError as exc:
