@@ -132,7 +132,9 @@ def test_missing_variant_falls_back_cast(layouts):
     with pytest.warns(CkptWarning, match="variant 'fp16' was requested"):
         ours = load_dit(layouts["pipeline"], subfolder="transformer", variant="fp16")
     reference = PixArtTransformer2DModel.from_pretrained(
-        layouts["pipeline"], subfolder="transformer", dtype=torch.float16
+        layouts["pipeline"],
+        subfolder="transformer",
+        torch_dtype=torch.float16,  # every diffusers; dtype= only newer
     )
     assert_same_model(ours, reference)
     with pytest.raises(VariantNotFoundError):
