@@ -27,3 +27,38 @@ def accelerate_balances_without_gpus() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def diffusers_class(name: str) -> type:
+    """diffusers' model class ``name``; the test is skipped where the installed diffusers has none.
+
+    The LTX-Video classes came in diffusers 0.32, the Wan ones in 0.33; the suite also runs on 0.31.
+    """
+    import diffusers
+    import pytest
+
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        pytest.skip(f"diffusers {diffusers.__version__} has no {name}", allow_module_level=True)
+    return cls
+
+
+def has_diffusers_classes(*names: str) -> bool:
+    import diffusers
+
+    return all(hasattr(diffusers, name) for name in names)
+
+
+class Layouts(dict):
+    """Layout name -> directory; a layout not built here (``unbuilt``: name -> why) skips the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unbuilt: dict[str, str] = {}
+
+    def __missing__(self, key: str) -> Any:
+        import pytest
+
+        if key in self.unbuilt:
+            pytest.skip(self.unbuilt[key])
+        raise KeyError(key)
