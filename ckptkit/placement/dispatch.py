@@ -230,21 +230,20 @@ def load_with_device_map(
 
 
 def _forget_meta_pointer(model: torch.nn.Module) -> None:
-    """Drop the ``data_ptr() == 0`` entry accelerate < 1.15 makes for a tied weight left on disk.
+    """Stop accelerate's hooks sharing tied weights by pointer when a tied group is left on disk.
 
-    Those versions key tied weights by ``data_ptr()``, which is 0 for every meta tensor: the first
-    disk tensor loaded would then be handed to every other disk tensor of the model (a layer norm
-    running with the embedding). Newer versions skip meta tensors there; this does the same.
+    accelerate < 1.15 keys tied weights by ``data_ptr()``, which is 0 for every meta tensor: the first
+    disk tensor loaded would be handed to every other disk tensor of the model (a layer norm running
+    with the embedding), and some versions then fail to release it. Each tied name has its own
+    offload-index entry, so the hooks read it by name instead, as newer versions do for tied weights
+    on disk (at the cost of reading a shared tensor once per name).
     """
-    maps = {}
     for module in model.modules():
         hook = getattr(module, "_hf_hook", None)
         for one in [*getattr(hook, "hooks", ()), hook]:
-            tied_map = getattr(one, "tied_params_map", None)
-            if isinstance(tied_map, dict):
-                maps[id(tied_map)] = tied_map
-    for tied_map in maps.values():
-        tied_map.pop(0, None)
+            if isinstance(getattr(one, "tied_params_map", None), dict):
+                one.tied_params_map = None
+                one.tied_params_names = set()
 
 
 # -- planning ----------------------------------------------------------------------------------
