@@ -10,12 +10,14 @@ from typing import Any
 import torch
 
 from ckptkit.adapters._build import (
+    PLACEMENT_KWARGS,
     choose_dtype,
     config_kwargs,
     load_weights,
     user_dtype,
 )
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
+from ckptkit.adapters._options import pop_loading_options
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
@@ -72,17 +74,34 @@ def load_diffusers_model(
     hub: dict[str, Any],
     config_overrides: dict[str, Any],
     model_class: type | None = None,
-) -> torch.nn.Module:
+    caller: str = "from_pretrained",
+) -> Any:
     """Resolve, build on meta, fill and place one diffusers model (see :func:`ckptkit.adapters.load_vae`).
 
     Args:
         model_class: build this ``ConfigMixin`` class instead of the one ``config.json`` names (a
             project's own class, such as Wan's ``WanModel``).
+        caller: the public function's name, for messages.
+
+    Returns:
+        The model, or ``(model, info)`` with ``output_loading_info=True``.
+
+    Raises:
+        TypeError: a keyword that is neither a config key of the class nor a loading option (diffusers
+            would only warn and drop it), ``config=`` (diffusers' ``from_pretrained`` has none), or an
+            option ckptkit cannot honour.
     """
     from accelerate import init_empty_weights
 
+    config_overrides = dict(config_overrides)
+    options = pop_loading_options(config_overrides, caller=caller)
+    if "config" in config_overrides:
+        raise TypeError(
+            f"{caller}() got an unexpected keyword argument 'config' (diffusers' from_pretrained has none)"
+        )
     request = ComponentRequest(spec, subfolder, component, classes, variant, variant_fallback, hub)
     ckpt = resolve_component(request)
+    options.check_format(ckpt)
     config = read_config(ckpt)
     cls = model_class or diffusers_class(config, path=Path(ckpt.path) / CONFIG_NAME, accept=accept, what=what)
     requested = user_dtype(torch_dtype, dtype)
@@ -93,6 +112,13 @@ def load_diffusers_model(
     keep = getattr(cls, "_keep_in_fp32_modules", None) if load_dtype != torch.float32 else None
 
     overrides, loader = config_kwargs(config_overrides)
+    loader |= {k: overrides.pop(k) for k in PLACEMENT_KWARGS if k in overrides}
+    unknown = sorted(set(overrides) - set(cls._get_init_keys(cls)))  # type: ignore[attr-defined]
+    if unknown:
+        raise TypeError(
+            f"{caller}() got keyword arguments that are not {cls.__name__} config keys nor loading options: "
+            + ", ".join(unknown)
+        )
     with init_empty_weights():
         model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
@@ -101,7 +127,7 @@ def load_diffusers_model(
     model.eval()
     if hasattr(model, "register_to_config"):
         model.register_to_config(_name_or_path=os.fspath(spec))
-    return model
+    return options.result(model, ckpt, as_sets=False)
 
 
 def _casts_whole_model() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ckptkit.adapters._build import (
+    PLACEMENT_KWARGS,
     choose_dtype,
     config_kwargs,
     load_weights,
     user_dtype,
 )
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
+from ckptkit.adapters._options import pop_loading_options
 from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
@@ -33,7 +36,8 @@ TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 
 def load_t5(
     pretrained_model_name_or_path: str | os.PathLike[str] | CheckpointDir,
-    *,
+    *model_args: Any,
+    config: Any = None,  # a PretrainedConfig, or a path or repo id to read one from
     subfolder: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
@@ -74,14 +78,25 @@ def load_t5(
         with_tokenizer: also load the tokenizer and return ``(model, tokenizer)``.
         tokenizer_subfolder: where the tokenizer is (default: the model folder when it holds one,
             else the pipeline's ``tokenizer`` folder).
-        kwargs: passed to the config (``AutoConfig.from_pretrained(..., **kwargs)``), except
-            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``force_download``, ...),
-            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
+        model_args: passed to the model class after the config, as ``from_pretrained`` does
+            (``T5EncoderModel`` takes none, so any raises its ``TypeError``).
+        config: a ``PretrainedConfig`` to build with instead of ``config.json``, or a directory or
+            repo id to read the config from (as ``from_pretrained(config=)``).
+        kwargs: config overrides (``AutoConfig.from_pretrained(..., **kwargs)``); those that are not
+            config attributes go to the model class, as in ``from_pretrained`` (so an unknown one
+            raises ``TypeError`` naming it). ``output_loading_info=True`` returns ``(model, info)``;
+            ``use_safetensors=True`` requires safetensors weights; ``max_memory``/``offload_folder``
+            go to ``device_map`` placement; download and reading options with nothing left to do
+            (``resume_download``, ``disable_mmap``, ...) are accepted; ones ckptkit cannot honour
+            (``force_download=True``, ``proxies``, ``ignore_mismatched_sizes=True``, ...) raise
+            ``TypeError`` naming them.
 
     Returns:
-        The encoder in eval mode, or ``(encoder, tokenizer)``.
+        The encoder in eval mode; ``(encoder, tokenizer)`` with ``with_tokenizer``;
+        ``(encoder, info)`` with ``output_loading_info`` (``(encoder, tokenizer, info)`` with both).
 
     Raises:
+        TypeError: an unknown keyword or positional argument, or an option ckptkit cannot honour.
         ValueError: ``quantization_config`` (not supported; use transformers for it).
         CheckpointNotFoundError: no weights or no config.json.
         VariantNotFoundError: the variant rules refuse.
@@ -96,6 +111,7 @@ def load_t5(
     import transformers
     from accelerate import init_empty_weights
 
+    options = pop_loading_options(kwargs, caller="load_t5")
     hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only, "token": token}
     request = ComponentRequest(
         pretrained_model_name_or_path,
@@ -107,7 +123,12 @@ def load_t5(
         hub,
     )
     ckpt = resolve_component(request)
-    raw = read_config(ckpt)
+    options.check_format(ckpt)
+    raw = (
+        {"model_type": config.model_type}
+        if isinstance(config, transformers.PretrainedConfig)
+        else read_config(ckpt)
+    )
     class_name = ENCODER_CLASSES.get(str(raw.get("model_type")))
     if class_name is None:
         raise CorruptCheckpointError(
@@ -117,7 +138,8 @@ def load_t5(
             fix="point load_t5 at a T5/UMT5 text encoder (pass subfolder='text_encoder' for a pipeline)",
         )
     overrides, loader = config_kwargs(kwargs)
-    config = transformers.AutoConfig.from_pretrained(ckpt.path, **overrides)
+    loader |= {k: overrides.pop(k) for k in PLACEMENT_KWARGS if k in overrides}
+    config, model_kwargs = _model_config(transformers, ckpt, config, overrides, hub)
     cls = getattr(transformers, class_name)
     requested = user_dtype(torch_dtype, dtype)
     auto = _config_dtype(config) or _stored_dtype(ckpt)
@@ -125,7 +147,12 @@ def load_t5(
     load_dtype = choose_dtype(ckpt, requested, default)
 
     with init_empty_weights():
-        model = cls._from_config(config)
+        # from_pretrained's cls(config, *model_args, **model_kwargs): extra arguments reach the class.
+        model = (
+            cls(config, *model_args, **model_kwargs)
+            if model_args or model_kwargs
+            else cls._from_config(config)
+        )
     keep = set()
     if load_dtype == torch.float16:
         keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
@@ -147,9 +174,30 @@ def load_t5(
         field = "torch_dtype" if "torch_dtype" in vars(model.config) else "dtype"
         setattr(model.config, field, load_dtype)
     model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
+    result = options.result(model, ckpt, as_sets=True)
     if not with_tokenizer:
-        return model
-    return model, load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)
+        return result
+    tokenizer = load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)
+    return (model, tokenizer, result[1]) if options.output_loading_info else (model, tokenizer)
+
+
+def _model_config(
+    transformers: Any, ckpt: CheckpointDir, config: Any, overrides: dict[str, Any], hub: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """(the config to build with, the kwargs left for the model class), as ``from_pretrained`` splits them.
+
+    A config object is used as given (copied) and every kwarg goes to the class; otherwise the
+    config is read from ``config`` (a path or repo id) or the checkpoint, taking the kwargs that
+    are config attributes.
+    """
+    if isinstance(config, transformers.PretrainedConfig):
+        return copy.deepcopy(config), overrides
+    if config is None:
+        return transformers.AutoConfig.from_pretrained(ckpt.path, return_unused_kwargs=True, **overrides)
+    hub_kwargs = {k: v for k, v in hub.items() if v is not None}
+    return transformers.AutoConfig.from_pretrained(
+        config, return_unused_kwargs=True, **hub_kwargs, **overrides
+    )
 
 
 def load_tokenizer(

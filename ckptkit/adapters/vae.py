@@ -49,7 +49,7 @@ def load_vae(
     token: str | bool | None = None,
     variant_fallback: str = "warn",
     **kwargs: Any,
-) -> torch.nn.Module:
+) -> Any:
     """Load the diffusers autoencoder that ``config.json`` names (``_class_name``), through ckptkit.
 
     ``AutoencoderKL``, ``AutoencoderKLLTXVideo``, ``AutoencoderKLWan``,
@@ -71,14 +71,20 @@ def load_vae(
         device_map: a device (``"cuda:0"``), ``"auto"`` or a module -> device dict (accelerate).
         low_cpu_mem_usage: accepted for compatibility; loading always goes through the meta device.
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"`` when the variant is missing.
-        kwargs: config overrides, passed to ``cls.from_config(config, **kwargs)``, except
-            ``from_pretrained`` options ckptkit replaces (``use_safetensors``, ``disable_mmap``, ...),
-            which are accepted and ignored, and ``max_memory``, used with ``device_map="auto"``.
+        kwargs: config overrides, passed to ``cls.from_config(config, **kwargs)``; a keyword that is
+            not a config key of the class raises ``TypeError`` naming it (diffusers would warn and
+            drop it). ``output_loading_info=True`` returns ``(model, info)``;
+            ``use_safetensors=True`` requires safetensors weights; ``max_memory``/``offload_folder``
+            go to ``device_map`` placement; download and reading options with nothing left to do
+            (``resume_download``, ``disable_mmap``, ...) are accepted; ones ckptkit cannot honour
+            (``force_download=True``, ``proxies``, ``ignore_mismatched_sizes=True``, ...) raise
+            ``TypeError`` naming them. Extra positional arguments raise ``TypeError``, as in diffusers.
 
     Returns:
-        The autoencoder in eval mode.
+        The autoencoder in eval mode, or ``(autoencoder, info)`` with ``output_loading_info=True``.
 
     Raises:
+        TypeError: an unknown keyword, ``config=``, or an option ckptkit cannot honour.
         ValueError: ``quantization_config`` (not supported; use diffusers for it).
         CheckpointNotFoundError: no weights or no config.json.
         VariantNotFoundError: the variant rules refuse.
@@ -105,4 +111,5 @@ def load_vae(
         device_map=device_map,
         hub=hub,
         config_overrides=kwargs,
+        caller="load_vae",
     )

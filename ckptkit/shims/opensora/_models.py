@@ -1,42 +1,19 @@
-"""Open-Sora 1.2/1.3 loader entry points, loading through ckptkit.
-
-Swap the import and keep the call::
-
-    # from opensora.models.text_encoder.t5 import T5Encoder
-    # from opensora.models.vae.vae import VideoAutoencoderKL
-    # from opensora.utils.ckpt_utils import load_checkpoint
-    from ckptkit.shims.opensora import T5Encoder, VideoAutoencoderKL, load_checkpoint
-
-Local directories, files and hub caches are honoured everywhere, ``cache_dir`` included (Open-Sora
-drops it in nested loads), and ``.safetensors`` checkpoints and directories load as well as ``.pt``.
-"""
+"""Open-Sora 1.2/1.3 model wrappers that load through ckptkit: ``T5Encoder``, ``VideoAutoencoderKL``."""
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from ckptkit.adapters._build import read_weights
 from ckptkit.adapters.t5 import load_t5
 from ckptkit.adapters.vae import load_vae
-from ckptkit.errors import CheckpointNotFoundError
-from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.tensors import to_torch_dtype
-from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.resolve.resolve import resolve_ckpt_dir
 
-__all__ = ["T5Encoder", "VideoAutoencoderKL", "load_checkpoint"]
-
-logger = logging.getLogger("ckptkit")
-
-#: Open-Sora drops these from pretrained checkpoints: the model rebuilds them for its input size.
-REBUILT_KEYS = ("pos_embed", "pos_embed_temporal")
+__all__ = ["T5Embedder", "T5Encoder", "VideoAutoencoderKL"]
 
 
 class T5Encoder:
@@ -111,9 +88,30 @@ class T5Encoder:
         self.t5.model = optim_model.to(self.dtype)
         self.t5.model.requires_grad_(False)
 
-    def encode(self, text: str | list[str]) -> dict[str, torch.Tensor]:
-        """Captions -> ``dict(y=embeddings (B, 1, L, D), mask=attention mask (B, L))``."""
-        caption_embs, emb_masks = self.t5.get_text_embeddings(text)
+    @property
+    def tokenize_fn(self) -> Any:
+        """Open-Sora 1.3: the tokenizer with the caption settings (``tokenize_fn(captions)`` -> ids, mask)."""
+        return self.t5.tokenize_fn
+
+    def encode(
+        self, input_ids: torch.Tensor | str | list[str], attention_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """Token ids (1.3) or captions (1.2) -> ``dict(y=embeddings (B, 1, L, D), mask=attention mask)``.
+
+        Open-Sora 1.3's schedulers call ``encode(input_ids, attention_mask)`` with what
+        :attr:`tokenize_fn` returned; 1.2 called ``encode(captions)``. Both forms are accepted.
+
+        Raises:
+            TypeError: captions given together with an ``attention_mask``.
+        """
+        if isinstance(input_ids, torch.Tensor):
+            ids = input_ids
+        else:
+            if attention_mask is not None:
+                raise TypeError("encode: attention_mask goes with token ids, not with captions")
+            tokens = self.tokenize_fn(input_ids)
+            ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
+        caption_embs, emb_masks = self.t5.get_text_embeddings(ids, attention_mask)
         return dict(y=caption_embs[:, None], mask=emb_masks)
 
     def null(self, n: int) -> torch.Tensor:
@@ -125,7 +123,7 @@ class T5Encoder:
 
 
 class T5Embedder:
-    """Holds Open-Sora's ``model`` and ``tokenizer`` and turns captions into embeddings."""
+    """Holds Open-Sora's ``model``, ``tokenizer`` and ``tokenize_fn``; token ids -> embeddings."""
 
     def __init__(
         self, model: nn.Module, tokenizer: Any, *, device: str | torch.device, model_max_length: int
@@ -134,10 +132,8 @@ class T5Embedder:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.model_max_length = model_max_length
-
-    def get_text_embeddings(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.tokenizer(
-            texts,
+        self.tokenize_fn = partial(
+            self.tokenizer,
             max_length=self.model_max_length,
             padding="max_length",
             truncation=True,
@@ -145,8 +141,14 @@ class T5Embedder:
             add_special_tokens=True,
             return_tensors="pt",
         )
-        input_ids = tokens["input_ids"].to(self.device)
-        attention_mask = tokens["attention_mask"].to(self.device)
+
+    def get_text_embeddings(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Open-Sora 1.3's ``get_text_embeddings``: ids and mask moved to the device, last hidden state."""
+        input_ids = input_ids.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
         with torch.no_grad():
             embeddings = self.model(input_ids=input_ids, attention_mask=attention_mask)[
                 "last_hidden_state"
@@ -223,111 +225,3 @@ class VideoAutoencoderKL(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-
-
-def load_checkpoint(
-    model: nn.Module,
-    ckpt_path: str | os.PathLike[str],
-    save_as_pt: bool = False,
-    model_name: str = "model",
-    strict: bool = False,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-) -> nn.Module:
-    """Open-Sora's ``load_checkpoint``: weights from a file, a directory or the hub into ``model``.
-
-    ``ckpt_path`` may be a ``.pt``/``.pth`` file (its ``ema`` or ``state_dict`` entry is unwrapped),
-    a ``.safetensors`` file, a ColossalAI/booster directory (weights in ``<dir>/<model_name>``, or
-    in the directory itself), or ``"org/repo/file.safetensors"`` on the hub (found in ``cache_dir``
-    first). As in Open-Sora, ``pos_embed``/``pos_embed_temporal`` are dropped (the model rebuilds
-    them), a 2D patch embedding is given the time axis, and a caption embedding of another length is
-    padded with the model's own rows or truncated.
-
-    Args:
-        model: the module to fill (in place).
-        ckpt_path: where the weights are.
-        save_as_pt: for a directory, also write ``<dir>/<model_name>_ckpt.pt``.
-        model_name: the subfolder of a booster directory.
-        strict: require the keys to match exactly.
-        cache_dir: the hub cache for ``org/repo/file`` paths.
-        device: where the weights are read to.
-
-    Returns:
-        ``model`` (Open-Sora 1.x returns ``None``; 2.0 returns the model).
-
-    Raises:
-        CheckpointNotFoundError: nothing at ``ckpt_path``.
-        UnsafeCheckpointError: a ``.pt`` file that needs more than plain tensors (``weights_only``).
-        RuntimeError: ``strict`` and the keys differ (from ``load_state_dict``).
-
-    Example:
-        >>> load_checkpoint(model, "hpcai-tech/OpenSora-STDiT-v3/model.safetensors")  # doctest: +SKIP
-    """
-    path = Path(os.path.expanduser(os.fspath(ckpt_path)))
-    if path.is_dir():
-        ckpt = _booster_dir(path, model_name)
-        state = read_weights(ckpt)
-    elif path.suffix in (".pt", ".pth") and path.is_file():
-        state = _unwrap_training_file(load_torch_file(path), path)
-    elif path.exists():
-        state = read_weights(resolve_ckpt_dir(path))
-    else:
-        state = read_weights(resolve_ckpt_dir(os.fspath(ckpt_path), cache_dir=cache_dir))
-    state = reparameter(state, model)
-    state = {k: v.to(device) for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=strict)
-    logger.info("Missing keys: %s", missing)
-    logger.info("Unexpected keys: %s", unexpected)
-    if path.is_dir() and save_as_pt:
-        target = path / f"{model_name}_ckpt.pt"
-        partial = target.with_name(target.name + ".partial")
-        torch.save(model.state_dict(), partial)
-        os.replace(partial, target)
-        logger.info("Model checkpoint saved to %s", target)
-    return model
-
-
-def _booster_dir(path: Path, model_name: str) -> CheckpointDir:
-    if (path / model_name).is_dir():
-        return resolve_ckpt_dir(path, subfolder=model_name)
-    try:
-        return resolve_ckpt_dir(path)
-    except CheckpointNotFoundError:
-        raise CheckpointNotFoundError(
-            f"no weights in this directory nor in its {model_name!r} subfolder",
-            path=path,
-            fix="pass the file, or the directory a ColossalAI booster saved the model in",
-        ) from None
-
-
-def _unwrap_training_file(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    # Open-Sora takes "ema" when present (its own training checkpoints), PixArt files nest under "state_dict".
-    for key in ("ema", "state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    return unwrap_state_dict(obj, None, path)
-
-
-def reparameter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Open-Sora's adaptations of pretrained weights to the model being filled.
-
-    Drops ``pos_embed``/``pos_embed_temporal``; gives a 2D ``x_embedder.proj.weight`` the time axis
-    when the model's is 3D; pads (with the model's own rows) or truncates ``y_embedder.y_embedding``
-    to the model's caption length.
-    """
-    for key in REBUILT_KEYS:
-        state.pop(key, None)
-    own = model.state_dict()
-    proj = "x_embedder.proj.weight"
-    if proj in state and proj in own and state[proj].dim() == 4 and own[proj].dim() == 5:
-        state[proj] = state[proj].unsqueeze(2)
-    caption = "y_embedder.y_embedding"
-    if caption in state and caption in own:
-        have, want = state[caption].shape[0], own[caption].shape[0]
-        if have < want:
-            extra = own[caption][have:].to(state[caption].dtype)
-            state[caption] = torch.cat([state[caption], extra], dim=0)
-        elif have > want:
-            state[caption] = state[caption][:want]
-    return state
