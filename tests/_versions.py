@@ -17,7 +17,7 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
 def accelerate_balances_without_gpus() -> bool:
     """Whether accelerate's ``get_balanced_memory`` takes GPU budgets on a machine without GPUs.
 
-    Before 1.15 it resolves GPU indices through ``torch.device``, which fails without an accelerator.
+    Older versions (1.6 at least; not 1.15) resolve GPU indices through ``torch.device``, which fails without an accelerator.
     """
     import torch
     from accelerate.utils import get_balanced_memory

@@ -210,7 +210,7 @@ def load_with_device_map(
     retie_parameters(model, tied)
     if folder is not None and result.offload_index and state is None:
         write_offload_index(folder, result.offload_index)
-    # accelerate < 1.15 refuses a map that is all "disk" unless told to hook it with the CPU as the
+    # older accelerate (1.1 and 1.6 at least) refuses a map that is all "disk" unless told to hook it with the CPU as the
     # execution device; newer versions do just that by themselves.
     whole_disk: dict[str, Any] = (
         {"main_device": "cpu", "force_hooks": True} if set(placed.values()) == {"disk"} else {}
@@ -232,7 +232,7 @@ def load_with_device_map(
 def _forget_meta_pointer(model: torch.nn.Module) -> None:
     """Stop accelerate's hooks sharing tied weights by pointer when a tied group is left on disk.
 
-    accelerate < 1.15 keys tied weights by ``data_ptr()``, which is 0 for every meta tensor: the first
+    Older accelerate (1.1 and 1.6 at least) keys tied weights by ``data_ptr()``, which is 0 for every meta tensor: the first
     disk tensor loaded would be handed to every other disk tensor of the model (a layer norm running
     with the embedding), and some versions then fail to release it. Each tied name has its own
     offload-index entry, so the hooks read it by name instead, as newer versions do for tied weights
@@ -288,7 +288,7 @@ def _make_device_map(
         except RuntimeError as exc:
             if not any(isinstance(d, int) for d in budgets or ()):
                 raise
-            # accelerate < 1.15 resolves GPU indices through torch.device, which fails without one.
+            # older accelerate (1.6 at least) resolves GPU indices through torch.device, which fails without one.
             raise CkptError(
                 f"the installed accelerate cannot balance GPU budgets on a machine without GPUs ({exc})",
                 fix="plan from the headers with ckptkit.plan_device_map (or `ckptkit plan`), which needs "
