@@ -210,8 +210,8 @@ def load_with_device_map(
     retie_parameters(model, tied)
     if folder is not None and result.offload_index and state is None:
         write_offload_index(folder, result.offload_index)
-    # older accelerate (1.1 and 1.6 at least) refuses a map that is all "disk" unless told to hook it with the CPU as the
-    # execution device; newer versions do just that by themselves.
+    # older accelerate (1.1 and 1.6 at least) refuses a map that is all "disk" unless told to hook it
+    # with the CPU as the execution device; newer versions do just that by themselves.
     whole_disk: dict[str, Any] = (
         {"main_device": "cpu", "force_hooks": True} if set(placed.values()) == {"disk"} else {}
     )
