@@ -232,9 +232,9 @@ def load_with_device_map(
 def _forget_meta_pointer(model: torch.nn.Module) -> None:
     """Stop accelerate's hooks sharing tied weights by pointer when a tied group is left on disk.
 
-    Older accelerate (1.1 and 1.6 at least) keys tied weights by ``data_ptr()``, which is 0 for every meta tensor: the first
-    disk tensor loaded would be handed to every other disk tensor of the model (a layer norm running
-    with the embedding), and some versions then fail to release it. Each tied name has its own
+    Older accelerate (1.1 and 1.6 at least) keys tied weights by ``data_ptr()``, which is 0 for every
+    meta tensor: the first disk tensor loaded would be handed to every other disk tensor of the model
+    (a layer norm running with the embedding), and some versions then fail to release it. Each tied name has its own
     offload-index entry, so the hooks read it by name instead, as newer versions do for tied weights
     on disk (at the cost of reading a shared tensor once per name).
     """
