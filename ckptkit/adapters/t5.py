@@ -143,7 +143,7 @@ def load_t5(
     cls = getattr(transformers, class_name)
     requested = user_dtype(torch_dtype, dtype)
     auto = _config_dtype(config) or _stored_dtype(ckpt)
-    default = auto if requested == "auto" or _default_is_auto(transformers) else torch.get_default_dtype()
+    default = auto if requested == "auto" or _is_v5(transformers) else torch.get_default_dtype()
     load_dtype = choose_dtype(ckpt, requested, default)
 
     with init_empty_weights():
@@ -174,7 +174,8 @@ def load_t5(
         field = "torch_dtype" if "torch_dtype" in vars(model.config) else "dtype"
         setattr(model.config, field, load_dtype)
     model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
-    result = options.result(model, ckpt, as_sets=True)
+    # output_loading_info: transformers 5 gives sets of keys, 4.x lists
+    result = options.result(model, ckpt, as_sets=_is_v5(transformers))
     if not with_tokenizer:
         return result
     tokenizer = load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)
@@ -235,11 +236,12 @@ def load_tokenizer(
     )
 
 
-def _default_is_auto(transformers: Any) -> bool:
-    """Whether the installed transformers' ``from_pretrained`` keeps the stored dtype by default.
+def _is_v5(transformers: Any) -> bool:
+    """Whether the installed transformers is 5 or later, where ``from_pretrained`` changed.
 
-    transformers 5 defaults to ``dtype="auto"``; 4.x loads in ``torch.get_default_dtype()`` (float32)
-    unless asked. The change has no attribute to detect it by, so the major version decides.
+    transformers 5 defaults to ``dtype="auto"`` (4.x loads in ``torch.get_default_dtype()``, float32,
+    unless asked) and reports loading info as sets (4.x: lists). Neither change has an attribute to
+    detect it by, so the major version decides.
     """
     major = str(getattr(transformers, "__version__", "5")).split(".")[0]
     return not major.isdigit() or int(major) >= 5
