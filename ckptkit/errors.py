@@ -17,6 +17,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DestinationExistsError",
     "DiskFullError",
+    "HubUnreachableError",
     "IncompleteCheckpointError",
     "ModelMismatchError",
     "UnsafeCheckpointError",
@@ -65,6 +66,10 @@ def _rebuild_error(cls: type[CkptError], detail: str, path: str | None, fix: str
 
 class CheckpointNotFoundError(CkptError, FileNotFoundError):
     """Nothing was found; the message says every place that was looked at."""
+
+
+class HubUnreachableError(CheckpointNotFoundError):
+    """Not in any hub cache, and the Hub could not be asked (network, endpoint, or offline mode)."""
 
 
 class IncompleteCheckpointError(CkptError, OSError):

@@ -1,7 +1,8 @@
 """Load and save an FSDP2-sharded model with ckptkit.distributed: each rank touches only its own bytes.
 
 Two CPU processes (gloo) shard a tiny Llama with ``fully_shard`` built on the meta device, load a
-checkpoint written by transformers' ``save_pretrained`` (every rank reads only its shards), run a
+checkpoint written by transformers' ``save_pretrained`` in one call (each rank allocates and reads
+only its shards; the rotary frequencies are recomputed as the model's own init does), run a
 forward pass, and save the model back as an ordinary sharded checkpoint without gathering it.
 
 Run: python examples/distributed_fsdp2.py
@@ -50,11 +51,12 @@ def worker(rank: int, world: int, root: str) -> None:
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    model.to_empty(device="cpu")  # allocates only this rank's shards
-    # Non-persistent buffers (rotary frequencies) are computed, not stored: rebuild them after to_empty.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
+    # One call: allocates this rank's shards (on the mesh's device), recomputes the rotary
+    # frequencies no checkpoint holds, and reads only this rank's bytes.
     result = load_sharded_distributed(Path(root) / "ckpt", model)
+    if rank == 0:
+        print(f"allocated on {result.allocated_on}; recomputed: {result.recomputed_buffers}")
     ids = torch.arange(8).unsqueeze(0)
     with torch.no_grad():
         logits = model(ids).logits

@@ -154,10 +154,13 @@ def test_pipeline_component_downloads_only_its_files(hub, hub_cache, hub_repos, 
     _assert_same_tensors(ckpt, hub_repos / "org" / "pipe" / subfolder)
 
 
-def test_pipeline_root_without_subfolder_names_the_components(hub, hub_cache):
-    with pytest.raises(CheckpointNotFoundError, match="text_encoder, transformer, vae"):
-        resolve_ckpt_dir("org/pipe", cache_dir=hub_cache)
-    assert hub.downloads() == set()
+def test_pipeline_root_without_subfolder_is_the_whole_pipeline(hub, hub_cache, hub_repos):
+    ckpt = resolve_ckpt_dir("org/pipe", cache_dir=hub_cache)
+    assert list(ckpt.components) == ["text_encoder", "transformer", "vae"]
+    assert all(c.variant is None for c in ckpt.components.values())
+    # Everything but the vae's fp16 set: configs, default weights, scheduler, tokenizer, model_index.
+    served = _files_under(hub_repos / "org" / "pipe")
+    assert {p.split("/", 2)[2] for p in hub.downloads()} == {f for f in served if "fp16" not in f}
 
 
 def test_variant_rules_apply_to_the_listing(hub, hub_cache, hub_repos):
@@ -383,8 +386,11 @@ def test_offline_miss_makes_no_request_and_says_how_to_fetch(hub, hub_cache, mon
     message = str(info.value)
     assert hub.requests == []
     assert str(hub_cache / "models--org--pipe" / "refs" / "main") in message
-    include = "--include 'vae/*' " + ("--include " if HF_DOWNLOAD == "hf download" else "")
-    assert f"{HF_DOWNLOAD} org/pipe {include}model_index.json --cache-dir {hub_cache}" in message
+    include = "--include " if HF_DOWNLOAD == "hf download" else ""  # huggingface-cli: one --include
+    assert (
+        f"{HF_DOWNLOAD} org/pipe --include 'vae/*.json' {include}'vae/*.fp16*.safetensors' --cache-dir {hub_cache}"
+        in message
+    )
     assert f"ckptkit resolve org/pipe/vae --variant fp16 --cache-dir {hub_cache}" in message
 
 

@@ -38,9 +38,21 @@ def test_component_directory(layouts):
         assert torch.equal(tensor, reference[name]), name
 
 
-def test_pipeline_directory_needs_a_subfolder(layouts):
-    with pytest.raises(CheckpointNotFoundError, match=r"pass subfolder= one of: .*vae"):
-        resolve_ckpt_dir(layouts["pipeline"])
+def test_pipeline_directory_is_one_checkpoint_or_a_component(layouts):
+    whole = resolve_ckpt_dir(layouts["pipeline"], variant="fp16", variant_fallback="allow")
+    assert list(whole.components) == ["text_encoder", "transformer", "vae"]
+    assert [c.variant for c in whole.components.values()] == [None, None, "fp16"]
+    assert whole.weight_files == [p for c in whole.components.values() for p in c.weight_files]
+    assert list(resolve_ckpt_dir(layouts["pipeline"], components=["vae"]).components) == ["vae"]
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"not a component.*'unet'.*Fix: pass components= some of"
+    ):
+        resolve_ckpt_dir(layouts["pipeline"], components=["unet"])
+    # Loading needs one model's weights: the pipeline says which subfolders there are.
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"pass subfolder= one of: text_encoder, transformer, vae"
+    ):
+        whole.require_single()
     ckpt = resolve_ckpt_dir(layouts["pipeline"], subfolder="vae", variant="fp16")
     assert ckpt.path == layouts["pipeline"] / "vae" and ckpt.subfolder == "vae" and ckpt.variant == "fp16"
     with pytest.raises(CheckpointNotFoundError, match="subfolder 'unet' does not exist"):
@@ -130,12 +142,13 @@ def test_plan_prefers_safetensors_and_the_variant(tmp_path):
         "tokenizer/vocab.json",
     ]
     plan = plan_files(listing, directory="unet", snapshot=tmp_path)
-    assert plan.files == ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    # model_index.json is fetched with a component but never required: loading one does not read it.
+    assert plan.files == ["unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    assert plan.optional == ["model_index.json"]
     plan = plan_files(listing, directory="unet", snapshot=tmp_path, variant="fp16")
-    assert "unet/diffusion_pytorch_model.fp16.safetensors" in plan.files and len(plan.files) == 3
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in plan.files and len(plan.files) == 2
     plan = plan_files(listing, directory="text_encoder_2", snapshot=tmp_path)
     assert plan.files == [
-        "model_index.json",
         "text_encoder_2/config.json",
         "text_encoder_2/model.safetensors",
         "tokenizer_2/merges.txt",

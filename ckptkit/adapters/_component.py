@@ -42,8 +42,8 @@ def resolve_component(request: ComponentRequest) -> CheckpointDir:
     """Resolve the weights of one component, offline first, choosing the pipeline component if needed.
 
     A pipeline directory (one with ``model_index.json``) and no ``subfolder``: the component whose
-    class is one of ``request.classes``, else the one named ``request.component``. A hub repo with
-    no weights at its root is tried again with ``subfolder=request.component``.
+    class is one of ``request.classes``, else the one named ``request.component``. A hub pipeline
+    repo named without ``subfolder``: only its ``request.component`` is resolved (and downloaded).
 
     Raises:
         CheckpointNotFoundError: neither the spec nor its component holds weights.
@@ -54,23 +54,29 @@ def resolve_component(request: ComponentRequest) -> CheckpointDir:
     local = _local_path(request.spec)
     if subfolder is None and local is not None and local.is_dir() and not (local / CONFIG_NAME).exists():
         subfolder = _pipeline_component(local, request.component, request.classes)
-    try:
+    if subfolder is None and local is None:
+        # A hub repo named without subfolder may be a pipeline: fetch only this adapter's component.
+        try:
+            ckpt = _resolve(request, None, components=[request.component])
+        except CheckpointNotFoundError:
+            ckpt = _resolve(request, None)
+    else:
         ckpt = _resolve(request, subfolder)
-    except CheckpointNotFoundError:
-        if subfolder is not None or local is not None:
-            raise
-        # A hub pipeline repo named without subfolder: its weights live in the component folder.
-        ckpt = _resolve(request, request.component)
+    if ckpt.components:
+        ckpt = ckpt.components.get(request.component) or ckpt.require_single()
     # Check every shard's header against the index before a model is built.
     if ckpt.weight_set is not None:
         check_weight_set(ckpt.weight_set).raise_first()
     return ckpt
 
 
-def _resolve(request: ComponentRequest, subfolder: str | None) -> CheckpointDir:
+def _resolve(
+    request: ComponentRequest, subfolder: str | None, components: list[str] | None = None
+) -> CheckpointDir:
     return resolve_ckpt_dir(
         request.spec,
         subfolder=subfolder,
+        components=components,
         variant=request.variant,
         variant_fallback=request.variant_fallback,
         **{k: v for k, v in request.hub.items() if v is not None},

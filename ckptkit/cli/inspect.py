@@ -84,8 +84,16 @@ def add_resolve(sub: Any) -> None:
     )
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, text_encoder, ...)")
     parser.add_argument("--revision", help="branch, tag or commit (hub forms)")
-    parser.add_argument("--cache-dir", help="hub cache (default: HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument(
+        "--cache-dir",
+        action="append",
+        help="hub cache to download into and look in first; repeat to look in several "
+        "(HF_HUB_CACHE and CKPTKIT_CACHE_PATH are searched after them)",
+    )
     parser.add_argument("--variant", help="the variant wanted (fp16, bf16, ...)")
+    parser.add_argument(
+        "--components", help="for a whole pipeline, only these components (comma-separated: transformer,vae)"
+    )
     parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
     parser.set_defaults(run=_run_resolve)
 
@@ -101,9 +109,12 @@ def _run_resolve(args: argparse.Namespace) -> int:
             args.spec,
             subfolder=args.subfolder,
             revision=args.revision,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir[0] if args.cache_dir and len(args.cache_dir) == 1 else args.cache_dir,
             variant=args.variant,
             local_files_only=True if args.offline else None,
+            components=[c.strip() for c in args.components.split(",") if c.strip()]
+            if args.components
+            else None,
         )
     for warning in caught:
         print(f"ckptkit resolve: warning: {warning.message}", file=sys.stderr)
@@ -119,6 +130,16 @@ def _run_resolve(args: argparse.Namespace) -> int:
                 "format": ckpt.format,
                 "index_file": str(ckpt.index_file) if ckpt.index_file else None,
                 "weight_files": [str(p) for p in ckpt.weight_files],
+                "cache_dir": str(ckpt.cache_dir) if ckpt.cache_dir else None,
+                "components": {
+                    name: {
+                        "path": str(part.path),
+                        "variant": part.variant,
+                        "format": part.format,
+                        "weight_files": [str(p) for p in part.weight_files],
+                    }
+                    for name, part in ckpt.components.items()
+                },
                 "warnings": [str(w.message) for w in caught],
             }
         )

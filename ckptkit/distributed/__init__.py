@@ -8,13 +8,16 @@ every rank writing its shards straight into the final files. ``dcp_to_safetensor
 checkpoints through DCP's own readers, writers and planners.
 """
 
+from ckptkit.distributed.allocate import Allocation, allocate_meta_model
 from ckptkit.distributed.dcp import dcp_to_safetensors, safetensors_to_dcp
 from ckptkit.distributed.load import DistributedLoadResult, has_dtensor_params, load_sharded_distributed
 from ckptkit.distributed.save import SaveStats, last_save_stats, save_sharded
 
 __all__ = [
+    "Allocation",
     "DistributedLoadResult",
     "SaveStats",
+    "allocate_meta_model",
     "dcp_to_safetensors",
     "has_dtensor_params",
     "last_save_stats",

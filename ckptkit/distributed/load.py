@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ckptkit.distributed.allocate import allocate_meta_model
 from ckptkit.distributed.boxes import Box, box_of, byte_runs, local_part
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
@@ -33,6 +34,12 @@ class DistributedLoadResult:
         bytes_read: bytes of tensor data this rank read from the checkpoint files.
         bytes_total: bytes of tensor data in the checkpoint (every rank would read this without sharding).
         checkpoint: the resolved checkpoint.
+        allocated_on: where the local shards of a model built on ``meta`` were allocated
+            (``None``: the model was already allocated).
+        recomputed_buffers: non-persistent buffers (in no checkpoint) recomputed as the model's
+            own init does, after allocating a ``meta`` model.
+        uninitialized_buffers: non-persistent buffers that could not be recomputed (a warning
+            names them too): they hold uninitialised memory.
     """
 
     missing_keys: list[str] = field(default_factory=list)
@@ -40,6 +47,9 @@ class DistributedLoadResult:
     bytes_read: int = 0
     bytes_total: int = 0
     checkpoint: CheckpointDir | None = field(default=None, repr=False)
+    allocated_on: torch.device | None = None
+    recomputed_buffers: list[str] = field(default_factory=list)
+    uninitialized_buffers: list[str] = field(default_factory=list)
 
 
 def has_dtensor_params(model: torch.nn.Module) -> bool:
@@ -91,6 +101,7 @@ def load_sharded_distributed(
     subfolder: str | None = None,
     prefix: str | None = None,
     strip_prefixes: Iterable[str] | None = None,
+    device: str | torch.device | None = None,
 ) -> DistributedLoadResult:
     """Fill a module whose parameters are DTensors, each rank reading only the bytes of its local shards.
 
@@ -104,8 +115,10 @@ def load_sharded_distributed(
 
     Args:
         ckpt: anything :func:`~ckptkit.resolve_ckpt_dir` accepts, or a :class:`~ckptkit.CheckpointDir`.
-        model: the module (FSDP2 ``fully_shard`` or ``distribute_tensor`` parameters; plain tensors too),
-            with its local shards allocated (after ``to_empty`` for a meta-device model).
+        model: the module (FSDP2 ``fully_shard`` or ``distribute_tensor`` parameters; plain tensors too).
+            A model built on the meta device is allocated first, each rank its own shards only (see
+            :func:`~ckptkit.distributed.allocate.allocate_meta_model`), and its non-persistent
+            buffers are recomputed as its own init does (or named in the result, with a warning).
         strict: raise when keys are missing or unexpected (before anything is read).
         dtype: when given, every floating parameter must already hold this dtype; values are always
             cast to each parameter's own dtype.
@@ -114,6 +127,8 @@ def load_sharded_distributed(
         subfolder: a pipeline component (``"transformer"``).
         prefix: keep only checkpoint keys under this prefix, and strip it.
         strip_prefixes: wrapper prefixes to remove from checkpoint keys (``"module."``, ``"_orig_mod."``).
+        device: where to allocate a meta-device model's shards; default: the device type of its
+            DTensors' mesh (the current CUDA device for ``cuda``), else CPU.
 
     Returns:
         A :class:`DistributedLoadResult` with the keys and this rank's byte count.
@@ -121,7 +136,8 @@ def load_sharded_distributed(
     Raises:
         CorruptCheckpointError: a shape differs from the model's, a key is in two files, or (with
             ``strict``) keys are missing or unexpected.
-        ValueError: a placement that is no box (``Partial``), a meta tensor, or a ``dtype`` mismatch.
+        ValueError: a placement that is no box (``Partial``), a model partly on ``meta`` (allocation
+            would discard values), a device that cannot be allocated on, or a ``dtype`` mismatch.
 
     Example:
         >>> fully_shard(model)  # doctest: +SKIP
@@ -131,8 +147,9 @@ def load_sharded_distributed(
     """
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback
-    )
+    ).require_single()
     entries = index_checkpoint(checkpoint, prefix=prefix, strip_prefixes=tuple(strip_prefixes or ()))
+    allocation = allocate_meta_model(model, device=device)
     targets = _model_tensors(model)
     want = to_torch_dtype(dtype) if dtype is not None else None
 
@@ -164,6 +181,10 @@ def load_sharded_distributed(
         bytes_total=sum(e.nbytes for e in entries.values()),
         checkpoint=checkpoint,
     )
+    if allocation is not None:
+        result.allocated_on = allocation.device
+        result.recomputed_buffers = allocation.recomputed
+        result.uninitialized_buffers = allocation.uninitialized
     fds: dict[Path, int] = {}
     try:
         with torch.no_grad():

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.layout import Selection, WeightSet
 
 __all__ = ["CheckpointDir"]
@@ -29,6 +30,11 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
         root: the checkpoint root links are judged against (the ``models--org--name`` folder for
             a hub snapshot, else the directory given).
         selection: how the weight set was chosen (requested variant, fallback cast).
+        components: for a whole pipeline (``model_index.json``), each component holding weights
+            by name (``"vae"``, ``"transformer"``); a weights file at the pipeline's root (SDXL's
+            ``sd_xl_base_1.0.safetensors``) is one more entry, named by its weights name, with
+            ``subfolder=None``. Empty for a single model.
+        cache_dir: the hub cache the files were found in (hub forms).
 
     Example:
         >>> ckpt = resolve_ckpt_dir("PixArt-alpha/PixArt-XL-2-1024-MS", subfolder="vae")  # doctest: +SKIP
@@ -46,6 +52,8 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
     subfolder: str | None = None
     root: Path | None = None
     selection: Selection | None = field(default=None, repr=False)
+    components: dict[str, CheckpointDir] = field(default_factory=dict, repr=False)
+    cache_dir: Path | None = None
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -56,6 +64,40 @@ class CheckpointDir(os.PathLike):  # type: ignore[type-arg]
     @property
     def weight_set(self) -> WeightSet | None:
         return self.selection.weight_set if self.selection else None
+
+    @property
+    def is_pipeline(self) -> bool:
+        """Whether this is a whole pipeline (see ``components``) rather than one weight set."""
+        return bool(self.components)
+
+    def require_single(self) -> CheckpointDir:
+        """``self`` when it is one weight set; a pipeline raises, naming its components.
+
+        Raises:
+            CheckpointNotFoundError: this is a whole pipeline; the fix names ``subfolder=``.
+        """
+        if self.components:
+            names = [n for n, c in self.components.items() if c.subfolder is not None]
+            raise CheckpointNotFoundError(
+                "is a whole pipeline, not one model's weights",
+                path=self.path,
+                fix="pass subfolder= one of: " + ", ".join(names),
+            )
+        return self
+
+    @classmethod
+    def pipeline(cls, path: Path, components: dict[str, CheckpointDir], **kwargs: object) -> CheckpointDir:
+        """The whole pipeline at ``path``: every component's weight files, in component order."""
+        formats = {c.format for c in components.values()}
+        variants = {c.variant for c in components.values()}
+        return cls(
+            path=path,
+            weight_files=[p for c in components.values() for p in c.weight_files],
+            format=formats.pop() if len(formats) == 1 else "mixed",
+            variant=variants.pop() if len(variants) == 1 else None,
+            components=components,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     @classmethod
     def from_selection(cls, path: Path, selection: Selection, **kwargs: object) -> CheckpointDir:

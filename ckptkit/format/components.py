@@ -6,10 +6,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptkit.format.strict_json import loads_strict
 
-__all__ = ["MODEL_INDEX_NAME", "Component", "read_json_object", "read_model_index"]
+__all__ = [
+    "MODEL_INDEX_NAME",
+    "Component",
+    "choose_components",
+    "read_json_object",
+    "read_model_index",
+]
 
 MODEL_INDEX_NAME = "model_index.json"
 CONFIG_NAME = "config.json"
@@ -65,3 +71,43 @@ def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | Non
                 )
             )
     return components
+
+
+def _is_plain_name(name: str) -> bool:
+    return (
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    )
+
+
+def choose_components(
+    names: list[str], requested: list[str] | str | None = None, *, where: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The component folders to use: every plain name of ``names``, or those of ``requested``.
+
+    This is the one place component names are judged: a name from ``model_index.json`` that is not
+    one plain folder name (``"../x"``, ``"a/b"``) is never used as a path.
+
+    Args:
+        names: the components ``model_index.json`` names.
+        requested: ``components=``: a name or a list of names; ``None`` for all.
+        where: the pipeline, for messages.
+
+    Raises:
+        CheckpointNotFoundError: a requested name is not a component of the pipeline.
+
+    Example:
+        >>> choose_components(["scheduler", "vae", "../x"], ["vae"])
+        ['vae']
+    """
+    plain = [n for n in names if _is_plain_name(n)]
+    if requested is None:
+        return plain
+    wanted = [requested] if isinstance(requested, str) else list(requested)
+    unknown = [n for n in wanted if n not in plain]
+    if unknown:
+        raise CheckpointNotFoundError(
+            "not a component of this pipeline: " + ", ".join(map(repr, unknown)),
+            path=where,
+            fix="pass components= some of: " + ", ".join(plain),
+        )
+    return list(dict.fromkeys(wanted))

@@ -90,7 +90,8 @@ def load_sharded(
             filled by assigning fresh tensors, so the weights are never held twice.
         device: where tensors land (``"cuda:0"`` is staged through a small pinned buffer).
             ``None``: CPU for a dict and for meta parameters; a materialized parameter stays on
-            its device.
+            its device. For an FSDP2 model built on ``meta``: where each rank allocates its local
+            shards (``None``: the device type of its mesh, e.g. the current CUDA device).
         dtype: cast floating tensors to this dtype while reading (no second pass). ``None``: the
             stored dtype (for a dict and meta parameters) or the parameter's own dtype; when a
             ``variant`` fell back to the default weights, the variant's dtype.
@@ -148,7 +149,7 @@ def load_sharded(
     started = time.perf_counter()
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
-    )
+    ).require_single()
     target_device = _device(device)
     selection = checkpoint.selection
     cast = dtype if dtype is not None else (selection.cast_dtype if selection else None)
@@ -183,6 +184,7 @@ def load_sharded(
                 dtype=target_dtype,
                 prefix=prefix,
                 strip_prefixes=[strip_prefixes] if isinstance(strip_prefixes, str) else strip_prefixes,
+                device=device,
             )
     plan = _Plan(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
     options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)

@@ -222,7 +222,7 @@ def plan_device_map(
 
     if device_map not in DEVICE_MAP_MODES:
         raise ValueError(f"device_map must be one of {DEVICE_MAP_MODES} to plan, not {device_map!r}")
-    ckpt = resolve_ckpt_dir(spec, **resolve_kwargs)
+    ckpt = resolve_ckpt_dir(spec, **resolve_kwargs).require_single()
     held = canonical_dtype(dtype) if dtype is not None else _selection_cast(ckpt)
     budgets = (
         parse_max_memory(max_memory) if isinstance(max_memory, str) else normalize_max_memory(max_memory)

@@ -170,6 +170,7 @@ def plan_memory(
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     memory = parse_size(device_memory)
     ckpt = resolve_ckpt_dir(spec, variant=variant, variant_fallback="allow", **resolve_kwargs)  # type: ignore[arg-type]
+    ckpt.require_single()
     if ckpt.format != "safetensors" or ckpt.weight_set is None:
         raise CkptError(
             "holds torch pickle files; their tensor sizes cannot be read without unpickling them",

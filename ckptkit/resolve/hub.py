@@ -25,14 +25,23 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
+from ckptkit.errors import (
+    CheckpointNotFoundError,
+    CkptError,
+    HubUnreachableError,
+    IncompleteCheckpointError,
+)
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.components import MODEL_INDEX_NAME, read_model_index
 from ckptkit.format.hub_files import read_tree_listing
-from ckptkit.resolve.repo_files import DownloadPlan, plan_files
+from ckptkit.resolve.repo_files import DownloadPlan, plan_files, plan_pipeline
 
-__all__ = ["HubSpec", "default_cache_dir", "is_offline", "resolve_hub"]
+__all__ = ["CACHE_PATH_ENV", "HubSpec", "cache_dirs", "default_cache_dir", "is_offline", "resolve_hub"]
+
+#: Extra hub caches to search, ``os.pathsep``-separated (after ``cache_dir`` and ``HF_HUB_CACHE``).
+CACHE_PATH_ENV = "CKPTKIT_CACHE_PATH"
 
 logger = logging.getLogger("ckptkit")
 
@@ -48,8 +57,10 @@ class HubSpec:
         repo_id: ``"org/name"``.
         directory: the folder inside the repo that holds the weights (``""`` for the root).
         filename: the path in the repo of one weights file (the file form), else ``None``.
-        cache_dir: the hub cache (``cache_dir`` argument, ``HF_HUB_CACHE`` or ``$HF_HOME/hub``).
+        caches: every hub cache to look in, in order; downloads go to the first.
+        cache_dir: the cache being looked at (set from ``caches``).
         revision: branch, tag or commit asked for (``None`` = ``main``).
+        components: for a whole pipeline, only these components.
         pick_only_snapshot: for a ``models--org--name`` folder given without a ``refs/main``, use its
             only snapshot.
     """
@@ -68,9 +79,45 @@ class HubSpec:
     offline: bool = False
     pick_only_snapshot: bool = False
     looked: list[str] = field(default_factory=list)
+    caches: list[Path] = field(default_factory=list)
+    components: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.caches:
+            self.caches = [self.cache_dir]
+        self.cache_dir = self.caches[0]
+
+    @property
+    def whole_repo(self) -> bool:
+        return not self.directory and self.filename is None
 
     def plan(self, listing: list[str], snapshot: Path) -> DownloadPlan:
-        """Which files of ``listing`` this component needs (see :func:`ckptkit.resolve.repo_files.plan_files`)."""
+        """Which files of ``listing`` are needed (see :mod:`ckptkit.resolve.repo_files`).
+
+        For a repo whose root has ``model_index.json`` (a pipeline), that file is read from the
+        snapshot first: until it is there, the plan is that file alone.
+        """
+        if self.whole_repo and MODEL_INDEX_NAME in listing:
+            if not (snapshot / MODEL_INDEX_NAME).is_file():
+                return DownloadPlan([MODEL_INDEX_NAME], components=[])
+            pipeline = plan_pipeline(
+                listing,
+                names=[c.name for c in read_model_index(snapshot) or []],
+                components=self.components,
+                snapshot=snapshot,
+                variant=self.variant,
+                variant_fallback=self.variant_fallback,
+                label=self.repo_id,
+            )
+            if pipeline is not None:
+                return pipeline
+        if self.components is not None:
+            raise CheckpointNotFoundError(
+                f"components={self.components!r} was given but {self.label} is not a pipeline "
+                f"(no {MODEL_INDEX_NAME} at its root)",
+                path=self.label,
+                fix="leave out components=",
+            )
         return plan_files(
             listing,
             directory=self.directory,
@@ -107,6 +154,32 @@ def default_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(os.path.expanduser(os.fspath(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)))
 
 
+def cache_dirs(
+    cache_dir: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None, *, search: bool = True
+) -> list[Path]:
+    """Every hub cache to look in, in order: ``cache_dir`` (one or a list), ``HF_HUB_CACHE`` (else
+    ``$HF_HOME/hub``), then each folder of ``CKPTKIT_CACHE_PATH``. Downloads go to the first.
+
+    Args:
+        cache_dir: the caches named by the caller.
+        search: also the user's other caches (``False``: ``cache_dir`` alone, when one is given).
+
+    Example:
+        >>> cache_dirs("/tmp/c", search=False)
+        [PosixPath('/tmp/c')]
+    """
+    named = [cache_dir] if isinstance(cache_dir, (str, os.PathLike)) else list(cache_dir or [])
+    found = [default_cache_dir(c) for c in named]
+    if search or not found:
+        found.append(default_cache_dir(None))
+        extra = os.environ.get(CACHE_PATH_ENV, "")
+        found += [default_cache_dir(p) for p in extra.split(os.pathsep) if p.strip()]
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values())
+
+
 # -- the cache ----------------------------------------------------------------------------------
 
 
@@ -116,6 +189,7 @@ class _Miss:
     missing: list[str] = field(default_factory=list)
     error: CkptError | None = None
     listed: bool = False  # the missing list comes from the repo's listing, not a guess
+    none_here: bool = False  # none of the files needed is in the cache
 
 
 def _ref_commit(spec: HubSpec) -> str | None:
@@ -237,7 +311,10 @@ def _from_cache(
         if not isinstance(try_to_load_from_cache(spec.repo_id, f, spec.cache_dir, commit), str)
     ]
     if missing:
-        return _Miss(commit, missing, listed=listed)
+        # Not one file of it is here: it was never downloaded (not an interrupted download). A
+        # pipeline whose model_index.json is missing but some component is here is incomplete.
+        none_here = set(missing) == set(needed) and not (plan.components == [] and any(snapshot.iterdir()))
+        return _Miss(commit, missing, listed=listed, none_here=none_here)
     chosen = plan.selection.weight_set if plan.selection else None
     if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
         # Only the cache was listed: the variant asked for may still exist on the Hub.
@@ -255,7 +332,7 @@ def _from_cache(
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
     from ckptkit.resolve.resolve import resolve_local
 
-    origin = {"repo_id": spec.repo_id, "revision": commit}
+    origin: dict[str, Any] = {"repo_id": spec.repo_id, "revision": commit, "cache_dir": spec.cache_dir}
     try:
         if spec.filename is not None:
             ckpt = resolve_local(snapshot / spec.filename, root=spec.storage, **origin)
@@ -267,6 +344,7 @@ def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointD
             variant=spec.variant,
             variant_fallback=spec.variant_fallback,
             weights_name=spec.weights_name,
+            components=spec.components,
             root=spec.storage,
             **origin,
         )
@@ -307,7 +385,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
     Returns the commit downloaded and the Hub's listing of it (``None`` if the branch moved on
     between listing and downloading).
     """
-    from huggingface_hub import HfApi, errors, snapshot_download
+    from huggingface_hub import HfApi, errors, hf_hub_download, snapshot_download
 
     api = HfApi(endpoint=spec.endpoint, token=spec.token)
     where = spec.endpoint or api.endpoint
@@ -337,7 +415,18 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
             target = spec.revision
         snapshot = spec.storage / "snapshots" / commit
         plan = spec.plan(listing, snapshot)
-        patterns = spec.allow_patterns if spec.allow_patterns is not None else plan.files
+        if plan.components == []:  # a pipeline: which components it has is in its model_index.json
+            hf_hub_download(
+                spec.repo_id,
+                MODEL_INDEX_NAME,
+                revision=commit,
+                cache_dir=spec.cache_dir,
+                token=spec.token,
+                endpoint=spec.endpoint,
+            )
+            plan = spec.plan(listing, snapshot)
+        wanted = plan.files + [f for f in plan.optional if f in listing]
+        patterns = spec.allow_patterns if spec.allow_patterns is not None else wanted
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
         folder = snapshot_download(
             spec.repo_id,
@@ -361,7 +450,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
             + "; ".join(spec.looked),
         ) from None
     except unreachable as exc:
-        raise _HubUnreachable(
+        raise HubUnreachableError(
             f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc})",
             path=spec.label,
             fix=f"check the network or HF_ENDPOINT; looked in: {'; '.join(spec.looked)}; "
@@ -385,27 +474,34 @@ def _resolve_unlisted_snapshot(spec: HubSpec, miss: _Miss) -> None:
         _resolve_snapshot(spec, snapshot, miss.commit)
 
 
-class _HubUnreachable(CheckpointNotFoundError):
-    """The Hub could not be asked (network, endpoint or offline mode)."""
-
-
 def resolve_hub(spec: HubSpec) -> CheckpointDir:
     """Resolve a hub component: from the cache with no request when it is all there, else download it.
 
+    Every cache of ``spec.caches`` is looked in, in order; files are used where they are found.
+
     Raises:
-        CheckpointNotFoundError: not cached and offline, or no such repo/revision/folder/file.
+        CheckpointNotFoundError: not cached and offline, or no such repo/revision/folder/file
+            (:class:`HubUnreachableError`: the Hub could not be asked).
         IncompleteCheckpointError: cached in part while offline, or still incomplete after downloading.
         VariantNotFoundError: the variant rules refuse.
     """
-    found = _from_cache(spec)
-    if isinstance(found, CheckpointDir):
-        return found
+    misses: list[tuple[Path, _Miss]] = []
+    for cache in spec.caches:
+        spec.cache_dir = cache
+        found = _from_cache(spec)
+        if isinstance(found, CheckpointDir):
+            return found
+        misses.append((cache, found))
+    # The cache holding part of it speaks for it (its error, its missing files); else the first.
+    spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
     if spec.offline:
         _resolve_unlisted_snapshot(spec, found)
         raise _offline_miss(spec, found)
+    spec.cache_dir = spec.caches[0]  # downloads go to the first cache
     try:
         commit, listing = _download(spec)
-    except _HubUnreachable:
+    except HubUnreachableError:
+        spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
         _resolve_unlisted_snapshot(spec, found)
         raise
     again = _from_cache(spec, commit, listing)
@@ -444,17 +540,36 @@ def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
         words += files
     elif spec.filename:
         words.append(spec.filename)
-    elif spec.directory:
-        patterns = [f"{spec.directory}/*", MODEL_INDEX_NAME]
+    else:
+        patterns = _guessed_patterns(spec)
         if words[0] == "hf":
             for pattern in patterns:
                 words += ["--include", pattern]
-        else:  # huggingface-cli keeps only the last --include: one flag, several patterns
+        elif patterns:  # huggingface-cli keeps only the last --include: one flag, several patterns
             words += ["--include", *patterns]
     if spec.revision:
         words += ["--revision", spec.revision]
     words += _custom_cache(spec)
     return " ".join(shlex.quote(w) for w in words)
+
+
+def _guessed_patterns(spec: HubSpec) -> list[str]:
+    """Without the repo's listing: the configs and the safetensors of the variant asked for.
+
+    Patterns of ``hf download --include`` match across ``/``: at the root they cover a pipeline's
+    components too, and no subfolder is guessed.
+    """
+    where = f"{spec.directory}/" if spec.directory else ""
+    weights = f"*.{spec.variant}*.safetensors" if spec.variant else "*.safetensors"
+    patterns = [f"{where}*.json", where + weights]
+    base = posixpath.basename(spec.directory)
+    if base.startswith("text_encoder"):
+        parent = posixpath.dirname(spec.directory)
+        tokenizer = base.replace("text_encoder", "tokenizer", 1)
+        patterns += [f"{where}*.model", f"{parent + '/' if parent else ''}{tokenizer}/*"]
+    elif not spec.directory:
+        patterns += ["*.model", "*.txt"]
+    return patterns
 
 
 def _ckptkit_command(spec: HubSpec) -> str:
@@ -489,6 +604,13 @@ def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
         exc = miss.error
         extra = f"looked in: {looked}; downloads are off ({why}); fetch with: `{_fetch_command(spec, None)}`"
         return type(exc)(exc.detail, path=exc.path, fix=f"{exc.fix}; {extra}" if exc.fix else extra)
+    if miss.commit is not None and miss.missing and miss.listed and miss.none_here:
+        return CheckpointNotFoundError(
+            f"{spec.label} (revision {spec.revision or 'main'}) was never downloaded: none of its "
+            f"files is in the hub cache, and downloads are off ({why})",
+            path=spec.storage / "snapshots" / miss.commit / (spec.filename or spec.directory),
+            fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing)}`",
+        )
     if miss.commit is not None and miss.missing and miss.listed:
         return IncompleteCheckpointError(
             f"{len(miss.missing)} needed files are not in the cache and downloads are off ({why}): "

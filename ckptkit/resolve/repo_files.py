@@ -10,15 +10,22 @@ import os
 import posixpath
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.errors import CheckpointNotFoundError
-from ckptkit.format.components import CONFIG_NAME, MODEL_INDEX_NAME
+from ckptkit.format.components import CONFIG_NAME, MODEL_INDEX_NAME, choose_components
 from ckptkit.format.layout import Selection, WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_index_filename, parse_weight_filename
 
-__all__ = ["TOKENIZER_FILENAMES", "DownloadPlan", "parse_cache_path", "parse_repo_spec", "plan_files"]
+__all__ = [
+    "TOKENIZER_FILENAMES",
+    "DownloadPlan",
+    "parse_cache_path",
+    "parse_repo_spec",
+    "plan_files",
+    "plan_pipeline",
+]
 
 TOKENIZER_FILENAMES = frozenset(
     {
@@ -42,10 +49,16 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
 
 @dataclass
 class DownloadPlan:
-    """The repo files a component needs (``files``) and the weight set chosen from the listing."""
+    """The repo files a checkpoint needs (``files``) and the weight set chosen from the listing.
+
+    ``optional`` files are fetched with them but not required in the cache (a component's
+    ``model_index.json``); ``components`` names the pipeline components planned, if any.
+    """
 
     files: list[str]
     selection: Selection | None = None
+    optional: list[str] = field(default_factory=list)
+    components: list[str] | None = None
 
 
 def parse_cache_path(path: str | os.PathLike[str]) -> tuple[Path, str, str | None, str] | None:
@@ -139,8 +152,8 @@ def plan_files(
         label: ``"org/name"``, for messages.
 
     Returns:
-        The plan: config, selected index and shards, tokenizer files (text encoders),
-        ``model_index.json`` (pipeline components).
+        The plan: config, selected index and shards, tokenizer files (text encoders); a pipeline
+        component's ``model_index.json`` is optional (fetched, not required).
 
     Raises:
         CheckpointNotFoundError: no such folder or file, or no weights in it.
@@ -196,9 +209,63 @@ def plan_files(
     if CONFIG_NAME in here:
         needed.append(_join(directory, CONFIG_NAME))
     needed += _tokenizer_files(files, here, directory)
-    if directory and MODEL_INDEX_NAME in files:
-        needed.append(MODEL_INDEX_NAME)
-    return DownloadPlan(sorted(set(needed)), selection)
+    optional = [MODEL_INDEX_NAME] if directory and MODEL_INDEX_NAME in files else []
+    return DownloadPlan(sorted(set(needed)), selection, optional)
+
+
+def plan_pipeline(
+    listing: Iterable[str],
+    *,
+    names: list[str],
+    components: list[str] | None = None,
+    snapshot: Path,
+    variant: str | None = None,
+    variant_fallback: str = "warn",
+    label: str = "",
+) -> DownloadPlan | None:
+    """The repo files a whole pipeline needs: ``model_index.json``, and per component its plan.
+
+    A component folder holding weights gets :func:`plan_files`' minimum (the chosen variant only);
+    a folder without weights (``scheduler/``, ``tokenizer/``) comes whole. Weights files at the
+    repo's root are left out.
+
+    Args:
+        listing: every file path in the repo.
+        names: the components ``model_index.json`` names.
+        components: only these components (``components=``); ``None`` for all.
+        snapshot, variant, variant_fallback, label: as for :func:`plan_files`.
+
+    Returns:
+        The plan, or ``None`` when no component folder holds weights (the root is one model).
+
+    Example:
+        >>> listing = ["model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+        >>> plan_pipeline(listing, names=["vae"], snapshot=Path("s")).files
+        ['model_index.json', 'vae/config.json', 'vae/diffusion_pytorch_model.safetensors']
+    """
+    files = sorted(set(listing))
+    chosen = choose_components(names, components, where=label)
+    needed = [MODEL_INDEX_NAME]
+    planned = []
+    for name in chosen:
+        under = [f for f in files if f.startswith(name + "/")]
+        here = [posixpath.basename(f) for f in under if posixpath.dirname(f) == name]
+        if _sets_from_names(here, snapshot / name):
+            plan = plan_files(
+                files,
+                directory=name,
+                snapshot=snapshot,
+                variant=variant,
+                variant_fallback=variant_fallback,
+                label=label,
+            )
+            needed += plan.files
+            planned.append(name)
+        else:
+            needed += under
+    if not planned and components is None:
+        return None
+    return DownloadPlan(sorted(set(needed)), components=planned)
 
 
 def _plan_file(files: list[str], here: list[str], filename: str, where: Path, label: str) -> list[str]:

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import MODEL_INDEX_NAME
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.dtypes import canonical_dtype
-from ckptkit.format.layout import IGNORED_DIRS, discover_weight_sets
+from ckptkit.format.layout import IGNORED_DIRS
 from ckptkit.format.naming import parse_index_filename, parse_weight_filename, weights_family
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.atomic import (
@@ -70,8 +68,11 @@ def resave(
 
     Args:
         src: anything :func:`resolve_ckpt_dir` accepts (a local directory or weights file, a hub
-            form), or a :class:`CheckpointDir`. A pipeline directory (``model_index.json``, no
-            weights at its root) without ``subfolder`` resaves every component holding weights.
+            form, a pipeline's repo id included), or a :class:`CheckpointDir`. A whole pipeline
+            (``model_index.json``) without ``subfolder`` resaves every component holding weights,
+            each into its folder, and each safetensors weights file at its root (SDXL's single
+            file) beside them; the scheduler, tokenizers and configs are copied. Atomic as a whole:
+            ``dst`` is the old pipeline or the complete new one, never a mix.
         dst: the output directory (for ``subfolder=``, the component's directory). May be ``src``
             itself (re-shard in place); must not lie inside it otherwise.
         max_shard_size: an int (bytes) or a size string (``"10GB"``, ``"500MiB"``); ``None`` writes
@@ -83,14 +84,15 @@ def resave(
         dtype: cast floating tensors to this dtype (``"bf16"``, ``torch.float16``).
         subfolder: the component of a pipeline to resave.
         weights_name: the output weights name; default: the source's (``pytorch_model`` becomes
-            ``model``, as the output is safetensors).
+            ``model``, as the output is safetensors). Not for a whole pipeline.
         overwrite: replace an existing, non-empty ``dst``. Its other files are kept; the old
             safetensors files of the same weights name and variant are removed once the new set is
             in place.
         copy_other_files: copy configs, tokenizer files, ``model_index.json`` and other non-weight
             files as real files (links are followed): a pipeline's whole tree, or the files directly
             in a model directory (not its subfolders). Other weight sets of ``src`` (other variants,
-            ``.bin`` copies) are not copied; use :func:`materialize` for a full copy.
+            ``.bin`` copies, torch files at a pipeline's root) are not copied; use
+            :func:`materialize` for a full copy.
         progress: show a tqdm progress bar; ``None``: when stderr is a terminal.
         fsync: flush files and directories to disk before the swap (off: faster, still atomic
             against a crash of the process, not against a power loss).
@@ -109,7 +111,7 @@ def resave(
             ``VariantNotFoundError``); nothing is written.
         UnsafeCheckpointError: ``confine`` and a file links outside the checkpoint, or a torch file
             needs more than ``weights_only`` allows.
-        ValueError: a bad size or dtype, or ``dst`` inside ``src``.
+        ValueError: a bad size or dtype, ``dst`` inside ``src``, or ``weights_name`` for a pipeline.
 
     Example:
         >>> ckpt = resave("./sdxl/unet", "./unet-single", max_shard_size=None)  # doctest: +SKIP
@@ -157,35 +159,13 @@ def _plan_jobs(
     dtype: str | None,
     confine: bool | None = None,
 ) -> tuple[Path | None, list[_Job]]:
-    """The weight sets to write, and the directory whose other files travel with them."""
-    options = {"variant": variant, "variant_fallback": "allow", "weights_name": weights_name}
-    if not isinstance(src, CheckpointDir):
-        local = Path(os.path.expanduser(os.fspath(src)))
-        if subfolder is None and _is_pipeline(local):
-            jobs = []
-            for component in sorted(p for p in local.iterdir() if p.is_dir() and p.name not in IGNORED_DIRS):
-                if discover_weight_sets(component):
-                    ckpt = resolve_local(component, subfolder=None, **options)  # type: ignore[arg-type]
-                    jobs.append(_job(component.name, ckpt, variant, weights_name, dtype))
-            if not jobs:
-                raise CheckpointNotFoundError(
-                    "pipeline directory with no component holding weights",
-                    path=local,
-                    fix="check that the component folders (vae/, transformer/, ...) were downloaded",
-                )
-            return local, jobs
-        if local.is_file():
-            ckpt = resolve_ckpt_dir(
-                local,
-                subfolder=subfolder,
-                variant=variant,
-                variant_fallback="allow",
-                weights_name=weights_name,
-                confine=confine,
-            )
-            return None, [_job("", ckpt, variant, weights_name, dtype)]
-    elif subfolder is not None:
+    """The weight sets to write, and the directory whose other files travel with them.
+
+    A pipeline gives one job per component (into its folder) and one per weights file at its root.
+    """
+    if isinstance(src, CheckpointDir) and subfolder is not None:
         src = src.path
+    single_file = not isinstance(src, CheckpointDir) and Path(os.path.expanduser(os.fspath(src))).is_file()
     if not isinstance(src, CheckpointDir):
         src = resolve_ckpt_dir(
             src,
@@ -196,11 +176,15 @@ def _plan_jobs(
             confine=confine,
         )
     ckpt = src
-    return ckpt.path, [_job("", ckpt, variant, weights_name, dtype)]
-
-
-def _is_pipeline(path: Path) -> bool:
-    return path.is_dir() and (path / MODEL_INDEX_NAME).is_file() and not discover_weight_sets(path)
+    if ckpt.components:
+        if weights_name is not None:
+            raise ValueError(
+                f"{ckpt.path}: weights_name= names one model's weights, and this is a whole pipeline; "
+                "pass subfolder= to resave one component under another name"
+            )
+        jobs = [_job(part.subfolder or "", part, variant, None, dtype) for part in ckpt.components.values()]
+        return ckpt.path, jobs
+    return (None if single_file else ckpt.path), [_job("", ckpt, variant, weights_name, dtype)]
 
 
 def _job(
@@ -280,7 +264,9 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
     for rel, path in walk_files(source_root, exclude=IGNORED_DIRS):
         if not pipeline and "/" in rel:
             continue
-        if _job_of(rel, jobs) and _is_weights_file(rel.rpartition("/")[2]):
+        weights = _is_weights_file(rel.rpartition("/")[2])
+        if weights and (_job_of(rel, jobs) or (pipeline and "/" not in rel)):
+            # The sets being written, and a pipeline's root weights not rewritten (a training .pth).
             continue
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -341,12 +327,12 @@ def _result(dst: Path, jobs: list[_Job], written: list[list[Path]]) -> Checkpoin
         return resolve_local(
             dst, variant=jobs[0].variant, variant_fallback="error", weights_name=jobs[0].name
         )
-    files = [dst / job.rel / p.name for job, paths in zip(jobs, written, strict=True) for p in paths]
-    variants = {job.variant for job in jobs}
-    return CheckpointDir(
-        path=dst,
-        weight_files=files,
-        format="safetensors",
-        variant=variants.pop() if len(variants) == 1 else None,
-        root=dst,
-    )
+    parts: dict[str, CheckpointDir] = {}
+    for job, paths in zip(jobs, written, strict=True):
+        if job.rel:
+            parts[job.rel] = resolve_local(
+                dst, subfolder=job.rel, variant=job.variant, variant_fallback="error", weights_name=job.name
+            )
+        else:  # a weights file at the pipeline's root
+            parts[job.name] = resolve_local(dst / paths[0].name, variant=job.variant, root=dst)
+    return CheckpointDir.pipeline(dst, parts, root=dst)
