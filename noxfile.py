@@ -8,6 +8,8 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
 TORCH = "torch==2.13.0"
+#: The upstream releases the conformance tests run the shims against.
+UPSTREAM = ("ltx-video==0.1.2", "wan22==2.2.11")
 
 
 #: The library stacks the test suite runs under (``nox -s compat``): the newest releases, and pinned
@@ -95,3 +97,35 @@ def fuzz(session: nox.Session) -> None:
     _install(session, "fuzz")
     args = session.posargs or ["-max_total_time=60"]
     session.run("python", "fuzz/fuzz_parsers.py", *args, env={"PYTHONPATH": "."})
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """The shims against the real upstream loaders (tests/conformance/).
+
+    Installs ltx-video 0.1.2 and wan22 2.2.11 with ``--no-deps`` (they pin ``flash_attn``,
+    ``huggingface-hub~=0.30``, ``transformers<4.52``, ...) on top of this project's stack plus the few
+    imports their loader modules need (the ``conformance`` extra). What cannot import on a CPU
+    machine is stubbed by tests/conformance/_upstream.py, and nothing else:
+
+    - ``torch.cuda.current_device`` while ``wan.modules.t5`` is imported (it is a default argument);
+    - the modules ``torchvision`` (the registry's wheel links CUDA builds of torch), ``cv2``, ``av``,
+      ``decord``, ``librosa``, ``peft``: imported by ``wan/__init__`` and ``ltx_video.inference``
+      for video I/O, audio and LoRA, never called on a loading path (calling them raises);
+    - the CUDA-only ``flash_attention`` kernel Wan's DiT calls, replaced in forward-pass checks by
+      Wan's own ``attention`` (its scaled-dot-product fallback).
+
+    tests/conformance/opensora/ needs no upstream package and also runs in the main suite.
+    """
+    _install(session, "conformance")
+    session.install("--no-deps", *UPSTREAM)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/conformance",
+        *session.posargs,
+        env={"CKPTKIT_CONFORMANCE": "1"},
+    )

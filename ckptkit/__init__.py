@@ -21,7 +21,17 @@ _EXPORTS = {
     "VerifyReport": "ckptkit.check.verify",
     "verify_checkpoint": "ckptkit.check.verify",
     "write_manifest": "ckptkit.check.checksums",
-    "LoadResult": "ckptkit.load.sharded",
+    "read_manifest": "ckptkit.check.checksums",
+    "FileCheck": "ckptkit.check.verify",
+    "StrategyEstimate": "ckptkit.placement.memory",
+    "find_blocks": "ckptkit.placement.memory",
+    "DistributedLoadResult": "ckptkit.distributed.load",
+    "allocate_meta_model": "ckptkit.distributed.allocate",
+    "load_sharded_distributed": "ckptkit.distributed.load",
+    "save_sharded": "ckptkit.distributed.save",
+    "dcp_to_safetensors": "ckptkit.distributed.dcp",
+    "safetensors_to_dcp": "ckptkit.distributed.dcp",
+    "LoadResult": "ckptkit.io.module_fill",
     "load_sharded": "ckptkit.load.sharded",
     "parse_size": "ckptkit.format.sizes",
     "DevicePlan": "ckptkit.placement.device_map",
@@ -32,6 +42,7 @@ _EXPORTS = {
     "materialize": "ckptkit.save.materialize",
     "resave": "ckptkit.save.resave",
     "resolve_ckpt_dir": "ckptkit.resolve.resolve",
+    "cache_dirs": "ckptkit.resolve.hub",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
@@ -49,9 +60,13 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
-    from ckptkit.check.checksums import write_manifest
+    from ckptkit.check.checksums import read_manifest, write_manifest
     from ckptkit.check.inspect import CheckpointInfo, inspect_checkpoint
-    from ckptkit.check.verify import VerifyReport, verify_checkpoint
+    from ckptkit.check.verify import FileCheck, VerifyReport, verify_checkpoint
+    from ckptkit.distributed.allocate import allocate_meta_model
+    from ckptkit.distributed.dcp import dcp_to_safetensors, safetensors_to_dcp
+    from ckptkit.distributed.load import DistributedLoadResult, load_sharded_distributed
+    from ckptkit.distributed.save import save_sharded
     from ckptkit.errors import (
         AmbiguousCheckpointError,
         CheckpointNotFoundError,
@@ -68,10 +83,12 @@ if TYPE_CHECKING:
     )
     from ckptkit.format.checkpoint import CheckpointDir
     from ckptkit.format.sizes import parse_size
-    from ckptkit.load.sharded import LoadResult, load_sharded
+    from ckptkit.io.module_fill import LoadResult
+    from ckptkit.load.sharded import load_sharded
     from ckptkit.placement.device_map import DevicePlan, plan_device_map
     from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
-    from ckptkit.placement.memory import MemoryPlan, plan_memory
+    from ckptkit.placement.memory import MemoryPlan, StrategyEstimate, find_blocks, plan_memory
+    from ckptkit.resolve.hub import cache_dirs
     from ckptkit.resolve.resolve import resolve_ckpt_dir
     from ckptkit.save.materialize import materialize
     from ckptkit.save.resave import resave

@@ -1,11 +1,10 @@
-"""Migrate Wan's native ckpt_dir loading to ckptkit.
+"""Migrate Wan2.1 / Wan2.2 loading to ckptkit: one import line, or ``install()`` and no line at all.
 
-A Wan ``ckpt_dir`` holds ``models_t5_umt5-xxl-enc-bf16.pth``, the tokenizer in ``google/umt5-xxl/``,
-``Wan2.1_VAE.pth`` and the DiT as ``config.json`` + ``diffusion_pytorch_model*.safetensors`` (Wan2.2
-A14B: in ``low_noise_model/`` and ``high_noise_model/``). This builds a tiny Wan2.2-style directory
-from real transformers/diffusers models, finds its parts with ``wan_checkpoint`` (missing ones are
-reported up front), reads the ``.pth`` files with ``weights_only`` and loads each DiT expert in
-bf16 with ``load_dit``. See docs/guides/wan.md.
+Needs Wan itself (``pip install wan22``, or a Wan2.1/Wan2.2 checkout): the model classes are its own.
+This writes a tiny Wan2.2 A14B-style ``ckpt_dir`` — the DiT experts as ``config.json`` +
+``diffusion_pytorch_model*.safetensors`` in ``low_noise_model/`` and ``high_noise_model/``, the VAE as
+``Wan2.2_VAE.pth`` with Wan's native key names (``encoder.conv1.weight``...) — and loads it the way
+Wan's ``text2video.py`` does. See docs/guides/wan.md.
 
 Run: python examples/migrate_wan.py
 """
@@ -16,55 +15,72 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from transformers import UMT5Config, UMT5EncoderModel
 
-from ckptkit.shims.wan import load_dit, wan_checkpoint
+import ckptkit.shims.wan
+
+# before: from wan.modules.vae2_2 import Wan2_2_VAE; WanModel.from_pretrained(ckpt_dir, subfolder=...)
+from ckptkit.shims.wan import Wan2_2_VAE, load_dit, wan_checkpoint
+
+DIT = {
+    "in_dim": 4,
+    "dim": 16,
+    "ffn_dim": 32,
+    "freq_dim": 16,
+    "out_dim": 4,
+    "num_heads": 2,
+    "num_layers": 2,
+    "text_len": 8,
+}
 
 
-def build_ckpt_dir(root: Path) -> None:
+def write_ckpt_dir(root: Path) -> None:
+    from wan.modules.model import WanModel
+    from wan.modules.vae2_2 import WanVAE_
+
     torch.manual_seed(0)
-    umt5 = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, decoder_start_token_id=0,
-        )
-    )  # fmt: skip
-    root.mkdir()
-    torch.save(umt5.to(torch.bfloat16).state_dict(), root / "models_t5_umt5-xxl-enc-bf16.pth")
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    torch.save(vae.state_dict(), root / "Wan2.1_VAE.pth")
     for expert in ("low_noise_model", "high_noise_model"):
-        WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
-            out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        ).to(torch.bfloat16).save_pretrained(root / expert, max_shard_size="30KB")  # fmt: skip
+        WanModel(**DIT).to(torch.bfloat16).save_pretrained(root / expert, max_shard_size="40KB")
+    vae = WanVAE_(
+        dim=8,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+    )
+    torch.save(vae.state_dict(), root / "Wan2.2_VAE.pth")
 
 
 def main() -> None:
+    from wan.modules.model import WanModel
+    from wan.modules.vae2_2 import Wan2_2_VAE as WansOwnVAE
+
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "Wan2.2-T2V-tiny"
-        build_ckpt_dir(root)
+        root = Path(tmp) / "Wan2.2-T2V-A14B-tiny"
+        write_ckpt_dir(root)
+        parts = wan_checkpoint(root)
+        print("DiT experts:", sorted(parts.dit), "VAE:", parts.vae_checkpoint.name)
 
-        parts = wan_checkpoint(root)  # file names and index headers only
-        print("T5 encoder:", parts.t5_checkpoint.name if parts.t5_checkpoint else None)
-        print("tokenizer: ", parts.t5_tokenizer)  # not downloaded here: None, not a late crash
-        print("VAE:       ", parts.vae_checkpoint.name if parts.vae_checkpoint else None)
-        for name, ckpt in sorted(parts.dit.items()):
-            print(f"DiT {name or '(root)'}: {len(ckpt.weight_files)} shard(s)")
-        print("T5 tensors:", len(parts.t5_state_dict()), " VAE tensors:", len(parts.vae_state_dict()))
+        # 1. the one-line migration: Wan's calls, ckptkit's import
+        low = load_dit(root, subfolder="low_noise_model")  # WanModel.from_pretrained(root, subfolder=...)
+        print(
+            "load_dit ->", type(low).__name__, next(low.parameters()).dtype, "(float32, as from_pretrained)"
+        )
+        vae = Wan2_2_VAE(vae_pth=str(root / "Wan2.2_VAE.pth"), c_dim=8, device="cpu")
+        print("Wan2_2_VAE ->", type(vae).__name__, "with", sum(1 for _ in vae.model.parameters()), "tensors")
 
-        video = torch.randn(1, 4, 2, 8, 8, dtype=torch.bfloat16)
-        text = torch.randn(1, 5, 16, dtype=torch.bfloat16)
-        for expert in sorted(parts.dit):
-            dit = load_dit(parts, WanTransformer3DModel, subfolder=expert, torch_dtype=torch.bfloat16)
-            with torch.no_grad():
-                out = dit(video, torch.tensor([10]), text).sample
-            dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in dit.parameters()})
-            print(f"load_dit({expert!r}) -> {type(dit).__name__} {dtypes}, output {tuple(out.shape)}")
+        # 2. no line changed: Wan's own classes, loading through ckptkit
+        with ckptkit.shims.wan.installed():
+            high = WanModel.from_pretrained(root, subfolder="high_noise_model")
+            same_vae = WansOwnVAE(vae_pth=str(root / "Wan2.2_VAE.pth"), c_dim=8, device="cpu")
+        print("installed(): WanModel.from_pretrained ->", type(high).__name__, next(high.parameters()).dtype)
+        equal = all(
+            torch.equal(a, b)
+            for a, b in zip(
+                vae.model.state_dict().values(), same_vae.model.state_dict().values(), strict=True
+            )
+        )
+        print("same VAE weights both ways:", equal)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ import os
 import shutil
 from pathlib import Path
 
-from ckptkit.resolve.hub import _hf_cli
+from ckptkit.resolve.hub_misses import hf_cli
 from tests._subprocess import REPO, run_cli
 
 __all__ = ["REPO", "run_cli"]  # the runner lives in tests._subprocess; kept importable here
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 #: The download command of the installed huggingface_hub's CLI (``hf download``, before 0.34
 #: ``huggingface-cli download``), as fetch suggestions name it.
-HF_DOWNLOAD = _hf_cli("download")
+HF_DOWNLOAD = hf_cli("download")
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 

@@ -24,7 +24,12 @@ from ckptkit.distributed import (
 )
 from ckptkit.distributed.boxes import Box, byte_runs
 from ckptkit.distributed.layout import TensorSpec, plan_layout
-from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptkit.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    DestinationExistsError,
+    ModelMismatchError,
+)
 from ckptkit.format import read_header
 
 SHARD = "24KB"
@@ -140,10 +145,10 @@ def test_strict_mismatch_raises_before_reading(tmp_path):
 
     ckpt = save_tiny_llama(tmp_path / "ckpt")
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=131))
-    with pytest.raises(CorruptCheckpointError, match=r"shape \[130, 32\]"):
+    with pytest.raises(ModelMismatchError, match=r"checkpoint \(130, 32\) vs model \(131, 32\)"):
         load_sharded_distributed(ckpt, model)
     model = torch.nn.Linear(32, 130, bias=False)
-    with pytest.raises(CorruptCheckpointError, match="missing keys"):
+    with pytest.raises(ModelMismatchError, match="missing keys"):
         load_sharded_distributed(ckpt, model)
     result = load_sharded_distributed(ckpt, model, strict=False, prefix="lm_head.")
     assert result.missing_keys == [] and result.bytes_read == 130 * 32 * 4
@@ -158,6 +163,48 @@ def test_save_refuses_non_empty_destination_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
     save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst", overwrite=True, weights_name="model")
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.save below, no_dist
+def test_save_and_dcp_export_publish_through_the_one_atomic_path(tmp_path):
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "keep.txt").write_text("x")
+    with pytest.raises(DestinationExistsError, match="overwrite=True"):
+        save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst")
+    # What a killed run leaves beside the destination is cleaned up by the next one (crash recovery).
+    (tmp_path / ".dst.ckptkit-tmp-killed").mkdir()
+    (tmp_path / ".dst.ckptkit-tmp-killed" / "model.safetensors").write_bytes(b"half")
+    save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst", overwrite=True, weights_name="model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
+    torch.distributed.checkpoint.save(
+        {"w": torch.ones(3)}, checkpoint_id=os.fspath(tmp_path / "dcp"), no_dist=True
+    )
+    with pytest.raises(DestinationExistsError):
+        dcp_to_safetensors(tmp_path / "dcp", tmp_path / "dst")
+    assert load_file(tmp_path / "dst" / "model.safetensors").keys() == {"weight", "bias"}
+
+
+def test_save_runs_out_of_disk_as_a_typed_error_and_keeps_the_old_checkpoint(tmp_path):
+    from tests._subprocess import run_python
+
+    old = tmp_path / "dst"
+    save_sharded(torch.nn.Linear(2, 2), old, weights_name="model")
+    before = (old / "model.safetensors").read_bytes()
+    script = f"""
+import resource, signal, torch
+from ckptkit.distributed import save_sharded
+from ckptkit.errors import DiskFullError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    save_sharded(torch.nn.Linear(512, 512), {str(old)!r}, overwrite=True, weights_name="model")
+except DiskFullError as exc:
+    print("DiskFullError", exc)
+"""
+    done = run_python(script)
+    assert "DiskFullError" in done.stdout, done.stdout + done.stderr
+    assert (old / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
 
 
@@ -234,7 +281,7 @@ def _worker(rank: int, world: int, store: str, root: str) -> None:
     from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
     from transformers import LlamaForCausalLM
 
-    from ckptkit.distributed import last_save_stats, safetensors_to_dcp
+    from ckptkit.distributed import SaveStats, last_save_stats, safetensors_to_dcp
 
     _init(rank, world, store)
     base = Path(root)
@@ -279,8 +326,11 @@ def _worker(rank: int, world: int, store: str, root: str) -> None:
 
     # save_sharded: each rank writes only its shards; the files are transformers' own.
     saved = base / "saved"
-    save_sharded(model, saved, max_shard_size=SHARD)
-    assert last_save_stats().bytes_written == owned
+    stats = SaveStats()
+    save_sharded(model, saved, max_shard_size=SHARD, stats=stats)
+    assert stats.bytes_written == owned
+    with pytest.deprecated_call():  # the old module-global way, for one release
+        assert last_save_stats().bytes_written == owned
     if rank == 0:
         for path in sorted(ckpt.glob("*.safetensors")):
             assert read_header(saved / path.name).tensors == read_header(path).tensors

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import CkptError, CkptWarning, CorruptCheckpointError
+from ckptkit.errors import CkptError, CkptWarning, ModelMismatchError
 from ckptkit.placement.device_map import checkpoint_tensors, expand_device_map, plan_device_map
 from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
 from ckptkit.resolve.resolve import resolve_ckpt_dir
@@ -248,7 +248,7 @@ def test_mismatched_checkpoint_is_refused_before_anything_is_read(llama_dir, tmp
     config.num_hidden_layers = 2
     LlamaForCausalLM(config).save_pretrained(small)
     model = _meta_llama()
-    with pytest.raises(CorruptCheckpointError, match="missing") as info:
+    with pytest.raises(ModelMismatchError, match="missing") as info:
         load_with_device_map(small, model, device_map="cpu")
     assert str(small) in str(info.value)
     assert all(p.device.type == "meta" for p in model.parameters())
@@ -269,7 +269,7 @@ def test_wrong_shape_is_a_typed_error(llama_dir, tmp_path):
     config.intermediate_size = 48
     with init_empty_weights():
         model = LlamaForCausalLM(config)
-    with pytest.raises(CorruptCheckpointError, match="shape"):
+    with pytest.raises(ModelMismatchError, match="shape"):
         load_with_device_map(llama_dir, model, device_map="cpu")
 
 

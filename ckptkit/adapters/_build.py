@@ -5,20 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.io.module_fill import LoadResult
 from ckptkit.io.tensors import to_torch_dtype
+from ckptkit.load.sharded import load_sharded
+from ckptkit.placement.dispatch import load_with_device_map
 
 __all__ = [
     "choose_dtype",
     "config_kwargs",
     "fill_model",
-    "keep_in_fp32_matcher",
     "load_weights",
     "read_weights",
     "split_device_map",
@@ -101,15 +103,6 @@ def choose_dtype(
     return default
 
 
-def keep_in_fp32_matcher(modules: Iterable[str] | None) -> Callable[[str], bool]:
-    """A predicate on parameter names: does it belong to a module kept in float32.
-
-    Matches whole name parts, as both libraries do: ``"wo"`` matches ``encoder.block.0.layer.1.DenseReluDense.wo.weight``.
-    """
-    names = set(modules or ())
-    return lambda key: bool(names.intersection(key.split(".")))
-
-
 def split_device_map(device_map: object) -> tuple[torch.device, object]:
     """``device_map`` -> (the device to read onto, the map to dispatch with afterwards or ``None``)."""
     if device_map is None:
@@ -130,7 +123,7 @@ def fill_model(
     ckpt: CheckpointDir,
     *,
     dtype: torch.dtype | None,
-    keep_fp32: Callable[[str], bool],
+    keep_fp32_modules: Iterable[str],
     device: torch.device,
     tied: dict[str, str] | None = None,
     prefix: str | None = None,
@@ -138,29 +131,29 @@ def fill_model(
     """Fill a meta-device ``model`` from ``ckpt``, cast it, and tie its shared weights.
 
     Tensors keep their stored dtype when ``dtype`` is ``None``; else floating tensors are read at
-    ``dtype``, except those ``keep_fp32`` names, which are read at float32.
+    ``dtype``, except those of ``keep_fp32_modules``, which are read at float32 (one read each:
+    the module-filling plan decides the dtype of every tensor before reading).
 
     Args:
         tied: target -> source parameter names that share storage (transformers' ``_tied_weights_keys``).
         prefix: use only the checkpoint keys under this prefix, stripped (``"vae."`` of a single file).
 
     Raises:
-        CorruptCheckpointError: a tensor's shape differs from the model's, or the checkpoint lacks
-            tensors the model needs.
+        ModelMismatchError: a tensor's shape differs from the model's.
+        CorruptCheckpointError: the checkpoint lacks tensors the model needs.
     """
-    unexpected = _read_into(model, ckpt, dtype=dtype, device=device, prefix=prefix)
-    kept = [n for n, t in _tensors(model) if keep_fp32(n) and t.is_floating_point() and not t.is_meta]
-    if dtype is not None and dtype != torch.float32 and kept:
-        # The kept modules were read at ``dtype`` with the rest; read them again from the file at
-        # float32 (exact, and only they), so nothing is rounded and no float32 copy of the model exists.
-        shell = _shell(model, kept)
-        _read_into(shell, ckpt, dtype=torch.float32, device=device, prefix=prefix)
-        for name in kept:
-            _put(
-                model,
-                name,
-                shell.get_parameter(name) if _is_parameter(shell, name) else shell.get_buffer(name),
-            )
+    result = load_sharded(
+        ckpt,
+        model=model,
+        dtype=dtype,
+        device=device,
+        prefix=prefix,
+        strict=False,
+        progress=False,
+        keep_in_fp32_modules=list(keep_fp32_modules),
+    )
+    assert isinstance(result, LoadResult)
+    unexpected = list(result.unexpected_keys)
     _tie(model, tied or {})
     _raise_missing(model, ckpt.index_file or (ckpt.weight_files[0] if ckpt.weight_files else ckpt.path))
     if unexpected:
@@ -172,70 +165,13 @@ def fill_model(
         )
 
 
-def _read_into(
-    model: torch.nn.Module,
-    ckpt: CheckpointDir,
-    *,
-    dtype: torch.dtype | None,
-    device: torch.device,
-    prefix: str | None = None,
-) -> list[str]:
-    """Read the checkpoint into the model with :func:`ckptkit.load_sharded`; returns the unexpected keys."""
-    from ckptkit.load.sharded import LoadResult, load_sharded
-
-    result = load_sharded(
-        ckpt, model=model, dtype=dtype, device=device, prefix=prefix, strict=False, progress=False
-    )
-    assert isinstance(result, LoadResult)
-    return list(result.unexpected_keys)
-
-
 def read_weights(
     ckpt: CheckpointDir, *, prefix: str | None = None, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """The tensors of ``ckpt`` (under ``prefix``, stripped), floating ones read at ``dtype``."""
-    from ckptkit.load.sharded import load_sharded
-
     state = load_sharded(ckpt, prefix=prefix, dtype=dtype, progress=False)
     assert isinstance(state, dict)
     return state
-
-
-def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*model.named_parameters(), *model.named_buffers()]
-
-
-def _is_parameter(model: torch.nn.Module, name: str) -> bool:
-    module_name, _, leaf = name.rpartition(".")
-    return leaf in model.get_submodule(module_name)._parameters
-
-
-def _shell(model: torch.nn.Module, names: list[str]) -> torch.nn.Module:
-    """A module holding only ``names`` of ``model`` (same tensors, same dotted names)."""
-    shell = torch.nn.Module()
-    for name in names:
-        module_name, _, leaf = name.rpartition(".")
-        holder = shell
-        for part in module_name.split(".") if module_name else []:
-            if part not in holder._modules:
-                holder.add_module(part, torch.nn.Module())
-            holder = holder._modules[part]  # type: ignore[assignment]
-        if _is_parameter(model, name):
-            holder.register_parameter(leaf, model.get_parameter(name))
-        else:
-            holder.register_buffer(leaf, model.get_buffer(name))
-    return shell
-
-
-def _put(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
-    module_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    if leaf in module._parameters:
-        module._parameters[leaf] = (
-            tensor if isinstance(tensor, torch.nn.Parameter) else torch.nn.Parameter(tensor)
-        )
-    else:
-        module._buffers[leaf] = tensor
 
 
 def _tie(model: torch.nn.Module, tied: dict[str, str]) -> None:
@@ -275,29 +211,19 @@ def load_weights(
     keep = sorted(keep_fp32_modules or ())
     device, planned = split_device_map(device_map)
     if planned is None:
-        fill_model(model, ckpt, dtype=dtype, keep_fp32=keep_in_fp32_matcher(keep), device=device, tied=tied)
+        fill_model(model, ckpt, dtype=dtype, keep_fp32_modules=keep, device=device, tied=tied)
         return
-    from ckptkit.placement.dispatch import load_with_device_map
-
-    # placement keeps the model's _keep_in_fp32_modules under any dtype; give it the set that applies.
-    own = model.__dict__.get("_keep_in_fp32_modules", _UNSET)
-    model._keep_in_fp32_modules = keep  # type: ignore[assignment]
-    try:
-        result = load_with_device_map(
-            ckpt,
-            model,
-            device_map=planned,  # type: ignore[arg-type]
-            max_memory=loader.get("max_memory"),
-            offload_folder=loader.get("offload_folder"),
-            offload_buffers=bool(loader.get("offload_buffers", False)),
-            dtype=dtype,
-            strict=False,
-        )
-    finally:
-        if own is _UNSET:
-            del model._keep_in_fp32_modules
-        else:
-            model._keep_in_fp32_modules = own
+    result = load_with_device_map(
+        ckpt,
+        model,
+        device_map=planned,  # type: ignore[arg-type]
+        max_memory=loader.get("max_memory"),
+        offload_folder=loader.get("offload_folder"),
+        offload_buffers=bool(loader.get("offload_buffers", False)),
+        dtype=dtype,
+        strict=False,
+        keep_in_fp32_modules=keep,
+    )
     if result.unexpected_keys:
         warnings.warn(
             f"{ckpt.path}: {len(result.unexpected_keys)} tensors in the checkpoint are not used by "
@@ -306,9 +232,6 @@ def load_weights(
             stacklevel=3,
         )
     logger.info("placed %s over %s", type(model).__name__, result.device_map)
-
-
-_UNSET = object()
 
 
 def _raise_missing(model: torch.nn.Module, where: str | os.PathLike[str]) -> None:

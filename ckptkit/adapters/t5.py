@@ -22,6 +22,7 @@ from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
 from ckptkit.format.safetensors_header import read_header
+from ckptkit.io.tensors import to_torch_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -257,7 +258,6 @@ def _config_dtype(config: Any) -> torch.dtype | None:
 
 def _stored_dtype(ckpt: CheckpointDir) -> torch.dtype | None:
     """The dtype of the first floating tensor stored (transformers' ``dtype="auto"`` fallback)."""
-    from ckptkit.io.tensors import to_torch_dtype
 
     if ckpt.format != "safetensors" or not ckpt.weight_files:
         return None

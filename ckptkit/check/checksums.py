@@ -9,14 +9,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.errors import CkptError, CorruptCheckpointError
+from ckptkit.format.safe_files import (
+    confinement,
+    confinement_root,
+    open_regular_file,
+    quote_content,
+    read_text_capped,
+)
+from ckptkit.io.atomic import staged_file
+from ckptkit.io.progress import progress_enabled
 
 __all__ = [
     "CHUNK_SIZE",
@@ -26,7 +34,6 @@ __all__ = [
     "hash_file",
     "hash_files",
     "list_content_files",
-    "progress_bars_enabled",
     "read_manifest",
     "write_manifest",
     "zip_crc_failures",
@@ -38,6 +45,8 @@ logger = logging.getLogger("ckptkit")
 MANIFEST_NAME = "SHA256SUMS"
 #: Bytes read per call; large enough that hashing, not the Python loop, sets the pace.
 CHUNK_SIZE = 4 * 2**20
+#: A manifest line is ~70 bytes: 64 MiB lists about a million files.
+MAX_MANIFEST_SIZE = 64 * 2**20
 #: Folders of download bookkeeping that are never part of a checkpoint's content.
 SKIPPED_DIRS = frozenset({".cache", ".git", ".huggingface"})
 
@@ -64,7 +73,9 @@ def hash_file(
         algorithm -> lower-case hex digest.
 
     Raises:
-        OSError: the file cannot be read.
+        CkptError: the file is not a regular file or cannot be opened (see
+            :func:`ckptkit.format.safe_files.open_regular`).
+        OSError: reading it failed midway.
 
     Example:
         >>> hash_file("model.safetensors")["sha256"]  # doctest: +SKIP
@@ -74,7 +85,7 @@ def hash_file(
     unknown = set(wanted) - {"sha256", "git-sha1"}
     if unknown:
         raise ValueError(f"unknown hash algorithms {sorted(unknown)}; use 'sha256' or 'git-sha1'")
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         hashers = {}
         for name in wanted:
@@ -101,7 +112,7 @@ def hash_files(
     progress: bool | None = None,
     max_workers: int | None = None,
     description: str = "hashing",
-) -> dict[Path, dict[str, str] | OSError]:
+) -> dict[Path, dict[str, str] | OSError | CkptError]:
     """Hash many files in a thread pool, with one progress bar over all their bytes.
 
     Args:
@@ -114,7 +125,8 @@ def hash_files(
         description: the bar's label.
 
     Returns:
-        file -> algorithm -> hex digest, or the ``OSError`` that stopped reading that file.
+        file -> algorithm -> hex digest, or the error (``OSError`` or a typed
+        :class:`~ckptkit.errors.CkptError`: a FIFO, a dangling link) that stopped reading that file.
     """
     if not jobs:
         return {}
@@ -124,7 +136,7 @@ def hash_files(
             total += os.stat(path).st_size
         except OSError:
             pass
-    show = progress_bars_enabled() if progress is None else progress
+    show = progress_enabled(progress)
     lock = threading.Lock()
     bar = None
     if show:
@@ -137,15 +149,18 @@ def hash_files(
             with lock:
                 bar.update(count)
 
-    def run(path: Path) -> dict[str, str] | OSError:
+    root = confinement_root()  # worker threads do not inherit the caller's confinement
+
+    def run(path: Path) -> dict[str, str] | OSError | CkptError:
         wanted = set(jobs[path])
         try:
-            result = hash_file(path, wanted - {ZIP_CRC}, on_bytes=advance) if wanted - {ZIP_CRC} else {}
-            if ZIP_CRC in wanted:
-                failures = zip_crc_failures(path, on_bytes=None if len(wanted) > 1 else advance)
-                result[ZIP_CRC] = "unrecorded" if failures is None else ", ".join(failures) or "ok"
+            with confinement(root):
+                result = hash_file(path, wanted - {ZIP_CRC}, on_bytes=advance) if wanted - {ZIP_CRC} else {}
+                if ZIP_CRC in wanted:
+                    failures = zip_crc_failures(path, on_bytes=None if len(wanted) > 1 else advance)
+                    result[ZIP_CRC] = "unrecorded" if failures is None else ", ".join(failures) or "ok"
             return result
-        except OSError as exc:
+        except (OSError, CkptError) as exc:
             return exc
 
     workers = max_workers or min(4, os.cpu_count() or 1)
@@ -176,36 +191,26 @@ def zip_crc_failures(
         >>> zip_crc_failures("pytorch_model.bin")  # doctest: +SKIP
         []
     """
+    handle = open_regular_file(path)
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError):
+        handle.close()
         return None
-    with archive:
+    with handle, archive:
         members = [info for info in archive.infolist() if info.file_size and not info.is_dir()]
         if not members or all(info.CRC == 0 for info in members):
             return None
         failed = []
         for info in members:
             try:
-                with archive.open(info) as handle:  # ZipExtFile checks the CRC at the end of the data
-                    while chunk := handle.read(CHUNK_SIZE):
+                with archive.open(info) as member:  # ZipExtFile checks the CRC at the end of the data
+                    while chunk := member.read(CHUNK_SIZE):
                         if on_bytes is not None:
                             on_bytes(len(chunk))
             except (zipfile.BadZipFile, EOFError):
                 failed.append(info.filename)
         return failed
-
-
-def progress_bars_enabled() -> bool:
-    """Whether to show progress bars: huggingface_hub's switch (``HF_HUB_DISABLE_PROGRESS_BARS``)."""
-    value = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper()
-    if value in {"1", "ON", "YES", "TRUE"}:
-        return False
-    try:
-        from huggingface_hub.utils import are_progress_bars_disabled
-    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
-        return True
-    return not are_progress_bars_disabled()
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -223,7 +228,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
     """
     path = Path(path)
     entries: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = read_text_capped(path, MAX_MANIFEST_SIZE, what="manifest")
+    for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip() or raw.startswith("#"):
             continue
         escaped = raw.startswith("\\")
@@ -231,7 +237,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
         digest, sep, name = line.partition(" ")
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not name:
             raise CorruptCheckpointError(
-                f"line {number} is not '<sha256>  <file>': {raw[:80]!r}",
+                f"line {number} ({len(raw)} characters) is not '<sha256>  <file>'",
                 path=path,
                 fix="rewrite it with `ckptkit verify DIR --write-manifest` or `sha256sum`",
             )
@@ -240,7 +246,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, str]:
             name = name.replace("\\n", "\n").replace("\\\\", "\\")
         if os.path.isabs(name) or ".." in Path(name).parts:
             raise CorruptCheckpointError(
-                f"line {number} names a file outside the directory: {name!r}",
+                f"line {number} names a file outside the directory: {quote_content(name)}",
                 path=path,
                 fix="a manifest lists files relative to its own directory",
             )
@@ -273,8 +279,8 @@ def write_manifest(
 ) -> Path:
     """Write ``SHA256SUMS`` (``sha256sum`` format) for every file under ``directory``.
 
-    The file is written to a temporary name and renamed into place, so a reader never sees half a
-    manifest. Check it later with :func:`ckptkit.verify_checkpoint` or ``sha256sum -c SHA256SUMS``.
+    The file is published through :func:`ckptkit.io.atomic.staged_file` (written aside, synced,
+    renamed into place), so a reader never sees half a manifest. Check it later with :func:`ckptkit.verify_checkpoint` or ``sha256sum -c SHA256SUMS``.
 
     Args:
         directory: the checkpoint directory.
@@ -285,6 +291,7 @@ def write_manifest(
         The manifest's path.
 
     Raises:
+        DiskFullError: no room for the manifest (any old one is intact).
         OSError: a file cannot be read (a dangling link) or the manifest cannot be written.
 
     Example:
@@ -296,7 +303,7 @@ def write_manifest(
     known = dict(digests or {})
     todo = {path: {"sha256"} for path in files if path not in known}
     for path, result in hash_files(todo, progress=progress, description="SHA256SUMS").items():
-        if isinstance(result, OSError):
+        if isinstance(result, Exception):
             raise result
         known[path] = result["sha256"]
     lines = []
@@ -309,15 +316,7 @@ def write_manifest(
         else:
             lines.append(f"{known[path]}  {name}")
     target = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with staged_file(target, overwrite=True) as staging:
+        staging.path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     logger.info("wrote %s (%d files)", target, len(lines))
     return target

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import CkptError
-from ckptkit.format.components import read_model_index
+from ckptkit.format.components import check_component_name, read_model_index
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
-from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.dtypes import DTYPES, torch_itemsize
 from ckptkit.format.hub_files import hub_repo_root, repo_folder_snapshot
 from ckptkit.format.layout import WeightSet, discover_weight_sets, select_weight_set
+from ckptkit.format.safe_files import confinement, lexists, regular_file_problem
 from ckptkit.format.torch_pickle import TorchTensorEntry, scan_torch_file
 from ckptkit.format.validate import check_weight_set
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["CheckpointInfo", "FileEntry", "Problem", "WeightSetInfo", "inspect_checkpoint"]
 
@@ -156,9 +158,7 @@ def inspect_checkpoint(
     path = Path(os.path.expanduser(os.fspath(spec)))
     root: Path | None = None
     subfolder = resolve_kwargs.pop("subfolder", None)
-    if not (path.exists() or path.is_symlink()):
-        from ckptkit.resolve.resolve import resolve_ckpt_dir
-
+    if not lexists(path):
         resolved = resolve_ckpt_dir(
             spec,
             subfolder=subfolder,
@@ -179,9 +179,11 @@ def inspect_checkpoint(
     # A hub snapshot is made of links into the repo's blobs/: judge links against the repo folder.
     root = root or hub_repo_root(path) or path
     if confine_enabled(confine) and path.is_dir():
-        files = [Path(d) / f for d, _, names in os.walk(path) for f in names]
-        enforce_confinement(files, root, confine=True)
-    info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
+        # Directories too: a component folder that is a link leaving the root is refused.
+        files = [Path(d) / f for d, dirs, names in os.walk(path) for f in [*dirs, *names]]
+        enforce_confinement([path, *files], root, confine=True)
+    with confinement(root if confine_enabled(confine) else None):
+        info = _inspect_dir(path, root, variant=variant, selected_file=selected_file)
     info.root = str(root)
     return info
 
@@ -201,9 +203,18 @@ def _inspect_dir(
         )
         return info
     info.files = _list_files(directory, root, info.problems)
-    components = read_model_index(directory) if (directory / "model_index.json").is_file() else None
+    try:
+        components = read_model_index(directory)
+    except CkptError as exc:
+        info.problems.append(Problem.from_error(exc))
+        components = None
     if components is not None:
         for component in components:
+            try:
+                check_component_name(component.name, directory / "model_index.json")
+            except CkptError as exc:  # never used as a path: "../x" would walk outside
+                info.problems.append(Problem.from_error(exc))
+                continue
             info.component_classes[component.name] = [component.library, component.class_name]
             sub = directory / component.name
             if sub.is_dir():
@@ -298,6 +309,15 @@ def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
                 )
             )
             return
+        if not scanned:
+            info.problems.append(
+                Problem(
+                    "error",
+                    "CorruptCheckpointError",
+                    str(path),
+                    f"{path}: holds no tensors (a training state without weights, or not a weights file)",
+                )
+            )
         entries.extend(scanned.values())
     by_dtype: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
@@ -306,7 +326,7 @@ def _describe_torch(info: CheckpointInfo, chosen: WeightSet) -> None:
         storage = (code, entry.storage_key)
         if storage not in seen:
             seen.add(storage)
-            by_dtype[code] += entry.storage_numel * (DTYPES[code].bits // 8 if code in DTYPES else 0)
+            by_dtype[code] += entry.storage_numel * torch_itemsize(code)
     info.tensor_count = len(entries)
     info.parameter_count = sum(e.numel for e in entries)
     info.bytes_by_dtype = dict(sorted(by_dtype.items()))
@@ -345,6 +365,13 @@ def _list_files(directory: Path, root: Path, problems: list[Problem]) -> list[Fi
                             f"{full}: links outside the checkpoint, to {real}",
                         )
                     )
+            kind = regular_file_problem(full) if size is not None else None
+            if kind is not None:
+                problems.append(
+                    Problem(
+                        "error", "UnsafeCheckpointError", str(full), f"{full}: is {kind}, not a regular file"
+                    )
+                )
             if filename.endswith(".incomplete"):
                 problems.append(
                     Problem("error", "IncompleteCheckpointError", str(full), f"{full}: unfinished download")

@@ -17,6 +17,7 @@ from ckptkit.check.checksums import MANIFEST_NAME, ZIP_CRC, hash_files, list_con
 from ckptkit.check.checksums import write_manifest as _write_manifest
 from ckptkit.check.inspect import CheckpointInfo, Problem, inspect_checkpoint
 from ckptkit.errors import CkptError
+from ckptkit.format.confine import confine_enabled
 from ckptkit.format.hub_files import (
     ExpectedDigest,
     etag_expectation,
@@ -30,6 +31,7 @@ from ckptkit.format.hub_files import (
 )
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.validate import check_weight_set
 
 __all__ = ["FileCheck", "VerifyReport", "verify_checkpoint", "write_manifest"]
@@ -136,7 +138,8 @@ def verify_checkpoint(
             follows ``CKPTKIT_CONFINE=1``.
         write_manifest: when no problem is found, also write ``SHA256SUMS`` into the directory
             (every file hashed once for both purposes).
-        progress: show a progress bar on stderr (default: unless ``HF_HUB_DISABLE_PROGRESS_BARS``).
+        progress: show a progress bar on stderr; ``None``: when stderr is a terminal and
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         resolve_kwargs: passed to :func:`resolve_ckpt_dir` (``subfolder``, ``revision``, ``cache_dir``, ...).
 
     Returns:
@@ -184,13 +187,17 @@ def verify_checkpoint(
             wanted.add("sha256")
         if wanted:
             jobs[path] = wanted
-    results = hash_files(jobs, progress=progress, description="verify")
-    report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, OSError))
+    # Files are confined again as they are opened for hashing (by descriptor, after any swap).
+    with confinement(root if confine_enabled(confine) else None):
+        results = hash_files(jobs, progress=progress, description="verify")
+    report.bytes_hashed = sum(os.path.getsize(p) for p, r in results.items() if not isinstance(r, Exception))
     for path in files:
         report.files.append(_compare(report, path, directory, expectations.get(path, []), results.get(path)))
 
     if write_manifest and report.ok and not single_file:
-        digests = {p: r["sha256"] for p, r in results.items() if not isinstance(r, OSError) and "sha256" in r}
+        digests = {
+            p: r["sha256"] for p, r in results.items() if not isinstance(r, Exception) and "sha256" in r
+        }
         report.manifest_written = str(_write_manifest(directory, digests=digests, progress=progress))
     report.seconds = time.perf_counter() - started
     return report
@@ -332,7 +339,7 @@ def _compare(
     path: Path,
     directory: Path,
     expected: list[ExpectedDigest],
-    result: dict[str, str] | OSError | None,
+    result: dict[str, str] | OSError | CkptError | None,
 ) -> FileCheck:
     size = path.stat().st_size if path.exists() else None
     check = FileCheck(
@@ -340,6 +347,10 @@ def _compare(
         size=size,
         expected=[{"algorithm": e.algorithm, "hexdigest": e.hexdigest, "source": e.source} for e in expected],
     )
+    if isinstance(result, CkptError):
+        _add_problems(report, [Problem.from_error(result)])
+        check.ok = False
+        return check
     if isinstance(result, OSError):
         _add_problems(
             report,

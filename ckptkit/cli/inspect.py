@@ -6,8 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from ckptkit.check.inspect import inspect_checkpoint
 from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, print_json
 from ckptkit.format.sizes import format_size
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 # -- inspect -----------------------------------------------------------------------------------
 
@@ -27,7 +29,6 @@ def add_inspect(sub: Any) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from ckptkit.check.inspect import inspect_checkpoint
 
     info = inspect_checkpoint(args.spec, subfolder=args.subfolder, variant=args.variant)
     if args.json:
@@ -100,8 +101,6 @@ def add_resolve(sub: Any) -> None:
 
 def _run_resolve(args: argparse.Namespace) -> int:
     import warnings
-
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

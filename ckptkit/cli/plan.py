@@ -7,6 +7,8 @@ from typing import Any
 
 from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, positive_int, print_json, size_argument
 from ckptkit.format.sizes import format_size
+from ckptkit.placement.device_map import plan_device_map
+from ckptkit.placement.memory import plan_memory
 
 
 def add_plan(sub: Any) -> None:
@@ -56,7 +58,6 @@ def add_plan(sub: Any) -> None:
 
 
 def _run_plan_device_map(args: argparse.Namespace) -> int:
-    from ckptkit.placement.device_map import plan_device_map
 
     if not args.max_memory:
         raise ValueError("plan --device-map needs --max-memory, e.g. --max-memory 0=20GiB,cpu=64GiB")
@@ -77,7 +78,6 @@ def _run_plan_device_map(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from ckptkit.placement.memory import plan_memory
 
     if args.device_map:
         return _run_plan_device_map(args)

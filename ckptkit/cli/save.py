@@ -7,6 +7,8 @@ from typing import Any
 
 from ckptkit.cli._common import EXIT_OK, print_json
 from ckptkit.format.sizes import format_size
+from ckptkit.save.materialize import materialize
+from ckptkit.save.resave import resave
 
 # -- resave ------------------------------------------------------------------------------------
 
@@ -42,8 +44,6 @@ def add_resave(sub: Any) -> None:
 
 
 def _run_resave(args: argparse.Namespace) -> int:
-    from ckptkit.save.resave import resave
-
     size = None if args.max_shard_size.strip().lower() in ("none", "inf") else args.max_shard_size
     ckpt = resave(
         args.src,
@@ -91,8 +91,6 @@ def add_materialize(sub: Any) -> None:
 
 
 def _run_materialize(args: argparse.Namespace) -> int:
-    from ckptkit.save.materialize import materialize
-
     path = materialize(
         args.src,
         args.dst,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ckptkit.check.verify import verify_checkpoint
 from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, print_json
 from ckptkit.format.sizes import format_size
 
@@ -59,7 +60,6 @@ _MANIFEST = "SHA256SUMS"
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from ckptkit.check.verify import verify_checkpoint
 
     report = verify_checkpoint(
         args.spec,

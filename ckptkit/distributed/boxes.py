@@ -37,10 +37,6 @@ class Box:
     def numel(self) -> int:
         return math.prod(self.sizes)
 
-    @property
-    def is_whole(self) -> bool:
-        return self.sizes == self.global_shape
-
 
 @dataclass(frozen=True)
 class ByteRun:

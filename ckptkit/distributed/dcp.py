@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,11 +24,15 @@ import torch
 
 from ckptkit.distributed.layout import TensorSpec, plan_layout
 from ckptkit.distributed.load import CheckpointEntry, index_checkpoint
-from ckptkit.distributed.save import _finish, _Group, _prepare, _pwrite_all, dtype_code
+from ckptkit.distributed.ranks import RankGroup
+from ckptkit.distributed.save import dtype_code, finish_staging, write_blank_files
 from ckptkit.errors import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.naming import TRANSFORMERS_WEIGHTS_NAME
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.sizes import parse_size
+from ckptkit.io.atomic import staged_directory
+from ckptkit.io.byte_copy import pwrite_all
 from ckptkit.io.tensors import read_tensor, to_torch_dtype
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
 
@@ -76,14 +79,11 @@ def safetensors_to_dcp(
     """
     import torch.distributed.checkpoint as dcp
 
-    group = _Group(process_group)
+    group = RankGroup(process_group)
     checkpoint = resolve_ckpt_dir(
         src, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback
     )
-    entries = {
-        f"{prefix or ''}{k}": e
-        for k, e in index_checkpoint(checkpoint, prefix=None, strip_prefixes=()).items()
-    }
+    entries = {f"{prefix or ''}{k}": e for k, e in index_checkpoint(checkpoint).items()}
     mine = _share(entries, group.rank, group.size)
     meta = {k: torch.empty(entries[k].shape, dtype=entries[k].dtype, device="meta") for k in mine}
     planner = _LazySavePlanner({k: entries[k] for k in mine})
@@ -148,7 +148,7 @@ def _read_whole(entry: CheckpointEntry, fds: dict[Path, int]) -> torch.Tensor:
     assert entry.header is not None and entry.info is not None
     fd = fds.get(entry.path)
     if fd is None:
-        fd = fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+        fd = fds[entry.path] = open_regular(entry.path, identity=entry.header.identity)
     return read_tensor(fd, entry.header, entry.info)
 
 
@@ -231,9 +231,9 @@ def dcp_to_safetensors(
         variant=variant,
     )
     dst = Path(os.path.abspath(os.fspath(dst)))
-    tmp = _prepare(dst, layout, overwrite)
     limit = parse_size(batch_size)
-    try:
+    with staged_directory(dst, overwrite=overwrite) as staging:
+        write_blank_files(staging.path, layout)
         fds: dict[str, int] = {}
         try:
             for batch in _batches(list(keys), lambda n: layout.location[n].tensors[n].nbytes, limit):
@@ -250,19 +250,16 @@ def dcp_to_safetensors(
                     shard = layout.location[n]
                     fd = fds.get(shard.filename)
                     if fd is None:
-                        fd = fds[shard.filename] = os.open(tmp / shard.filename, os.O_WRONLY)
+                        fd = fds[shard.filename] = os.open(staging.path / shard.filename, os.O_WRONLY)
                     data = state.pop(keys[n]).to(out[n]).contiguous()
                     raw = memoryview(data.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
-                    _pwrite_all(fd, raw, shard.file_offset(n))
+                    pwrite_all(fd, raw, shard.file_offset(n))
             for fd in fds.values():
                 os.fsync(fd)
         finally:
             for fd in fds.values():
                 os.close(fd)
-        _finish(None, layout, tmp, dst, overwrite=overwrite, save_config=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        finish_staging(staging.path, layout, None)
     return resolve_local(dst, variant=variant, variant_fallback="allow", weights_name=weights_name)
 
 

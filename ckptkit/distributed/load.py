@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,9 @@ from ckptkit.distributed.allocate import allocate_meta_model
 from ckptkit.distributed.boxes import Box, box_of, byte_runs, local_part
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
+from ckptkit.io.module_fill import FillPlan, ModuleSlots, StoredTensor, plan_module_fill
 from ckptkit.io.tensors import read_into, to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 from ckptkit.resolve.resolve import resolve_ckpt_dir
@@ -100,7 +102,8 @@ def load_sharded_distributed(
     variant_fallback: str = "warn",
     subfolder: str | None = None,
     prefix: str | None = None,
-    strip_prefixes: Iterable[str] | None = None,
+    strip_prefixes: Sequence[str] | str | None = None,
+    keep_in_fp32_modules: Sequence[str] | None = None,
     device: str | torch.device | None = None,
 ) -> DistributedLoadResult:
     """Fill a module whose parameters are DTensors, each rank reading only the bytes of its local shards.
@@ -120,13 +123,18 @@ def load_sharded_distributed(
             :func:`~ckptkit.distributed.allocate.allocate_meta_model`), and its non-persistent
             buffers are recomputed as its own init does (or named in the result, with a warning).
         strict: raise when keys are missing or unexpected (before anything is read).
-        dtype: when given, every floating parameter must already hold this dtype; values are always
-            cast to each parameter's own dtype.
+        dtype: cast floating tensors to this dtype, as :func:`~ckptkit.load_sharded` does: a
+            parameter of another dtype is replaced by a DTensor of this dtype on the same mesh and
+            placements (before FSDP2's first forward, as ``load_state_dict(assign=True)``).
+            ``None``: each parameter keeps its own dtype (values are cast to it).
         variant: the variant to load (``"fp16"``); see the variant rules.
         variant_fallback: ``"warn"``, ``"allow"`` or ``"error"``.
         subfolder: a pipeline component (``"transformer"``).
         prefix: keep only checkpoint keys under this prefix, and strip it.
-        strip_prefixes: wrapper prefixes to remove from checkpoint keys (``"module."``, ``"_orig_mod."``).
+        strip_prefixes: wrapper prefixes to remove from checkpoint keys (``"module."``, ``"_orig_mod."``),
+            nested ones too; two keys that become one raise :class:`~ckptkit.AmbiguousCheckpointError`.
+        keep_in_fp32_modules: modules that stay float32 under ``dtype``; default: the model's
+            ``_keep_in_fp32_modules``.
         device: where to allocate a meta-device model's shards; default: the device type of its
             DTensors' mesh (the current CUDA device for ``cuda``), else CPU.
 
@@ -134,10 +142,11 @@ def load_sharded_distributed(
         A :class:`DistributedLoadResult` with the keys and this rank's byte count.
 
     Raises:
-        CorruptCheckpointError: a shape differs from the model's, a key is in two files, or (with
-            ``strict``) keys are missing or unexpected.
+        ModelMismatchError: a shape differs from the model's, or (with ``strict``) keys are missing
+            or unexpected; raised before anything is read, as by every loading path.
+        CorruptCheckpointError: a key is in two files.
         ValueError: a placement that is no box (``Partial``), a model partly on ``meta`` (allocation
-            would discard values), a device that cannot be allocated on, or a ``dtype`` mismatch.
+            would discard values), or a device that cannot be allocated on.
 
     Example:
         >>> fully_shard(model)  # doctest: +SKIP
@@ -148,37 +157,29 @@ def load_sharded_distributed(
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback
     ).require_single()
-    entries = index_checkpoint(checkpoint, prefix=prefix, strip_prefixes=tuple(strip_prefixes or ()))
+    entries = index_checkpoint(checkpoint)
     allocation = allocate_meta_model(model, device=device)
-    targets = _model_tensors(model)
-    want = to_torch_dtype(dtype) if dtype is not None else None
-
-    missing, plan = [], []
-    groups: dict[int, list[str]] = {}
-    for name, tensor in targets.items():
-        groups.setdefault(id(tensor), []).append(name)
-    for names in groups.values():
-        present = [n for n in names if n in entries]
-        if not present:
-            missing.extend(names)
-            continue
-        tensor = targets[present[0]]
-        entry = entries[present[0]]
-        _check_target(present[0], tensor, entry, want)
-        plan.append((present[0], tensor, entry, box_of(tensor)))
-    unexpected = sorted(set(entries) - set(targets))
-    if strict and (missing or unexpected):
-        raise CorruptCheckpointError(
-            f"checkpoint does not match the model: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}",
-            path=checkpoint.path,
-            fix="pass strict=False to load what matches, or prefix=/strip_prefixes= to map the names",
-        )
-
+    cast = dtype if dtype is not None else (checkpoint.selection.cast_dtype if checkpoint.selection else None)
+    plan = plan_module_fill(
+        ModuleSlots(model, tie=False),
+        [StoredTensor(key, entry.shape, entry.dtype) for key, entry in entries.items()],
+        prefix=prefix,
+        strip_prefixes=strip_prefixes,
+        dtype=to_torch_dtype(cast) if cast is not None else None,
+        keep_in_fp32=keep_in_fp32_modules,
+        strict=strict,
+        where=checkpoint.path,
+    )
+    for name in plan.fills:
+        if local_part(plan.slots.current(name)).is_meta:
+            raise ValueError(
+                f"{name!r} lives on the meta device; allocate the local shards first with "
+                "model.to_empty(device=...) after fully_shard"
+            )
     result = DistributedLoadResult(
-        missing_keys=missing,
-        unexpected_keys=unexpected,
-        bytes_total=sum(e.nbytes for e in entries.values()),
+        missing_keys=list(plan.missing_keys),
+        unexpected_keys=list(plan.unexpected_keys),
+        bytes_total=sum(entries[source].nbytes for source in plan.selection.values()),
         checkpoint=checkpoint,
     )
     if allocation is not None:
@@ -188,38 +189,57 @@ def load_sharded_distributed(
     fds: dict[Path, int] = {}
     try:
         with torch.no_grad():
-            for name, tensor, entry, box in plan:
-                result.bytes_read += _fill(local_part(tensor), entry, box, fds)
-                logger.debug("loaded %s %s of %s", name, box.sizes, box.global_shape)
+            for name, stored in plan.fills.items():
+                result.bytes_read += _fill_key(plan, name, entries[stored.key], fds)
     finally:
         for fd in fds.values():
             os.close(fd)
     return result
 
 
+def _fill_key(plan: FillPlan, name: str, entry: CheckpointEntry, fds: dict[Path, int]) -> int:
+    """Fill ``name``'s local part from ``entry``, in the dtype the plan casts it to; returns bytes read."""
+    tensor = plan.slots.current(name)
+    box = box_of(tensor)
+    cast = plan.cast(name, entry.dtype)
+    if cast is None or cast == tensor.dtype:
+        read = _fill(local_part(tensor), entry, box, fds)
+    else:
+        # Another dtype is another tensor: a new local shard, wrapped as the old one was (FSDP2
+        # takes a swapped parameter before its first forward, as after load_state_dict(assign=True)).
+        local = torch.empty_like(local_part(tensor), dtype=cast)
+        read = _fill(local, entry, box, fds)
+        plan.slots.assign(name, _like(tensor, local))
+    logger.debug("loaded %s %s of %s", name, box.sizes, box.global_shape)
+    return read
+
+
+def _like(tensor: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """``local`` placed as ``tensor`` is: a DTensor on the same mesh, or ``local`` itself."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(tensor, DTensor):
+        return local
+    return DTensor.from_local(
+        local,
+        tensor.device_mesh,
+        tensor.placements,
+        run_check=False,
+        shape=tensor.shape,
+        stride=tensor.stride(),
+    )
+
+
 def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
 
 
-def _check_target(name: str, tensor: torch.Tensor, entry: CheckpointEntry, want: torch.dtype | None) -> None:
-    if tuple(tensor.shape) != entry.shape:
-        raise CorruptCheckpointError(
-            f"tensor {name!r} has shape {list(entry.shape)} but the model's has {list(tensor.shape)}",
-            path=entry.path,
-            fix="load a checkpoint of the same architecture and config as the model",
-        )
-    if local_part(tensor).is_meta:
-        raise ValueError(
-            f"{name!r} lives on the meta device; allocate the local shards first with "
-            "model.to_empty(device=...) after fully_shard"
-        )
-    if want is not None and tensor.is_floating_point() and tensor.dtype != want:
-        raise ValueError(f"{name!r} is {tensor.dtype} but dtype={want} was asked; cast the model first")
+def index_checkpoint(checkpoint: CheckpointDir) -> dict[str, CheckpointEntry]:
+    """Every tensor of ``checkpoint`` by its stored key: header entries, or mapped torch tensors.
 
-
-def index_checkpoint(
-    checkpoint: CheckpointDir, *, prefix: str | None, strip_prefixes: tuple[str, ...]
-) -> dict[str, CheckpointEntry]:
+    Raises:
+        CorruptCheckpointError: a key is in two files.
+    """
     entries: dict[str, CheckpointEntry] = {}
     for path in checkpoint.weight_files:
         if checkpoint.format == "safetensors":
@@ -229,28 +249,14 @@ def index_checkpoint(
             tensors = unwrap_state_dict(load_torch_file(path, mmap=True), None, path)
             found = {k: CheckpointEntry(path, mapped=t) for k, t in tensors.items()}
         for key, entry in found.items():
-            name = _rename(key, prefix, strip_prefixes)
-            if name is None:
-                continue
-            if name in entries:
+            if key in entries:
                 raise CorruptCheckpointError(
-                    f"tensor {name!r} is in both {entries[name].path.name} and {path.name}",
+                    f"tensor {key!r} is in both {entries[key].path.name} and {path.name}",
                     path=path,
                     fix="the shards overlap; rewrite the checkpoint so each tensor is in one file",
                 )
-            entries[name] = entry
+            entries[key] = entry
     return entries
-
-
-def _rename(key: str, prefix: str | None, strip_prefixes: tuple[str, ...]) -> str | None:
-    for wrapper in strip_prefixes:
-        if key.startswith(wrapper):
-            key = key[len(wrapper) :]
-    if prefix:
-        if not key.startswith(prefix):
-            return None
-        key = key[len(prefix) :]
-    return key
 
 
 def _fill(local: torch.Tensor, entry: CheckpointEntry, box: Box, fds: dict[Path, int]) -> int:
@@ -268,7 +274,7 @@ def _fill(local: torch.Tensor, entry: CheckpointEntry, box: Box, fds: dict[Path,
     raw = memoryview(buffer.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
     fd = fds.get(entry.path)
     if fd is None:
-        fd = fds[entry.path] = os.open(entry.path, os.O_RDONLY)
+        fd = fds[entry.path] = open_regular(entry.path, identity=entry.header.identity)
     base = entry.header.data_start + entry.info.begin
     total = 0
     for run in byte_runs(box, buffer.element_size()):

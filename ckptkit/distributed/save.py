@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
-import shutil
-import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,23 @@ import torch
 
 from ckptkit.distributed.boxes import box_of, byte_runs, local_part, owns_unique_copy
 from ckptkit.distributed.layout import ShardLayout, TensorSpec, plan_layout
-from ckptkit.errors import CkptError
+from ckptkit.distributed.ranks import RankGroup
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.naming import DIFFUSERS_WEIGHTS_NAME, TRANSFORMERS_WEIGHTS_NAME
+from ckptkit.io.atomic import staged_directory
+from ckptkit.io.byte_copy import pwrite_all, write_all
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.resolve.resolve import resolve_local
 
-__all__ = ["SaveStats", "dtype_code", "last_save_stats", "save_sharded", "write_blank_files"]
+__all__ = [
+    "SaveStats",
+    "dtype_code",
+    "finish_staging",
+    "last_save_stats",
+    "save_sharded",
+    "write_blank_files",
+]
 
 logger = logging.getLogger("ckptkit")
 
@@ -39,7 +48,7 @@ def dtype_code(dtype: torch.dtype) -> str:
 
 @dataclass
 class SaveStats:
-    """What this rank wrote in its last :func:`save_sharded` call (see :func:`last_save_stats`)."""
+    """What this rank wrote in a :func:`save_sharded` call (pass one as ``stats=``)."""
 
     bytes_written: int = 0
     tensors_written: int = 0
@@ -49,7 +58,16 @@ _last_stats = SaveStats()
 
 
 def last_save_stats() -> SaveStats:
-    """Bytes and tensors this rank wrote in its last :func:`save_sharded` call."""
+    """Bytes and tensors this rank wrote in its last :func:`save_sharded` call.
+
+    Deprecated: pass ``stats=SaveStats()`` to :func:`save_sharded` instead (module-global state is
+    wrong with two saves in flight); removed in the next release.
+    """
+    warnings.warn(
+        "last_save_stats() is deprecated; pass stats=SaveStats() to save_sharded",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return _last_stats
 
 
@@ -64,6 +82,7 @@ def save_sharded(
     overwrite: bool = False,
     save_config: bool = True,
     process_group: Any = None,
+    stats: SaveStats | None = None,
 ) -> CheckpointDir:
     """Save a module whose parameters are DTensors as an ordinary sharded safetensors checkpoint.
 
@@ -71,8 +90,8 @@ def save_sharded(
     and dtypes alone, identically on all ranks; rank 0 creates the files at their final sizes with
     their headers in a temporary directory next to ``dst``; then every rank ``pwrite``\\ s the boxes of
     its local shards straight to their final offsets (each replicated box is written by one rank).
-    After a barrier, rank 0 writes the index and the model's config and renames the directory into
-    place. Nothing is gathered; no rank holds more than its own shards. The result loads with
+    After a barrier, rank 0 writes the index and the model's config and publishes the directory
+    with :func:`ckptkit.io.atomic.staged_directory` (locked, crash-recovered, one rename). Nothing is gathered; no rank holds more than its own shards. The result loads with
     transformers/diffusers ``from_pretrained`` and safetensors ``load_file``. Without an initialized
     process group it saves a plain module in one process. ``dst`` must be on a file system every rank
     sees (one host, or a shared mount).
@@ -89,12 +108,14 @@ def save_sharded(
         save_config: also write the model's ``config.json`` (transformers ``config``, diffusers
             ``save_config``), as ``save_pretrained`` does.
         process_group: the group of ranks that hold the model (default: the world).
+        stats: filled with the bytes and tensors this rank wrote.
 
     Returns:
         The :class:`~ckptkit.CheckpointDir` of the written checkpoint.
 
     Raises:
-        FileExistsError: ``dst`` exists and is not empty, and ``overwrite`` is false.
+        DestinationExistsError: ``dst`` exists and is not empty, and ``overwrite`` is false.
+        DiskFullError: the disk ran out; nothing is left at ``dst``, an old ``dst`` is intact.
         CkptError: a rank failed to write; nothing is left at ``dst`` (the error says which rank).
         ValueError: a placement that is no box (``Partial``), or a dtype safetensors cannot store.
 
@@ -104,7 +125,7 @@ def save_sharded(
         CheckpointDir(path=PosixPath('out'), weight_files=[...], format='safetensors', ...)
     """
     global _last_stats
-    group = _Group(process_group)
+    group = RankGroup(process_group)
     dst = Path(os.path.abspath(os.fspath(dst)))
     name = weights_name or _weights_name_of(model)
     tensors = _unique_tensors(model)
@@ -119,73 +140,26 @@ def save_sharded(
         variant=variant,
     )
 
-    tmp: Path | None = None
-    if group.rank == 0:
-        tmp = group.run_first(lambda: _prepare(dst, layout, overwrite))
-    else:
-        group.run_first(lambda: None)
-    tmp = Path(group.broadcast(str(tmp) if tmp else None))
-    try:
-        stats = SaveStats()
-        group.agree(lambda: _write_local(model, tensors, out_dtypes, layout, tmp, group.rank, stats))
+    stats = stats if stats is not None else SaveStats()
+    # Rank 0 stages the directory through the one publish path (lock, crash recovery, typed
+    # errors); every rank writes into it; rank 0 publishes it once all ranks are done.
+    with contextlib.ExitStack() as publish:
+
+        def prepare() -> str:
+            staging = publish.enter_context(staged_directory(dst, overwrite=overwrite))
+            write_blank_files(staging.path, layout)
+            return os.fspath(staging.path)
+
+        staged = Path(group.broadcast(group.agree(prepare if group.rank == 0 else lambda: None)))
+        group.agree(lambda: _write_local(model, tensors, out_dtypes, layout, staged, group.rank, stats))
         _last_stats = stats
-        if group.rank == 0:
-            group.agree(
-                lambda: _finish(model, layout, tmp, dst, overwrite=overwrite, save_config=save_config)
-            )
-        else:
-            group.agree(lambda: None)
-    except BaseException:
-        if group.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+        def finish() -> None:
+            finish_staging(staged, layout, model if save_config else None)
+            publish.close()
+
+        group.agree(finish if group.rank == 0 else lambda: None)
     return resolve_local(dst, variant=variant, variant_fallback="allow", weights_name=name)
-
-
-class _Group:
-    """The few collectives save needs, with a one-process fallback and errors shared by all ranks."""
-
-    def __init__(self, process_group: Any) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist if dist.is_available() and dist.is_initialized() else None
-        self.group = process_group
-        self.rank = self.dist.get_rank(process_group) if self.dist else 0
-        self.size = self.dist.get_world_size(process_group) if self.dist else 1
-
-    def broadcast(self, value: Any) -> Any:
-        if self.dist is None:
-            return value
-        box = [value]
-        src = self.dist.get_global_rank(self.group, 0) if self.group is not None else 0
-        self.dist.broadcast_object_list(box, src=src, group=self.group)
-        return box[0]
-
-    def agree(self, step: Any) -> Any:
-        """Run ``step`` on every rank; if any rank fails, every rank raises (no rank is left waiting)."""
-        error: str | None = None
-        failure: Exception | None = None
-        result = None
-        try:
-            result = step()
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if self.dist is None:
-                raise
-            failure = exc
-        errors = [error]
-        if self.dist is not None:
-            errors = [None] * self.size
-            self.dist.all_gather_object(errors, error, group=self.group)
-        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
-        if failed:
-            if failure is not None:
-                raise failure
-            rank, message = failed[0]
-            raise CkptError(f"rank {rank} failed while saving: {message}")
-        return result
-
-    run_first = agree
 
 
 def _weights_name_of(model: torch.nn.Module) -> str:
@@ -204,31 +178,28 @@ def _unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def finish_staging(directory: Path, layout: ShardLayout, model: torch.nn.Module | None) -> None:
+    """Write the index of ``layout`` (and ``model``'s config files, when given) into ``directory``."""
+    if layout.index_name is not None:
+        fd = os.open(directory / layout.index_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, layout.index_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if model is not None:
+        _write_config(model, directory)
+
+
 def write_blank_files(directory: Path, layout: ShardLayout) -> None:
     """Create every file of ``layout`` at its final size, with its header written and data zero."""
     for shard in layout.files:
         fd = os.open(directory / shard.filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, shard.file_size)
-            _pwrite_all(fd, memoryview(shard.header), 0)
+            pwrite_all(fd, memoryview(shard.header), 0)
         finally:
             os.close(fd)
-
-
-def _prepare(dst: Path, layout: ShardLayout, overwrite: bool) -> Path:
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{dst}: exists and is not empty. Fix: choose a new directory or pass overwrite=True"
-        )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.ckptkit-{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    try:
-        write_blank_files(tmp, layout)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
 
 
 def _write_local(
@@ -257,7 +228,7 @@ def _write_local(
                 raw = memoryview(data.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
                 base = shard.file_offset(key)
                 for run in byte_runs(box, data.element_size()):
-                    _pwrite_all(fd, raw[run.target : run.target + run.nbytes], base + run.source)
+                    pwrite_all(fd, raw[run.target : run.target + run.nbytes], base + run.source)
                     stats.bytes_written += run.nbytes
                 stats.tensors_written += 1
         for fd in fds.values():
@@ -265,39 +236,6 @@ def _write_local(
     finally:
         for fd in fds.values():
             os.close(fd)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
-
-
-def _finish(
-    model: torch.nn.Module | None,
-    layout: ShardLayout,
-    tmp: Path,
-    dst: Path,
-    *,
-    overwrite: bool,
-    save_config: bool,
-) -> None:
-    if layout.index_name is not None:
-        (tmp / layout.index_name).write_bytes(layout.index_bytes())
-    if save_config and model is not None:
-        _write_config(model, tmp)
-    _fsync_dir(tmp)
-    trash = None
-    if dst.exists():
-        if overwrite or (dst.is_dir() and not any(dst.iterdir())):
-            trash = dst.parent / f".{dst.name}.ckptkit-{uuid.uuid4().hex[:8]}.old"
-            os.rename(dst, trash)
-        else:
-            raise FileExistsError(f"{dst}: appeared while saving. Fix: choose a new directory")
-    os.rename(tmp, dst)
-    _fsync_dir(dst.parent)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_config(model: torch.nn.Module, directory: Path) -> None:
@@ -322,11 +260,3 @@ def _original_class(model: torch.nn.Module) -> type:
     from torch.distributed.fsdp import FSDPModule
 
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,47 +1,64 @@
 """The bottom floor: safetensors headers, index files, file names, weight sets, sizes, dtypes.
 
-Pure Python; importing it never imports torch.
+Pure Python; importing it never imports torch. ``__all__`` holds what a user reads checkpoints
+with (headers, indexes, weight sets); the other modules here are ckptkit's own plumbing, importable
+from their modules (``ckptkit.format.naming``, ...) and documented in the format reference.
 """
 
-from ckptkit.format.components import Component, read_json_object, read_model_index
-from ckptkit.format.dtypes import DTYPES, DtypeInfo, canonical_dtype, variant_dtype
-from ckptkit.format.index import ShardIndex, check_shard_name, read_index
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+from ckptkit.format.dtypes import canonical_dtype
+from ckptkit.format.index import ShardIndex, read_index
 from ckptkit.format.layout import Selection, WeightSet, discover_weight_sets, select_weight_set
-from ckptkit.format.naming import (
-    IndexFileName,
-    WeightFileName,
-    index_filename,
-    parse_index_filename,
-    parse_weight_filename,
-    weights_filename,
-)
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
-from ckptkit.format.sizes import format_size, parse_size
+from ckptkit.format.validate import check_weight_set
 
 __all__ = [
-    "DTYPES",
-    "Component",
-    "DtypeInfo",
-    "IndexFileName",
     "SafetensorsHeader",
     "Selection",
     "ShardIndex",
     "TensorInfo",
-    "WeightFileName",
     "WeightSet",
     "canonical_dtype",
-    "check_shard_name",
+    "check_weight_set",
     "discover_weight_sets",
-    "format_size",
-    "index_filename",
-    "parse_index_filename",
-    "parse_size",
-    "parse_weight_filename",
     "read_header",
     "read_index",
-    "read_json_object",
-    "read_model_index",
     "select_weight_set",
-    "variant_dtype",
-    "weights_filename",
 ]
+
+# Names this package exported before its __all__ was trimmed: still served from their modules,
+# with a DeprecationWarning, for one release.
+_MOVED = {
+    "DTYPES": "ckptkit.format.dtypes",
+    "DtypeInfo": "ckptkit.format.dtypes",
+    "variant_dtype": "ckptkit.format.dtypes",
+    "Component": "ckptkit.format.components",
+    "read_json_object": "ckptkit.format.components",
+    "read_model_index": "ckptkit.format.components",
+    "check_shard_name": "ckptkit.format.index",
+    "IndexFileName": "ckptkit.format.naming",
+    "WeightFileName": "ckptkit.format.naming",
+    "index_filename": "ckptkit.format.naming",
+    "parse_index_filename": "ckptkit.format.naming",
+    "parse_weight_filename": "ckptkit.format.naming",
+    "weights_filename": "ckptkit.format.naming",
+    "format_size": "ckptkit.format.sizes",
+    "parse_size": "ckptkit.format.sizes",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckptkit.format' has no attribute {name!r}")
+    warnings.warn(
+        f"ckptkit.format.{name} is deprecated; import it from {module}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), name)

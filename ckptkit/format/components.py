@@ -6,12 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.safe_files import quote_content, read_capped
 from ckptkit.format.strict_json import loads_strict
 
 __all__ = [
     "MODEL_INDEX_NAME",
     "Component",
+    "check_component_name",
+    "check_subfolder",
     "choose_components",
     "read_json_object",
     "read_model_index",
@@ -19,6 +22,8 @@ __all__ = [
 
 MODEL_INDEX_NAME = "model_index.json"
 CONFIG_NAME = "config.json"
+#: Configs and ``model_index.json`` are a few kilobytes; anything past this is not one.
+MAX_JSON_SIZE = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,42 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, object]:
     """
     path = Path(path)
     try:
-        parsed = loads_strict(path.read_bytes())
+        parsed = loads_strict(read_capped(path, MAX_JSON_SIZE, what="JSON file"))
     except (ValueError, RecursionError) as exc:
         raise CorruptCheckpointError(f"is not valid JSON ({exc})", path=path) from None
     if not isinstance(parsed, dict):
         raise CorruptCheckpointError("does not hold a JSON object", path=path)
     return parsed
+
+
+def check_component_name(name: str, where: str | os.PathLike[str]) -> None:
+    """Refuse a component (subfolder) name that is not one plain folder name (see
+    :func:`choose_components`): ``"../x"``, ``"a/b"``, ``"."`` or an absolute path would climb out
+    of the pipeline or name something else than its own subfolder.
+
+    Raises:
+        UnsafeCheckpointError: naming ``where`` and the name (quoted, shortened).
+    """
+    if not _is_plain_name(name):
+        raise UnsafeCheckpointError(
+            f"component name {quote_content(name)} is not a plain folder name; it is ignored",
+            path=where,
+            fix="model_index.json may only name subfolders of the pipeline directory",
+        )
+
+
+def check_subfolder(subfolder: str, where: str | os.PathLike[str]) -> None:
+    """Refuse a ``subfolder`` that is not a relative path of plain folder names (``"vae"``, ``"a/b"``).
+
+    Raises:
+        ValueError: naming the argument (it is the caller's, not the checkpoint's).
+    """
+    parts = subfolder.replace("\\", "/").split("/")
+    if subfolder.startswith(("/", "\\")) or any(p in ("", ".", "..") or "\0" in p for p in parts):
+        raise ValueError(
+            f"subfolder={quote_content(subfolder)} must be a relative path of folder names inside {os.fspath(where)!r} "
+            "(no '..', no absolute path)"
+        )
 
 
 def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | None:
@@ -54,7 +89,7 @@ def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | Non
         ['scheduler', 'text_encoder', 'tokenizer', 'transformer', 'vae']
     """
     path = Path(directory) / MODEL_INDEX_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     parsed = read_json_object(path)
     components = []

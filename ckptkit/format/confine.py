@@ -19,11 +19,31 @@ __all__ = ["CONFINE_ENV", "checkpoint_root", "confine_enabled", "enforce_confine
 CONFINE_ENV = "CKPTKIT_CONFINE"
 
 
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"", "0", "false", "no"})
+
+
 def confine_enabled(confine: bool | None) -> bool:
-    """``confine`` when given, else whether ``CKPTKIT_CONFINE`` is set to a true value."""
+    """``confine`` when given, else what ``CKPTKIT_CONFINE`` says.
+
+    The variable accepts ``1``/``true``/``yes`` and ``0``/``false``/``no`` (any case) or empty;
+    anything else (``2``, ``y``, ``enabled``) is refused rather than silently read as "off".
+
+    Raises:
+        ValueError: ``CKPTKIT_CONFINE`` holds another value (the message names the variable).
+    """
     if confine is not None:
         return bool(confine)
-    return os.environ.get(CONFINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    raw = os.environ.get(CONFINE_ENV, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{CONFINE_ENV}={raw[:20]!r} is not understood: use 1/true/yes to confine reads to the checkpoint, "
+        "0/false/no (or unset) not to"
+    )
 
 
 def checkpoint_root(path: str | os.PathLike[str]) -> Path:
@@ -31,9 +51,21 @@ def checkpoint_root(path: str | os.PathLike[str]) -> Path:
     return hub_repo_root(path) or Path(os.path.abspath(path))
 
 
+def _realpath(path: str | os.PathLike[str]) -> str:
+    """``os.path.realpath``, typed: a link swapped while it is resolved makes ``readlink`` fail."""
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        raise UnsafeCheckpointError(
+            f"its links changed while they were being resolved ({os.strerror(exc.errno or 0)})",
+            path=path,
+            fix="do not change a checkpoint while it is being read; run again",
+        ) from None
+
+
 def is_outside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
     """Whether the real path of ``path`` (links followed) lies outside the real path of ``root``."""
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    real, real_root = _realpath(path), _realpath(root)
     return os.path.commonpath([real, real_root]) != real_root
 
 
@@ -50,7 +82,7 @@ def enforce_confinement(
     for path in paths:
         if is_outside(path, root):
             raise UnsafeCheckpointError(
-                f"resolves to {os.path.realpath(path)}, outside the checkpoint root {Path(root)}",
+                f"resolves to {_realpath(path)}, outside the checkpoint root {Path(root)}",
                 path=path,
                 fix="copy the file into the checkpoint (ckptkit materialize), or pass confine=False "
                 "if you trust where the link points",

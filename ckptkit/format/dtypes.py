@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DTYPES", "DtypeInfo", "canonical_dtype", "dtype_from_code", "dtype_name_of", "variant_dtype"]
+__all__ = ["DTYPES", "DtypeInfo", "canonical_dtype", "nbytes_of", "torch_itemsize", "variant_dtype"]
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,41 @@ _ALIASES = {
 }
 
 
-def dtype_from_code(code: str) -> DtypeInfo | None:
-    """The :class:`DtypeInfo` of a safetensors code, or ``None`` for an unknown code."""
-    return DTYPES.get(code)
+def _info(dtype: str) -> DtypeInfo | None:
+    return DTYPES.get(dtype) or _BY_NAME.get(dtype.removeprefix("torch."))
+
+
+def nbytes_of(numel: int, dtype: str) -> int:
+    """Bytes that ``numel`` values of ``dtype`` take in a safetensors file: sub-byte values are
+    packed (F4: two per byte) and the total rounded up to a whole byte. The one answer to "how big
+    is this tensor" that inspect, plan_memory and plan_device_map share.
+
+    Args:
+        numel: the number of values (the product of a safetensors header's shape).
+        dtype: a safetensors code (``"F4"``, ``"BF16"``) or a torch dtype name (``"bfloat16"``);
+            an unknown one counts 4 bytes per value.
+
+    Example:
+        >>> nbytes_of(10, "F4"), nbytes_of(10, "bfloat16"), nbytes_of(3, "F4")
+        (5, 20, 2)
+    """
+    info = _info(dtype)
+    bits = info.bits if info is not None else 32
+    return (numel * bits + 7) // 8
+
+
+def torch_itemsize(dtype: str) -> int:
+    """Bytes of one element of a torch tensor of ``dtype`` (code or torch name).
+
+    Torch keeps sub-byte values packed in whole-byte elements (``float4_e2m1fn_x2``: two F4 values
+    per one-byte element), so a torch element is never smaller than a byte; an unknown dtype is 1.
+
+    Example:
+        >>> torch_itemsize("F4"), torch_itemsize("bfloat16")
+        (1, 2)
+    """
+    info = _info(dtype)
+    return max(info.bits // 8, 1) if info is not None else 1
 
 
 def canonical_dtype(value: object) -> str:
@@ -99,11 +131,6 @@ def canonical_dtype(value: object) -> str:
         names = ", ".join(sorted({*_ALIASES, *(d.name for d in _TABLE if d.floating)}))
         raise ValueError(f"unknown dtype {value!r}; use a torch.dtype or one of: {names}")
     return info.name
-
-
-def dtype_name_of(code: str) -> str:
-    """The torch attribute name of a safetensors code (``"BF16"`` -> ``"bfloat16"``)."""
-    return DTYPES[code].name
 
 
 def variant_dtype(variant: str | None) -> str | None:

@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CheckpointNotFoundError
+from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.safe_files import quote_content, read_text_capped
 
 __all__ = [
     "REPO_FOLDER_PREFIXES",
@@ -117,8 +118,7 @@ def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None =
     revision = revision or "main"
     if _GIT_SHA1.match(revision) and (folder / "snapshots" / revision).is_dir():
         return folder / "snapshots" / revision
-    ref = folder / "refs" / revision
-    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else None
+    commit = read_ref(folder, revision)
     if commit and (folder / "snapshots" / commit).is_dir():
         return folder / "snapshots" / commit
     present = sorted(p.name for p in (folder / "snapshots").iterdir())
@@ -128,6 +128,44 @@ def repo_folder_snapshot(path: str | os.PathLike[str], *, revision: str | None =
         path=folder,
         fix=f"pass revision= one of the snapshots here: {', '.join(present) or 'none'}",
     )
+
+
+#: ``refs/<name>`` holds a 40-character commit hash and a newline.
+MAX_REF_SIZE = 4096
+
+
+def read_ref(folder: str | os.PathLike[str], revision: str) -> str | None:
+    """The commit ``refs/<revision>`` names in a hub cache repo folder, or ``None`` when there is no such ref.
+
+    Raises:
+        UnsafeCheckpointError: ``revision`` is not a ref name (absolute, ``..``, empty parts).
+        CorruptCheckpointError: the ref file holds anything but a commit hash (a path, binary,
+            a huge file); its content is quoted only as a short escaped prefix.
+    """
+    parts = revision.split("/")
+    if (
+        not revision
+        or revision.startswith("/")
+        or "\\" in revision
+        or "\0" in revision
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise UnsafeCheckpointError(
+            f"revision {quote_content(revision)} is not a ref name",
+            path=folder,
+            fix="pass a branch, tag or commit",
+        )
+    ref = Path(folder) / "refs" / revision
+    if not os.path.lexists(ref):
+        return None
+    commit = read_text_capped(ref, MAX_REF_SIZE, what="ref").strip()
+    if not _GIT_SHA1.match(commit):
+        raise CorruptCheckpointError(
+            f"holds {len(commit)} characters that are not a 40-digit commit hash",
+            path=ref,
+            fix="download the repo again",
+        )
+    return commit
 
 
 def hub_blob_expectation(path: Path, repo_root: Path) -> ExpectedDigest | None:

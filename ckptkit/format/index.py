@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
+from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.safe_files import quote_content, read_capped
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = ["ShardIndex", "check_shard_name", "read_index"]
@@ -83,6 +84,12 @@ def check_shard_name(name: str, index_path: str | os.PathLike[str]) -> None:
             path=index_path,
             fix="shard names must be plain file names next to the index; do not load this checkpoint",
         )
+    if name.endswith(("/", "\\")) or any(part in ("", ".") for part in name.replace("\\", "/").split("/")):
+        raise CorruptCheckpointError(
+            f"index names shard {quote_content(name)}, which is not a file name",
+            path=index_path,
+            fix="each weight_map value must name a shard file; re-save the checkpoint",
+        )
 
 
 def read_index(path: str | os.PathLike[str]) -> ShardIndex:
@@ -99,15 +106,7 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
         ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_INDEX_SIZE:
-            raise CorruptCheckpointError(f"index is {size} bytes, too large to be an index", path=path)
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise IncompleteCheckpointError(
-            "index file does not exist", path=path, fix="download or copy the index again"
-        ) from None
+    raw = read_capped(path, MAX_INDEX_SIZE, what="index")
     try:
         parsed = loads_strict(raw)
     except DuplicateKeyError as dup:
@@ -122,8 +121,15 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
     for key, shard in weight_map.items():
         if not isinstance(shard, str):
             raise CorruptCheckpointError(f"weight_map entry {key!r} is not a file name", path=path)
+    for shard in set(weight_map.values()):  # millions of keys name a handful of shards
         check_shard_name(shard, path)
     metadata = parsed.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError('index "metadata" is not an object', path=path)
+    if not weight_map:
+        raise CorruptCheckpointError(
+            'index has an empty "weight_map": it lists no tensors',
+            path=path,
+            fix="re-save the checkpoint, or delete the index if the shards are meant to be read alone",
+        )
     return ShardIndex(path=path, weight_map=dict(weight_map), metadata=metadata)

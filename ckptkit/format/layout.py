@@ -27,6 +27,7 @@ from ckptkit.format.naming import (
     parse_weight_filename,
     weights_family,
 )
+from ckptkit.format.safe_files import os_error
 
 __all__ = [
     "VARIANT_POLICIES",
@@ -120,9 +121,18 @@ def _walk_files(directory: Path) -> list[Path]:
         raise CheckpointNotFoundError("directory does not exist", path=directory) from None
     except NotADirectoryError:
         raise CheckpointNotFoundError("is not a directory", path=directory) from None
-    return [
-        Path(e.path) for e in entries if not e.is_dir() or (e.is_symlink() and not os.path.exists(e.path))
-    ]
+    except OSError as exc:
+        raise os_error(directory, exc) from None
+    return [Path(e.path) for e in entries if not _is_real_dir(e)]
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    """A directory (links followed); a link loop or an unreadable target is listed as a file, so
+    opening it names what is wrong."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def discover_weight_sets(
@@ -236,18 +246,14 @@ class Selection:
 
     Attributes:
         weight_set: the chosen set.
-        requested_variant: the variant asked for.
         cast_dtype: torch dtype name to cast to when a variant fell back to the default weights
             (``"float16"`` for ``variant="fp16"``); applies only when the caller gave no ``dtype``.
         warning: the text to warn with (``None`` when nothing needs saying).
-        alternatives: the other sets of the same weights, for messages.
     """
 
     weight_set: WeightSet
-    requested_variant: str | None = None
     cast_dtype: str | None = None
     warning: str | None = None
-    alternatives: list[WeightSet] = field(default_factory=list)
 
 
 def _variants_text(sets: Iterable[WeightSet]) -> str:
@@ -311,7 +317,7 @@ def select_weight_set(
 
     if variant is not None and variant in variants:
         chosen = [s for s in same if s.variant == variant]
-        return Selection(_best(chosen), variant, alternatives=[s for s in same if s not in chosen])
+        return Selection(_best(chosen))
     if variant is not None:
         if None not in variants or variant_fallback == "error":
             raise VariantNotFoundError(
@@ -331,10 +337,10 @@ def select_weight_set(
                 f"loading the default weights {best.label}{cast_text} instead. "
                 "Pass variant_fallback='allow' to silence this or 'error' to refuse."
             )
-        return Selection(best, variant, cast, warning, [s for s in same if s not in chosen])
+        return Selection(best, cast, warning)
     if None in variants:
         chosen = [s for s in same if s.variant is None]
-        return Selection(_best(chosen), None, alternatives=[s for s in same if s not in chosen])
+        return Selection(_best(chosen))
     if len(variants) == 1:
         only = next(iter(variants))
         chosen = [s for s in same if s.variant == only]
@@ -343,7 +349,7 @@ def select_weight_set(
             f"{where}: no default weights, only the {only!r} variant; loading {best.label}. "
             f"Pass variant={only!r} to silence this."
         )
-        return Selection(best, None, None, warning)
+        return Selection(best, None, warning)
     raise VariantNotFoundError(
         f"no default weights and several variants: {_variants_text(same)}",
         path=where,

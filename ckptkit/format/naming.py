@@ -29,6 +29,7 @@ __all__ = [
     "TRANSFORMERS_WEIGHTS_NAME",
     "IndexFileName",
     "WeightFileName",
+    "check_output_names",
     "format_of_extension",
     "index_filename",
     "parse_index_filename",
@@ -185,3 +186,49 @@ def index_filename(stem: str, ext: str = "safetensors", *, variant: str | None =
         'diffusion_pytorch_model.safetensors.index.fp16.json'
     """
     return f"{stem}.{ext}.index.json" if variant is None else f"{stem}.{ext}.index.{variant}.json"
+
+
+#: Longest weights name written: with a variant and a shard suffix the file name stays far
+#: below the 255-byte limit of common file systems.
+MAX_WEIGHTS_NAME = 150
+
+
+def check_output_names(weights_name: str | None, variant: str | None) -> None:
+    """Refuse a ``weights_name`` or ``variant`` that would not make plain, readable file names.
+
+    Checked before anything is written: the names written must stay inside the output
+    directory and be read back as the same weights name and variant.
+
+    Raises:
+        ValueError: naming the argument (quoted, shortened).
+
+    Example:
+        >>> check_output_names("model", "fp16")
+        >>> check_output_names("../escaped", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: weights_name='../escaped' must be a plain file name stem (no '/', '\\', leading '.', control characters; at most 150 characters)
+    """
+    if variant is not None and (not isinstance(variant, str) or not re.fullmatch(_TOKEN, variant)):
+        raise ValueError(f"variant={str(variant)[:40]!r} must be letters, digits and '_' (like 'fp16')")
+    if weights_name is None:
+        return
+    if (
+        not isinstance(weights_name, str)
+        or not weights_name
+        or weights_name.startswith(".")
+        or len(weights_name) > MAX_WEIGHTS_NAME
+        or any(c in "/\\" or ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in weights_name)
+    ):
+        raise ValueError(
+            f"weights_name={str(weights_name)[:40]!r} must be a plain file name stem (no '/', '\\', leading "
+            f"'.', control characters; at most {MAX_WEIGHTS_NAME} characters)"
+        )
+    for shard in (None, (1, 2)):
+        written = weights_filename(weights_name, variant=variant, shard=shard)
+        parsed = parse_weight_filename(written)
+        if parsed is None or parsed.stem != weights_name or parsed.variant != variant:
+            raise ValueError(
+                f"weights_name={weights_name[:40]!r} with variant={variant!r} makes {written[:60]!r}, "
+                "which would be read back under another name; choose another weights_name"
+            )

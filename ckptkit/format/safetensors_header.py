@@ -8,14 +8,17 @@ tensors must tile it exactly: no hole, no overlap, nothing past the end.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError
-from ckptkit.format.dtypes import DTYPES, DtypeInfo
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.safe_files import file_identity, open_regular_file, os_error
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = [
@@ -56,10 +59,6 @@ class TensorInfo:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    @property
-    def dtype_info(self) -> DtypeInfo:
-        return DTYPES[self.dtype]
-
 
 @dataclass
 class SafetensorsHeader:
@@ -71,6 +70,8 @@ class SafetensorsHeader:
         file_size: size of the file in bytes.
         tensors: tensor name -> :class:`TensorInfo`, in the order of their offsets.
         metadata: the ``__metadata__`` map (str -> str), empty when absent.
+        identity: ``(device, inode)`` of the file the header was read from, when read from a file;
+            readers check that the file they open for the data is that same file.
     """
 
     path: Path
@@ -78,6 +79,7 @@ class SafetensorsHeader:
     file_size: int
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
+    identity: tuple[int, int] | None = field(default=None, compare=False)
 
     @property
     def data_size(self) -> int:
@@ -108,9 +110,10 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         (32128, 4096)
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
+    with open_regular_file(path) as handle:
+        try:
+            stats = os.fstat(handle.fileno())
+            file_size = stats.st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise CorruptCheckpointError(
@@ -121,25 +124,17 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             (length,) = struct.unpack("<Q", prefix)
             _check_length(path, length, file_size)
             raw = handle.read(length)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise IncompleteCheckpointError(
-                f"link points to {os.readlink(path)!r}, which does not exist",
-                path=path,
-                fix="the download was interrupted or the cache was cleaned; download the file again",
-            ) from None
-        raise IncompleteCheckpointError(
-            "file does not exist", path=path, fix="download or copy the missing file"
-        ) from None
-    except IsADirectoryError:
-        raise CorruptCheckpointError("is a directory, not a safetensors file", path=path) from None
+        except OSError as exc:
+            raise os_error(path, exc) from None
     if len(raw) < length:
         raise CorruptCheckpointError(
             f"header is {length} bytes but the file ends after {len(raw)}",
             path=path,
             fix="the file is truncated; download or copy it again",
         )
-    return parse_header_bytes(raw, path=path, file_size=file_size)
+    header = parse_header_bytes(raw, path=path, file_size=file_size)
+    header.identity = file_identity(stats)
+    return header
 
 
 def _check_length(path: Path, length: int, file_size: int) -> None:
@@ -161,9 +156,20 @@ def _check_length(path: Path, length: int, file_size: int) -> None:
 
 def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: int) -> SafetensorsHeader:
     """Validate the JSON bytes of a header against the file size; see :func:`read_header`."""
-    path = Path(path)
+    # A header makes millions of small objects and no cycles: the cyclic collector, run again
+    # and again as they are allocated, would take longer than the parsing itself.
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        parsed = loads_strict(raw)
+        return _parse_header_bytes(raw, Path(path), file_size)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse_header_bytes(raw: bytes, path: Path, file_size: int) -> SafetensorsHeader:
+    try:
+        parsed = loads_strict(raw, constants=False)
     except DuplicateKeyError as dup:
         raise CorruptCheckpointError(f"header names {dup.key!r} twice", path=path) from None
     except UnicodeDecodeError as exc:
@@ -175,6 +181,8 @@ def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: i
     if not isinstance(parsed, dict):
         raise CorruptCheckpointError(f"header is a JSON {type(parsed).__name__}, not an object", path=path)
 
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(parsed, path)
     metadata = _parse_metadata(parsed.pop("__metadata__", None), path)
     data_start = 8 + len(raw)
     data_size = file_size - data_start
@@ -224,6 +232,28 @@ def _parse_metadata(value: object, path: Path) -> dict[str, str]:
 
 
 def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
+    # The fast path: a well-formed entry in a few type checks (headers of 1e6 tensors exist).
+    # Anything it does not accept goes to the checks below, which say what is wrong.
+    if type(entry) is dict:
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        info = DTYPES.get(dtype) if type(dtype) is str else None
+        if info is not None and type(shape) is list and type(offsets) is list and len(offsets) == 2:
+            begin, end = offsets
+            if type(begin) is int and type(end) is int and 0 <= begin <= end < _U64:
+                numel = 1
+                for dim in shape:
+                    if type(dim) is not int or not 0 <= dim < _U64:
+                        break
+                    numel *= dim
+                    if numel >= _U64:
+                        break
+                else:
+                    if numel * info.bits < _U64 and info.nbytes(numel) == end - begin:
+                        return TensorInfo(name, info.code, tuple(shape), begin, end)
+    return _parse_tensor_checked(name, entry, path)
+
+
+def _parse_tensor_checked(name: str, entry: object, path: Path) -> TensorInfo:
     if not isinstance(entry, dict):
         raise CorruptCheckpointError(f"entry of tensor {name!r} is not an object", path=path)
     dtype = entry.get("dtype")
@@ -234,7 +264,7 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
             f"tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPES)}", path=path
         )
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CorruptCheckpointError(f"tensor {name!r} has a bad shape {shape!r}", path=path)
+        raise CorruptCheckpointError(f"tensor {name!r} has a bad shape {_short(shape)}", path=path)
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -242,8 +272,22 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
         or offsets[0] > offsets[1]
     ):
         raise CorruptCheckpointError(f"tensor {name!r} has bad data_offsets {offsets!r}", path=path)
+    if any(dim >= _U64 for dim in shape):
+        raise CorruptCheckpointError(
+            f"tensor {name!r} has shape {_short(shape)}, past 64-bit sizes", path=path
+        )
+    numel = 1
+    for dim in shape:  # in order, as safetensors multiplies (checked, in 64 bits)
+        numel *= dim
+        if numel >= _U64:
+            raise CorruptCheckpointError(
+                f"tensor {name!r} has shape {_short(shape)}, whose element count overflows 64 bits",
+                path=path,
+            )
+    if numel * DTYPES[dtype].bits >= _U64 or any(o >= _U64 for o in offsets):
+        raise CorruptCheckpointError(f"tensor {name!r} is too large for the format (64-bit sizes)", path=path)
     begin, end = offsets
-    expected = DTYPES[dtype].nbytes(math.prod(shape))
+    expected = DTYPES[dtype].nbytes(numel)
     if expected != end - begin:
         raise CorruptCheckpointError(
             f"tensor {name!r} of shape {shape} and dtype {dtype} needs {expected} bytes "
@@ -251,6 +295,40 @@ def _parse_tensor(name: str, entry: object, path: Path) -> TensorInfo:
             path=path,
         )
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+#: Sizes and counts in the format are 64-bit unsigned (Rust ``usize``).
+_U64 = 2**64
+#: A ``\\uD800``-``\\uDFFF`` escape: the only way lone surrogates get into parsed JSON.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(parsed: dict[str, object], path: Path) -> None:
+    """Refuse strings safetensors' parser refuses: lone surrogates (a proper pair decodes to one
+    character and is fine)."""
+
+    def check(text: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptCheckpointError(
+                f"header holds a lone UTF-16 surrogate in {text[:40].encode('utf-8', 'backslashreplace')!r}; "
+                "safetensors cannot read it",
+                path=path,
+            ) from None
+
+    for key, value in parsed.items():
+        check(key)
+        if isinstance(value, dict):
+            for inner_key, inner in value.items():
+                check(inner_key)
+                if isinstance(inner, str):
+                    check(inner)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _is_count(value: object) -> bool:

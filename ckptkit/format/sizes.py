@@ -18,6 +18,8 @@ _UNITS = {
     "GIB": 2**30,
     "TIB": 2**40,
 }
+#: Larger than any file or memory (2**63, where 64-bit offsets end).
+MAX_SIZE = 2**63
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
@@ -49,7 +51,10 @@ def parse_size(size: int | str) -> int:
             f"not a size: {size!r}; write an int (bytes) or a number with a unit: "
             "KB/MB/GB/TB (10**3 steps) or KiB/MiB/GiB/TiB (2**10 steps)"
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    value = float(match.group(1)) * _UNITS[unit]
+    if not value < MAX_SIZE:
+        raise ValueError(f"not a size: {size[:40]!r} is over {MAX_SIZE} bytes (8 EiB)")
+    return int(value)
 
 
 def format_size(nbytes: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 __all__ = ["DuplicateKeyError", "loads_strict"]
@@ -16,16 +17,27 @@ class DuplicateKeyError(ValueError):
 
 
 def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise DuplicateKeyError(key)
-        result[key] = value
+    result = dict(pairs)  # in C; only a repeated key makes it shorter, then find which
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
     return result
 
 
-def loads_strict(raw: bytes | str) -> object:
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON (only Python writes it)")
+
+
+def loads_strict(raw: bytes | str, *, constants: bool = True) -> object:
     """``json.loads`` that raises :class:`DuplicateKeyError` on a repeated key.
+
+    Args:
+        raw: the JSON text.
+        constants: accept ``NaN``/``Infinity`` as Python's ``json`` does; ``False`` refuses them,
+            as strict parsers (safetensors' serde_json) do.
 
     Raises:
         DuplicateKeyError: a key is repeated in an object.
@@ -33,4 +45,14 @@ def loads_strict(raw: bytes | str) -> object:
         RecursionError: nesting too deep.
     """
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+    # JSON makes no reference cycles; the cyclic collector, triggered again and again while
+    # millions of objects are allocated (a 2M-key index), would cost more than the parsing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if constants:
+            return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+        return json.loads(text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constant)
+    finally:
+        if enabled:
+            gc.enable()

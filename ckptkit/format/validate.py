@@ -36,10 +36,6 @@ class WeightSetCheck:
         if self.errors:
             raise self.errors[0]
 
-    def key_locations(self) -> dict[str, Path]:
-        """Tensor name -> the shard that holds it (safetensors sets)."""
-        return {name: path for path, header in self.headers.items() for name in header.tensors}
-
 
 def check_weight_set(weight_set: WeightSet) -> WeightSetCheck:
     """Check a weight set without reading tensor data.

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -23,9 +24,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ckptkit.errors import DestinationExistsError, DiskFullError, IncompleteCheckpointError
+from ckptkit.format.safe_files import open_regular
 from ckptkit.io.byte_copy import copy_range
 
 __all__ = [
@@ -71,10 +72,7 @@ def copy_file(
 ) -> None:
     """Copy ``src`` (following links) into a new file ``dst``, streaming; keeps the permission bits."""
     src, dst = Path(src), Path(dst)
-    try:
-        src_fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise _dangling(src) from None
+    src_fd = open_regular(src)
     try:
         info = os.fstat(src_fd)
         dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -140,8 +138,11 @@ def walk_files(root: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -
                     yield from walk(path, rel + "/")
             elif entry.is_file():
                 yield rel, path
-            elif entry.is_symlink():
-                raise _dangling(path)
+            else:
+                # A dangling link, FIFO, socket or device: open_regular names what it is (without
+                # blocking); a file that became regular meanwhile is yielded.
+                os.close(open_regular(path))
+                yield rel, path
 
     yield from walk(root, "")
 
@@ -162,35 +163,144 @@ class Staging:
     existing: Path | None
 
 
-def _lock(destination: Path) -> Any:
-    """A lock serializing writers of ``destination``.
+#: Environment variable: seconds a writer waits for another writer of the same destination
+#: before giving up (default: it waits as long as the other one takes).
+LOCK_TIMEOUT_ENV = "CKPTKIT_LOCK_TIMEOUT"
 
-    The lock file lives in the system temp directory, named by a hash of the destination, so no
-    lock file is left beside the output (where uploads such as ``aws s3 sync`` would pick it up).
+
+def _lock_directory() -> Path:
+    """This user's lock directory in the temp dir (``ckptkit-locks-<uid>``, mode 0700).
+
+    Per user, so another user cannot hold (or plant) a lock that blocks this one's writes.
     """
-    from filelock import FileLock
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    directory = Path(tempfile.gettempdir()) / f"ckptkit-locks-{uid}"
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != uid):
+        raise DestinationExistsError(
+            "is not a directory owned by this user, so ckptkit cannot keep its write locks there",
+            path=directory,
+            fix="remove it, or point TMPDIR at a private directory",
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
 
-    directory = Path(tempfile.gettempdir()) / "ckptkit-locks"
-    if not directory.is_dir():
-        directory.mkdir(mode=0o777, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o1777)  # shared by every user, like /tmp itself
+
+@contextmanager
+def _lock(destination: Path) -> Iterator[None]:
+    """Hold the lock serializing writers of ``destination`` (per user; see :func:`_lock_directory`).
+
+    The lock file lives in the temp directory, named by a hash of the destination, so no lock
+    file is left beside the output (where uploads such as ``aws s3 sync`` would pick it up). The
+    holder writes its pid beside it, so a writer that waits can say whom it waits for.
+    """
+    from filelock import FileLock, Timeout
+
     key = hashlib.sha256(
         os.fsencode(os.path.realpath(destination.parent)) + b"/" + os.fsencode(destination.name)
-    )
-    return FileLock(str(directory / f"{key.hexdigest()[:32]}.lock"), mode=0o666)
+    ).hexdigest()[:32]
+    directory = _lock_directory()
+    lock = FileLock(str(directory / f"{key}.lock"), mode=0o600)
+    holder = directory / f"{key}.holder"
+    timeout = _lock_timeout()
+    waited = 0.0
+    while True:
+        step = 5.0 if timeout is None else max(0.0, min(5.0, timeout - waited))
+        try:
+            lock.acquire(timeout=step)
+            break
+        except Timeout:
+            waited += step
+            who = _holder(holder)
+            if timeout is not None and waited >= timeout:
+                raise DestinationExistsError(
+                    f"another writer ({who}) has held its lock for over {timeout:g} s",
+                    path=destination,
+                    fix=f"wait for it to finish or stop it; {LOCK_TIMEOUT_ENV} sets how long to wait",
+                ) from None
+            logger.warning("%s: waiting for another writer (%s) to finish", destination, who)
+    try:
+        with contextlib.suppress(OSError):
+            fd = os.open(holder, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                os.write(fd, f"{os.getpid()}".encode())
+            finally:
+                os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            holder.unlink()
+        lock.release()
+
+
+def _lock_timeout() -> float | None:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{LOCK_TIMEOUT_ENV}={raw!r} must be a number of seconds (>= 0)")
+    return value
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_bytes()[:16].decode("ascii", "replace").strip()
+    except OSError:
+        return "a process that did not say its pid"
+    return f"pid {text}" if text.isdigit() else "a process that did not say its pid"
+
+
+@contextmanager
+def _new_parents(destination: Path) -> Iterator[None]:
+    """Create the missing parents of ``destination``; remove them again if the block fails.
+
+    A refused or failed write leaves no trace, not even the directories it made for its output.
+    """
+    missing: list[Path] = []
+    parent = destination.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for directory in missing:  # deepest first; a directory someone else filled stays
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
+
+
+def _leftovers(parent: Path, name: str, tag: str) -> list[Path]:
+    """The staging/aside names a killed run left for exactly ``name`` (``.<name><tag><8 random>``).
+
+    Listed and compared, never globbed: a name holding ``*``, ``?`` or ``[`` would match others'.
+    """
+    pattern = re.compile(re.escape(f".{name}{tag}") + r"[a-z0-9_]{8}")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    return [parent / entry for entry in sorted(names) if pattern.fullmatch(entry)]
 
 
 def _recover(destination: Path) -> None:
     """Finish or undo what a killed run left next to ``destination`` (call with the lock held)."""
     parent, name = destination.parent, destination.name
-    for leftover in sorted(parent.glob(f".{name}{_OLD_TAG}*")):
+    for leftover in _leftovers(parent, name, _OLD_TAG):
         if not os.path.lexists(destination):
             logger.warning("putting back %s, left aside by an interrupted run", destination)
             os.rename(leftover, destination)
         else:
             _remove(leftover)
-    for leftover in parent.glob(f".{name}{_TMP_TAG}*"):
+    for leftover in _leftovers(parent, name, _TMP_TAG):
         logger.info("removing %s, left by an interrupted run", leftover)
         _remove(leftover)
 
@@ -265,8 +375,7 @@ def staged_directory(
         ...     (staging.path / "config.json").write_text("{}")
     """
     destination = Path(os.path.abspath(destination))
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(destination), _typed_disk_full(destination):
+    with _new_parents(destination), _lock(destination), _typed_disk_full(destination):
         _recover(destination)
         existing = _check_destination(destination, overwrite=overwrite, is_dir=True)
         path = Path(tempfile.mkdtemp(prefix=f".{destination.name}{_TMP_TAG}", dir=destination.parent))
@@ -306,8 +415,7 @@ def staged_file(
 ) -> Iterator[Staging]:
     """Like :func:`staged_directory` for one file: write ``staging.path``, it replaces ``destination``."""
     destination = Path(os.path.abspath(destination))
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(destination), _typed_disk_full(destination):
+    with _new_parents(destination), _lock(destination), _typed_disk_full(destination):
         _recover(destination)
         existing = _check_destination(destination, overwrite=overwrite, is_dir=False)
         fd, name = tempfile.mkstemp(prefix=f".{destination.name}{_TMP_TAG}", dir=destination.parent)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError
 
-__all__ = ["COPY_CHUNK", "copy_range", "preallocate", "write_all"]
+__all__ = ["COPY_CHUNK", "copy_range", "preallocate", "pwrite_all", "write_all"]
 
 #: Bytes moved per system call: small enough to report progress, large enough to cost nothing.
 COPY_CHUNK = 64 * 2**20
@@ -25,6 +25,14 @@ ProgressFn = Callable[[int], None]
 # What copy_file_range/sendfile answer when they cannot copy between these two files (other
 # filesystems, old kernels, macOS sendfile wanting a socket): fall back to the next method.
 _FALLBACK_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.ENOTSOCK)
+
+
+def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    """``os.pwrite`` at ``offset`` until every byte is written."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def write_all(fd: int, data: memoryview | bytes) -> None:

@@ -1,8 +1,9 @@
-"""The progress bar of loads: tqdm, silenced like huggingface_hub's by ``HF_HUB_DISABLE_PROGRESS_BARS``."""
+"""Progress bars: tqdm, with one default for every verb (load, resave, materialize, verify, manifests)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,10 +14,18 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def progress_enabled(progress: bool | None) -> bool:
-    """``progress`` when given, else whether ``HF_HUB_DISABLE_PROGRESS_BARS`` leaves bars on."""
+    """Whether to show a bar: ``progress`` when given; for ``None``, when stderr is a terminal and
+    huggingface_hub's switch (``HF_HUB_DISABLE_PROGRESS_BARS``, ``disable_progress_bars()``) leaves
+    bars on. Every ckptkit verb takes ``progress=None`` to mean this.
+    """
     if progress is not None:
         return bool(progress)
-    return os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() not in _TRUE
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in _TRUE:
+        return False
+    hub = sys.modules.get("huggingface_hub.utils")  # its switch, only if it is loaded anyway
+    if hub is not None and hub.are_progress_bars_disabled():
+        return False
+    return sys.stderr.isatty()
 
 
 @contextmanager

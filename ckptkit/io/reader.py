@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ckptkit.errors import CkptError
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.buffers import raw_bytes
 from ckptkit.io.tensors import read_into, to_torch_dtype
@@ -157,7 +158,7 @@ def _open_files(reads: Sequence[TensorRead]) -> Iterator[dict[Path, int]]:
         for item in reads:
             path = item.header.path
             if path not in fds:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = open_regular(path, identity=item.header.identity)
                 fds[path] = fd
                 if hasattr(os, "posix_fadvise"):
                     # Sequential readahead for cold files; harmless when the pages are cached.

@@ -7,11 +7,13 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from ckptkit.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
+from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.format.safe_files import held_path, open_regular_file, quote_content
+from ckptkit.format.torch_pickle import scan_torch_file
 
 __all__ = ["WRAPPER_KEYS", "find_wrappers", "load_torch_file", "unwrap_state_dict"]
 
@@ -30,20 +32,27 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
         UnsafeCheckpointError: the pickle needs globals that ``weights_only`` refuses (it may run
             code); nothing of it is executed.
         CorruptCheckpointError: not a torch file, or a damaged one.
-        IncompleteCheckpointError: the file is missing.
+        IncompleteCheckpointError: the file is missing or unreadable.
     """
     path = Path(path)
-    if not path.exists():
-        raise IncompleteCheckpointError("file does not exist", path=path, fix="download or copy it again")
-    use_mmap = mmap and zipfile.is_zipfile(path)
+    with open_regular_file(path) as handle:
+        return _load_open(path, handle, mmap=mmap)
+
+
+def _load_open(path: Path, handle: BinaryIO, *, mmap: bool) -> Any:
+    use_mmap = mmap and zipfile.is_zipfile(handle)
+    handle.seek(0)
     if use_mmap:
         # torch maps each storage at its record's offset without checking the record's size: a
         # short record would be read past its end, into the next entries. The scan checks sizes.
-        from ckptkit.format.torch_pickle import scan_torch_file
-
         scan_torch_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        if use_mmap:
+            # torch maps by name: name the file held open (checked), not the path again.
+            return torch.load(
+                held_path(handle.fileno(), path), map_location="cpu", weights_only=True, mmap=True
+            )
+        return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
@@ -55,6 +64,12 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
                 "with torch.load(weights_only=False) yourself",
             ) from None
         raise CorruptCheckpointError(f"not a readable torch file ({text[:300]})", path=path) from None
+    except RecursionError:
+        raise CorruptCheckpointError(
+            "the pickle nests objects too deeply to be a state dict",
+            path=path,
+            fix="check where it came from",
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
         raise CorruptCheckpointError(
             f"not a readable torch file ({type(exc).__name__}: {str(exc)[:300]})",
@@ -96,11 +111,29 @@ def unwrap_state_dict(
                 fix=f"pass unwrap= one of {wrappers}" if wrappers else "pass unwrap=None",
             )
         obj = obj[key]
+    odd = [k for k in obj if not isinstance(k, str)]
+    if odd:
+        raise CorruptCheckpointError(
+            f"state dict has {len(odd)} keys that are not strings (first: {quote_content(repr(odd[0]))})",
+            path=path,
+            fix="re-save it with string keys (the names of the parameters)",
+        )
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors and wrappers:
         raise CorruptCheckpointError(
             f"its tensors are nested under {wrappers}",
             path=path,
             fix=f"pass unwrap={wrappers[0]!r}",
+        )
+    if not tensors:
+        nested = [str(k) for k, v in obj.items() if isinstance(v, Mapping)]
+        raise CorruptCheckpointError(
+            "holds no tensors"
+            + (f"; dicts are nested under {[quote_content(k) for k in nested[:5]]}" if nested else "")
+            + f" (top-level keys: {[quote_content(str(k)) for k in list(obj)[:5]]})",
+            path=path,
+            fix=f"pass unwrap={nested[0]!r} if the weights are there"
+            if nested
+            else "this is not a weights file",
         )
     return tensors

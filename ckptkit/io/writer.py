@@ -25,6 +25,7 @@ from pathlib import Path
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES
 from ckptkit.format.naming import index_filename, weights_filename
+from ckptkit.format.safe_files import open_regular
 from ckptkit.io.byte_copy import COPY_CHUNK, ProgressFn, copy_range, preallocate, write_all
 
 __all__ = [
@@ -169,7 +170,15 @@ def build_header(
             "data_offsets": [offset, offset + tensor.nbytes],
         }
         offset += tensor.nbytes
-    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: safetensors could not read it back
+        bad = exc.object[max(0, exc.start - 20) : exc.end + 20] if isinstance(exc.object, str) else ""
+        raise CorruptCheckpointError(
+            f"a tensor name or metadata value holds a lone UTF-16 surrogate "
+            f"({bad.encode('utf-8', 'backslashreplace')!r}); safetensors cannot store it",
+            fix="rename the tensor",
+        ) from None
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text, ordered
 
@@ -218,7 +227,7 @@ class ShardWriter:
     def _source_fd(self, path: Path) -> int:
         fd = self._sources.get(path)
         if fd is None:
-            fd = self._sources[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = self._sources[path] = open_regular(path)
         return fd
 
     def write(self, shard: PlannedShard) -> Path:

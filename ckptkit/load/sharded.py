@@ -3,9 +3,12 @@
 The steps, each owned by a lower floor: resolve the directory and pick the weight set by the
 variant rules (:func:`ckptkit.resolve.resolve.resolve_ckpt_dir`), validate the index and every needed
 header before reading a byte of tensor data (:func:`ckptkit.format.validate.check_weight_set`),
-choose keys (:mod:`ckptkit.load.keys`), decide where each tensor lands (:mod:`ckptkit.io.module_fill`)
+choose keys (:mod:`ckptkit.format.keys`), plan where each tensor lands and at which dtype
+(:func:`ckptkit.io.module_fill.plan_module_fill`, the one plan every path into a module executes)
 and read them in parallel (:mod:`ckptkit.io.reader`), or through ``torch.load(weights_only=True)``
-for torch files (:mod:`ckptkit.load.torch_load`).
+for torch files (:mod:`ckptkit.load.torch_load`). ``device_map=`` and models with DTensor
+parameters are handed to :mod:`ckptkit.placement.dispatch` and :mod:`ckptkit.distributed.load`,
+which execute the same plan.
 """
 
 from __future__ import annotations
@@ -17,46 +20,35 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ckptkit.errors import CkptWarning, ModelMismatchError
+from ckptkit.distributed.load import DistributedLoadResult, has_dtensor_params, load_sharded_distributed
+from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.confine import confine_enabled
 from ckptkit.format.index import read_index
+from ckptkit.format.keys import KeySelection, select_keys
 from ckptkit.format.layout import WeightSet
 from ckptkit.format.naming import parse_weight_filename
+from ckptkit.format.safe_files import confinement, held_path, open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.format.validate import check_weight_set
-from ckptkit.io.module_fill import ModuleSlots
+from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor, plan_module_fill
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.reader import TensorRead, read_tensors
 from ckptkit.io.tensors import to_torch_dtype
-from ckptkit.load.keys import KeySelection, select_keys
+from ckptkit.load.torch_load import load_torch_weights
+from ckptkit.placement.dispatch import PlacementResult, load_with_device_map
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ckptkit.distributed import DistributedLoadResult
-    from ckptkit.placement.dispatch import PlacementResult
-
 __all__ = ["LoadResult", "load_sharded"]
 
 logger = logging.getLogger("ckptkit")
-
-
-class LoadResult(NamedTuple):
-    """What loading into a module did, like ``nn.Module.load_state_dict``'s result.
-
-    Attributes:
-        missing_keys: module keys the checkpoint did not fill (tied aliases of a filled key are
-            not missing).
-        unexpected_keys: selected checkpoint keys the module has no place for.
-    """
-
-    missing_keys: list[str]
-    unexpected_keys: list[str]
 
 
 def load_sharded(
@@ -79,6 +71,7 @@ def load_sharded(
     max_memory: Mapping[Any, int | str] | None = None,
     offload_folder: str | os.PathLike[str] | None = None,
     no_split_module_classes: Sequence[str] | None = None,
+    keep_in_fp32_modules: Sequence[str] | None = None,
     **resolve_kwargs: Any,
 ) -> dict[str, torch.Tensor] | LoadResult | PlacementResult | DistributedLoadResult:
     """Load a checkpoint (sharded or single, safetensors or torch) into a dict or into a module.
@@ -108,19 +101,32 @@ def load_sharded(
             touch and the file must stay in place while they live. Tensors that need a cast or
             another device are private anyway.
         num_threads: parallel readers (default: the CPUs available, 2 to 8).
-        progress: show a tqdm bar; ``None`` shows it unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set.
+        progress: show a tqdm bar; ``None``: when stderr is a terminal and
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         unwrap: torch files only: the key a state dict is nested under (``"state_dict"``,
             ``"ema"``), or ``True`` for the first usual one. Without it, a wrapped file is reported.
         device_map: with ``model`` (built on meta), place it across GPUs, CPU and ``"disk"``
-            with accelerate: ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or
+            with accelerate (``load_sharded`` is the one front door: it runs
+            :func:`~ckptkit.load_with_device_map`, which stays public for ``offload_buffers``): ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or
             a dict; see :func:`ckptkit.placement.dispatch.load_with_device_map`. Disk entries of a
             safetensors checkpoint point into the original shards (nothing is copied).
         max_memory: budgets for ``device_map`` (``{0: "20GiB", "cpu": "64GiB"}``).
         offload_folder: where the offload index (and converted torch weights) go.
         no_split_module_classes: modules kept whole on one device (default: the model's
             ``_no_split_modules``).
+        keep_in_fp32_modules: with ``model`` and ``dtype``, modules whose floating tensors stay
+            float32 (matched by whole dotted name parts: ``"norm"`` is ``blocks.0.norm.weight``);
+            ``None``: the model's ``_keep_in_fp32_modules``; ``[]``: none.
         resolve_kwargs: more arguments for :func:`ckptkit.resolve_ckpt_dir` (``revision``,
             ``cache_dir``, ``local_files_only``, ...).
+
+    Every path into a module (plain, meta, ``device_map``, DTensor parameters) executes the same
+    plan (:func:`ckptkit.io.module_fill.plan_module_fill`): the same keys, shapes, dtypes and
+    errors. Options the path taken cannot honour raise ``TypeError`` naming them: with
+    ``device_map``, ``device``/``num_threads``/``progress``/``unwrap``; with DTensor parameters,
+    those and the placement options (``mmap`` has no effect there: local shards are always the
+    model's own memory, filled in place); without ``device_map``, ``max_memory``/
+    ``offload_folder``/``no_split_module_classes``.
 
     Returns:
         ``dict[str, Tensor]`` in checkpoint order when ``model`` is ``None``, else :class:`LoadResult`
@@ -137,7 +143,9 @@ def load_sharded(
             any tensor is read).
         UnsafeCheckpointError: a torch file needs more than ``weights_only=True`` allows.
         ModelMismatchError: ``strict`` and keys are missing or unexpected, or shapes do not match the
-            model (before anything is loaded).
+            model (before anything is loaded), on every path.
+        AmbiguousCheckpointError: two checkpoint keys get one name after ``strip_prefixes``.
+        TypeError: an option the path taken cannot honour (see above).
 
     Example:
         >>> state = load_sharded("./t5", dtype="bf16")  # doctest: +SKIP
@@ -147,18 +155,73 @@ def load_sharded(
         LoadResult(missing_keys=[], unexpected_keys=[])
     """
     started = time.perf_counter()
+    _refuse_unused_options(
+        model,
+        device_map=device_map,
+        device=device,
+        num_threads=num_threads,
+        progress=progress,
+        unwrap=unwrap,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+        no_split_module_classes=no_split_module_classes,
+        keep_in_fp32_modules=keep_in_fp32_modules,
+    )
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
     ).require_single()
+    # Under confinement every file is checked as opened (its descriptor's real path), so a file
+    # swapped for an outside link after resolve checked it is still refused.
+    confined_root = (
+        (checkpoint.root or checkpoint.path) if confine_enabled(resolve_kwargs.get("confine")) else None
+    )
+    with confinement(confined_root):
+        result = _load(
+            checkpoint,
+            model=model,
+            device=device,
+            dtype=dtype,
+            prefix=prefix,
+            strip_prefixes=strip_prefixes,
+            strict=strict,
+            mmap=mmap,
+            num_threads=num_threads,
+            progress=progress,
+            unwrap=unwrap,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+            no_split_module_classes=no_split_module_classes,
+            keep_in_fp32_modules=keep_in_fp32_modules,
+        )
+    logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
+    return result
+
+
+def _load(
+    checkpoint: CheckpointDir,
+    *,
+    model: nn.Module | None,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    prefix: str | None,
+    strip_prefixes: Sequence[str] | str | None,
+    strict: bool,
+    mmap: bool,
+    num_threads: int | None,
+    progress: bool | None,
+    unwrap: str | bool | None,
+    device_map: str | Mapping[str, Any] | None,
+    max_memory: Mapping[Any, int | str] | None,
+    offload_folder: str | os.PathLike[str] | None,
+    no_split_module_classes: Sequence[str] | None,
+    keep_in_fp32_modules: Sequence[str] | None,
+) -> dict[str, torch.Tensor] | LoadResult | PlacementResult | DistributedLoadResult:
     target_device = _device(device)
     selection = checkpoint.selection
     cast = dtype if dtype is not None else (selection.cast_dtype if selection else None)
     target_dtype = to_torch_dtype(cast) if cast is not None else None
-    if device_map is not None:
-        if model is None:
-            raise ValueError("device_map= places a model: pass model= (built on the meta device)")
-        from ckptkit.placement.dispatch import load_with_device_map
-
+    if model is not None and device_map is not None:
         return load_with_device_map(
             checkpoint,
             model,
@@ -169,38 +232,48 @@ def load_sharded(
             no_split_module_classes=no_split_module_classes,
             strict=strict,
             mmap=mmap,
-            key_map=_key_map(prefix, strip_prefixes),
+            prefix=prefix,
+            strip_prefixes=strip_prefixes,
+            keep_in_fp32_modules=keep_in_fp32_modules,
         )
-    if model is not None:
-        from ckptkit.distributed import has_dtensor_params
-
-        if has_dtensor_params(model):
-            from ckptkit.distributed import load_sharded_distributed
-
-            return load_sharded_distributed(
-                checkpoint,
-                model,
-                strict=strict,
-                dtype=target_dtype,
-                prefix=prefix,
-                strip_prefixes=[strip_prefixes] if isinstance(strip_prefixes, str) else strip_prefixes,
-                device=device,
-            )
-    plan = _Plan(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
+    if model is not None and has_dtensor_params(model):
+        return load_sharded_distributed(
+            checkpoint,
+            model,
+            strict=strict,
+            dtype=target_dtype,
+            prefix=prefix,
+            strip_prefixes=strip_prefixes,
+            keep_in_fp32_modules=keep_in_fp32_modules,
+            device=device,
+        )
+    files = _WeightFiles(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
     options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)
-    if checkpoint.format == "safetensors":
-        result = _load_safetensors(plan, options)
-    else:
-        from ckptkit.load.torch_load import load_torch_weights
+    plan = None
+    if model is not None:
 
+        def plan(stored: list[StoredTensor], where: Path | None = None) -> FillPlan:
+            return plan_module_fill(
+                model,
+                stored,
+                prefix=prefix,
+                strip_prefixes=strip_prefixes,
+                dtype=target_dtype,
+                keep_in_fp32=keep_in_fp32_modules,
+                strict=strict,
+                where=where or checkpoint.path,
+            )
+
+    if checkpoint.format == "safetensors":
+        result = _load_safetensors(files, options, plan)
+    else:
         result = load_torch_weights(
-            plan.files,
-            index_keys=plan.index_keys,
-            select=plan.select,
-            model=model,
+            files.files,
+            index_keys=files.index_keys,
+            select=files.select,
+            plan=plan,
             device=target_device,
             dtype=target_dtype,
-            strict=strict,
             mmap=mmap,
             unwrap=unwrap,
             progress=progress,
@@ -209,24 +282,34 @@ def load_sharded(
         warnings.warn(
             f"{checkpoint.path}: no key starts with prefix {prefix!r}; nothing was loaded",
             CkptWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    logger.debug("loaded %s in %.3f s", checkpoint.path, time.perf_counter() - started)
     return result
 
 
-def _key_map(
-    prefix: str | None, strip_prefixes: Sequence[str] | str | None
-) -> Callable[[str], str | None] | None:
-    """``prefix``/``strip_prefixes`` as a checkpoint key -> model key function (``None`` = skip)."""
-    if not prefix and not strip_prefixes:
-        return None
-
-    def rename(key: str) -> str | None:
-        selected = select_keys([key], prefix=prefix, strip_prefixes=strip_prefixes)
-        return next(iter(selected), None)
-
-    return rename
+def _refuse_unused_options(model: nn.Module | None, *, device_map: object, **options: Any) -> None:
+    """Raise for options the branch taken cannot honour: no option is silently ignored."""
+    given = {name for name, value in options.items() if value is not None}
+    placement_only = {"max_memory", "offload_folder", "no_split_module_classes"}
+    if device_map is not None:
+        if model is None:
+            raise ValueError("device_map= places a model: pass model= (built on the meta device)")
+        # accelerate decides devices, reads in one pass and shows no bar; torch files are read whole.
+        refused = given & {"device", "num_threads", "progress", "unwrap"}
+        why = "with device_map= (accelerate places the tensors)"
+    elif model is not None and has_dtensor_params(model):
+        # Local shards are filled in place on their own devices, by one reader per rank; device= only
+        # says where a meta-device model's shards are allocated.
+        refused = given & ({"num_threads", "progress", "unwrap"} | placement_only)
+        why = "for a model with DTensor parameters (each rank fills its local shards in place)"
+    else:
+        refused = given & placement_only
+        why = "without device_map="
+        if model is None and "keep_in_fp32_modules" in given:
+            refused.add("keep_in_fp32_modules")
+            why = "without model="
+    if refused:
+        raise TypeError(f"load_sharded: {', '.join(sorted(refused))} cannot be used {why}")
 
 
 @dataclasses.dataclass
@@ -253,7 +336,7 @@ def _device(device: str | torch.device | None) -> torch.device | None:
     return resolved
 
 
-class _Plan:
+class _WeightFiles:
     """The validated files to read and how keys are chosen; built before any tensor is read."""
 
     def __init__(
@@ -270,10 +353,12 @@ class _Plan:
             # Only the shards that hold selected keys are checked and opened.
             wanted = self.select(index.weight_map, where=index.path).source_keys
             needed = {name for key, name in index.weight_map.items() if key in wanted}
+            # Shard names are paths relative to the index ("sub/s.safetensors" included).
+            needed_paths = {index.directory / name for name in needed}
             weight_set = dataclasses.replace(
                 weight_set,
-                files=[p for p in weight_set.files if p.name in needed],
-                missing=[p for p in weight_set.missing if p.name in needed],
+                files=[p for p in weight_set.files if p in needed_paths],
+                missing=[p for p in weight_set.missing if p in needed_paths],
             )
             partial = len(needed) < len(index.shard_names)
             self.index_keys = {
@@ -283,7 +368,7 @@ class _Plan:
         check.raise_first()
         # Index-wide findings (total_size, unlisted tensors) are meaningless for a subset of shards.
         for text in [] if partial else check.warnings:
-            warnings.warn(text, CkptWarning, stacklevel=4)
+            warnings.warn(text, CkptWarning, stacklevel=5)
         self.files = list(weight_set.files)
         self.headers: dict[Path, SafetensorsHeader] = check.headers
 
@@ -310,16 +395,23 @@ def _weight_set_of(checkpoint: CheckpointDir) -> WeightSet:
     return weight_set
 
 
-def _load_safetensors(plan: _Plan, options: _Options) -> dict[str, torch.Tensor] | LoadResult:
+def _load_safetensors(
+    files: _WeightFiles, options: _Options, plan: Callable[..., FillPlan] | None
+) -> dict[str, torch.Tensor] | LoadResult:
     located: dict[str, tuple[SafetensorsHeader, TensorInfo]] = {}
-    for path in plan.files:
-        header = plan.headers[path]
+    for path in files.files:
+        header = files.headers[path]
         for name, info in header.tensors.items():
+            if any(dim >= 2**63 for dim in info.shape):  # valid safetensors, but no torch size
+                raise CorruptCheckpointError(
+                    f"tensor {name!r} has a dimension of 2**63 or more, which torch cannot represent",
+                    path=path,
+                )
             located[name] = (header, info)
-    selection = plan.select(located)
-    if options.model is None:
-        return _safetensors_to_dict(selection, located, options)
-    return _safetensors_to_module(selection, located, options)
+    if plan is None:
+        return _safetensors_to_dict(files.select(located), located, options)
+    stored = [StoredTensor(key, info.shape, to_torch_dtype(info.dtype)) for key, (_, info) in located.items()]
+    return _safetensors_to_module(plan(stored, _where(located)), located, options)
 
 
 def _want_dtype(stored: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
@@ -354,10 +446,17 @@ def _mapped(
     for name, source in selection.items():
         by_file.setdefault(located[source][0].path, []).append((name, source))
     out: dict[str, torch.Tensor] = {}
+    headers = {header.path: header for header, _ in located.values()}
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as handle:
-            for name, source in names:
-                out[name] = handle.get_tensor(source)
+        # safe_open opens by name: give it the file already opened and checked (regular, the
+        # one whose header was read, inside the root under confinement), not the path again.
+        fd = open_regular(path, identity=headers[path].identity)
+        try:
+            with safe_open(held_path(fd, path), framework="pt") as handle:
+                for name, source in names:
+                    out[name] = handle.get_tensor(source)
+        finally:
+            os.close(fd)
     return {name: out[name] for name in selection}
 
 
@@ -368,23 +467,17 @@ def _read(reads: list[TensorRead], options: _Options) -> None:
 
 
 def _safetensors_to_module(
-    selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
+    plan: FillPlan, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> LoadResult:
-    assert options.model is not None
-    slots = ModuleSlots(options.model)
-    result = plan_module_keys(slots, selection, strict=options.strict, where=_where(located))
-    shapes = {name: located[selection[name]][1].shape for name in selection if name in slots}
-    check_shapes(slots, shapes, where=_where(located))
-    filled: set[str] = set()
     reads, assigns = [], []
-    mapped = _mapped(selection, located) if options.mmap else {}
-    for name, source in selection.items():
-        if name not in slots or filled.intersection(slots.aliases(name)):
-            continue
-        filled.add(name)
+    chosen = KeySelection({name: stored.key for name, stored in plan.fills.items()})
+    mapped = _mapped(chosen, located) if options.mmap else {}
+    for name, source in chosen.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
-        placement = slots.placement(name, dtype=options.dtype, device=options.device, stored=stored)
+        placement = plan.slots.placement(
+            name, dtype=plan.cast(name, stored), device=options.device, stored=stored
+        )
         if name in mapped:
             tensor = mapped[name]
             if (
@@ -403,46 +496,9 @@ def _safetensors_to_module(
             assigns.append((name, placement.target))
     _read(reads, options)
     for name, tensor in assigns:
-        slots.assign(name, tensor)
-    return result
+        plan.slots.assign(name, tensor)
+    return plan.result
 
 
 def _where(located: dict[str, tuple[SafetensorsHeader, TensorInfo]]) -> Path | None:
     return next(iter(located.values()))[0].path.parent if located else None
-
-
-def plan_module_keys(
-    slots: ModuleSlots, selection: KeySelection, *, strict: bool, where: Path | None
-) -> LoadResult:
-    """Missing and unexpected keys of loading ``selection`` into ``slots``; raises when ``strict``."""
-    unexpected = [name for name in selection if name not in slots]
-    covered = {alias for name in selection if name in slots for alias in slots.aliases(name)}
-    missing = [key for key in slots if key not in covered]
-    if strict and (missing or unexpected):
-        raise ModelMismatchError(
-            f"checkpoint and model do not match: {len(missing)} missing keys {_listing(missing)}, "
-            f"{len(unexpected)} unexpected keys {_listing(unexpected)}",
-            path=where,
-            fix="pass prefix=/strip_prefixes= to map the names, or strict=False to load what matches",
-        )
-    return LoadResult(missing, unexpected)
-
-
-def check_shapes(slots: ModuleSlots, shapes: Mapping[str, Sequence[int]], *, where: Path | None) -> None:
-    """Raise, before anything is loaded, when a checkpoint tensor's shape differs from the module's."""
-    wrong = [
-        f"{name}: checkpoint {tuple(shape)} vs model {tuple(slots.current(name).shape)}"
-        for name, shape in shapes.items()
-        if tuple(slots.current(name).shape) != tuple(shape)
-    ]
-    if wrong:
-        raise ModelMismatchError(
-            f"{len(wrong)} tensors have other shapes than the model's: {'; '.join(wrong[:5])}",
-            path=where,
-            fix="build the model from the config.json saved with these weights",
-        )
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:8])
-    return f"[{shown}{', ...' if len(keys) > 8 else ''}]"

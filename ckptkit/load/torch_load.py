@@ -12,20 +12,16 @@ import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import BinaryIO
 
 import torch
 
 from ckptkit.errors import CorruptCheckpointError
-from ckptkit.io.module_fill import ModuleSlots
+from ckptkit.format.keys import KeySelection
+from ckptkit.format.safe_files import open_regular_file
+from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.load.keys import KeySelection
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from ckptkit.load.sharded import LoadResult
 
 __all__ = ["check_torch_file", "load_torch_weights"]
 
@@ -39,13 +35,18 @@ def check_torch_file(path: str | os.PathLike[str]) -> None:
         CorruptCheckpointError: the archive is truncated or damaged.
     """
     path = Path(path)
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         magic = handle.read(4)
-    if magic != b"PK\x03\x04":
-        return
-    size = path.stat().st_size
+        if magic != b"PK\x03\x04":
+            return
+        size = os.fstat(handle.fileno()).st_size
+        handle.seek(0)
+        _check_zip_members(path, handle, size)
+
+
+def _check_zip_members(path: Path, handle: BinaryIO, size: int) -> None:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
             for member in archive.infolist():
                 if member.header_offset + member.compress_size > size:
                     raise zipfile.BadZipFile(f"member {member.filename} runs past the end")
@@ -62,56 +63,51 @@ def load_torch_weights(
     *,
     index_keys: dict[Path, list[str]] | None,
     select: Callable[..., KeySelection],
-    model: nn.Module | None,
+    plan: Callable[[list[StoredTensor]], FillPlan] | None,
     device: torch.device | None,
     dtype: torch.dtype | None,
-    strict: bool,
     mmap: bool,
     unwrap: str | bool | None,
     progress: bool | None,
 ) -> dict[str, torch.Tensor] | LoadResult:
-    """Load torch files into a dict or a module; see :func:`ckptkit.load_sharded`."""
-    from ckptkit.load.sharded import plan_module_keys
-
+    """Load torch files into a dict, or into a module by the plan ``plan`` makes (see
+    :func:`ckptkit.load_sharded`)."""
     for path in files:
         check_torch_file(path)
-    where = files[0].parent if files else None
-    slots = ModuleSlots(model) if model is not None else None
-    result: LoadResult | None = None
-    if slots is not None and index_keys is not None:
-        keys = [k for path in files for k in index_keys.get(path, [])]
-        result = plan_module_keys(slots, select(keys), strict=strict, where=where)
+    fill: FillPlan | None = None
+    if plan is not None and index_keys is not None:
+        # The index names every key: keys are planned (and strictness decided) before any load.
+        fill = plan([StoredTensor(k) for path in files for k in index_keys.get(path, [])])
     out: dict[str, torch.Tensor] = {}
-    seen: set[str] = set()
-    states: list[tuple[Path, KeySelection, dict[str, torch.Tensor]]] = []
+    states: list[tuple[Path, dict[str, torch.Tensor]]] = []
     with progress_bar(progress, total=len(files), desc="Loading weights", unit="file") as bar:
         for path in files:
             state = unwrap_state_dict(load_torch_file(path, mmap=mmap), unwrap, path)
             _check_index(path, state, index_keys)
-            selection = select(state, where=path)
-            states.append((path, selection, state))
-            if slots is not None and index_keys is not None:
-                _fill(slots, selection, state, path, device, dtype, seen)
-                states.clear()
-            elif slots is None:
-                for name, source in selection.items():
+            if fill is not None:
+                _fill(fill, state, device)
+            elif plan is None:
+                for name, source in select(state, where=path).items():
                     tensor = state[source]
                     want = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
                     out[name] = tensor.to(device=device or torch.device("cpu"), dtype=want)
-                states.clear()
+            else:
+                states.append((path, state))
             if bar is not None:
                 bar.update(1)
-    if slots is None:
+    if plan is None:
         return out
-    if result is None:
-        # No index: the keys are known only now; decide strictness before touching the module.
-        merged = KeySelection()
-        for _, selection, _ in states:
-            merged.update(selection)
-        result = plan_module_keys(slots, merged, strict=strict, where=where)
-        for path, selection, state in states:
-            _fill(slots, selection, state, path, device, dtype, seen)
-    return result
+    if fill is None:
+        # No index: the keys are known only now; plan before touching the module.
+        stored = {
+            key: StoredTensor(key, tuple(tensor.shape), tensor.dtype)
+            for _, state in states
+            for key, tensor in state.items()
+        }
+        fill = plan(list(stored.values()))
+        for _, state in states:
+            _fill(fill, state, device)
+    return fill.result
 
 
 def _check_index(
@@ -129,30 +125,19 @@ def _check_index(
         )
 
 
-def _fill(
-    slots: ModuleSlots,
-    selection: KeySelection,
-    state: dict[str, torch.Tensor],
-    path: Path,
-    device: torch.device | None,
-    dtype: torch.dtype | None,
-    seen: set[str],
-) -> None:
-    from ckptkit.load.sharded import check_shapes
-
-    present = {name: source for name, source in selection.items() if name in slots}
-    check_shapes(slots, {name: state[source].shape for name, source in present.items()}, where=path)
+def _fill(plan: FillPlan, state: dict[str, torch.Tensor], device: torch.device | None) -> None:
+    """Fill the planned keys that ``state`` (one loaded file) holds."""
+    present = {name: state[stored.key] for name, stored in plan.fills.items() if stored.key in state}
+    plan.check_shapes({name: tensor.shape for name, tensor in present.items()})
     with torch.no_grad():
-        for name, source in present.items():
-            if seen.intersection(slots.aliases(name)):
-                continue
-            seen.add(name)
-            tensor = state[source]
-            placement = slots.placement(name, dtype=dtype, device=device, stored=tensor.dtype)
+        for name, tensor in present.items():
+            placement = plan.slots.placement(
+                name, dtype=plan.cast(name, tensor.dtype), device=device, stored=tensor.dtype
+            )
             target = placement.target
             if placement.assign and target.dtype == tensor.dtype and target.device == tensor.device:
-                slots.assign(name, tensor.contiguous())  # the loaded tensor itself: no copy
+                plan.slots.assign(name, tensor.contiguous())  # the loaded tensor itself: no copy
                 continue
             target.copy_(tensor)
             if placement.assign:
-                slots.assign(name, target)
+                plan.slots.assign(name, target)

@@ -38,6 +38,7 @@ from ckptkit.placement.greedy import (
     expand_device_map,
     greedy_device_map,
 )
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = [
     "DevicePlan",
@@ -51,11 +52,6 @@ __all__ = [
 ]
 
 DEVICE_MAP_MODES = ("auto", "balanced", "balanced_low_0", "sequential")
-_BYTES = {d.name: max(d.bits // 8, 1) for d in DTYPES.values()}
-_INPUT_LIKE = re.compile(
-    r"emb|shared|wte|wpe|patch|pos_|conv_in|stem|tok|time|text|caption|context|adaln|input"
-)
-_OUTPUT_LIKE = re.compile(r"head|_out$|^out|final|ln_f|norm_out|conv_out|proj_out")
 
 
 @dataclass
@@ -218,7 +214,6 @@ def plan_device_map(
         >>> plan.device_map  # doctest: +SKIP
         {'patch_embedding': 0, ..., 'blocks.27': 'cpu', ..., 'head': 'cpu'}
     """
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     if device_map not in DEVICE_MAP_MODES:
         raise ValueError(f"device_map must be one of {DEVICE_MAP_MODES} to plan, not {device_map!r}")

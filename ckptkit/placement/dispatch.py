@@ -23,16 +23,21 @@ from typing import Any
 
 import torch
 
-from ckptkit.errors import CkptError, CkptWarning, CorruptCheckpointError
+from ckptkit.errors import AmbiguousCheckpointError, CkptWarning
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.io.module_fill import FillPlan, StoredTensor, plan_module_fill
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.placement.device_map import (
-    DEVICE_MAP_MODES,
-    TensorEntry,
-    checkpoint_tensors,
-    normalize_max_memory,
+from ckptkit.placement.accelerate_map import (
+    Device,
+    device_of,
+    dispatch_options,
+    forget_meta_pointer,
+    make_device_map,
+    model_tensors,
+    tie_weights,
 )
+from ckptkit.placement.device_map import DEVICE_MAP_MODES, TensorEntry, checkpoint_tensors
 from ckptkit.placement.offload import convert_once, source_fingerprint, write_offload_index
 from ckptkit.placement.placed import (
     fill_from_safetensors,
@@ -41,12 +46,11 @@ from ckptkit.placement.placed import (
     set_module_tensor,
     torch_device,
 )
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["PlacementResult", "infer_device_map", "load_with_device_map"]
 
 logger = logging.getLogger("ckptkit")
-
-Device = int | str
 
 
 @dataclass
@@ -79,6 +83,7 @@ def infer_device_map(
     max_memory: Mapping[Any, int | str] | None = None,
     no_split_module_classes: Sequence[str] | None = None,
     dtype: object = None,
+    keep_in_fp32_modules: Sequence[str] | None = None,
 ) -> dict[str, Device]:
     """The device map accelerate makes for ``model`` filled from ``ckpt``, without reading weights.
 
@@ -95,6 +100,8 @@ def infer_device_map(
         no_split_module_classes: class names never split across devices; default
             ``model._no_split_modules``.
         dtype: the dtype the model will hold (``torch.bfloat16``, ``"bf16"``).
+        keep_in_fp32_modules: modules that stay float32 under ``dtype``; default: the model's
+            ``_keep_in_fp32_modules``.
 
     Returns:
         Module name -> device (GPU index, ``"cpu"`` or ``"disk"``).
@@ -109,13 +116,12 @@ def infer_device_map(
         >>> infer_device_map("./llama", model, max_memory={0: "20GiB", "cpu": "64GiB"})  # doctest: +SKIP
         {'model.embed_tokens': 0, 'model.layers.0': 0, ..., 'lm_head': 'cpu'}
     """
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
-
     ckpt = resolve_ckpt_dir(ckpt)
-    _tie(model)
+    tie_weights(model)
     entries = checkpoint_tensors(ckpt) if ckpt.format == "safetensors" else _torch_entries(_torch_state(ckpt))
-    held = _held_dtypes(model, entries, dtype, ckpt)
-    return _make_device_map(model, device_map, max_memory, no_split_module_classes, held)
+    plan = _plan(ckpt, model, entries, dtype, keep_in_fp32_modules)
+    held = _held_dtypes(plan, entries)
+    return make_device_map(model, device_map, max_memory, no_split_module_classes, held)
 
 
 def load_with_device_map(
@@ -131,6 +137,9 @@ def load_with_device_map(
     offload_buffers: bool = False,
     mmap: bool = False,
     key_map: Callable[[str], str | None] | None = None,
+    prefix: str | None = None,
+    strip_prefixes: Sequence[str] | str | None = None,
+    keep_in_fp32_modules: Sequence[str] | None = None,
 ) -> PlacementResult:
     """Fill a meta-built ``model`` from ``ckpt`` across GPUs, CPU and disk, and dispatch it.
 
@@ -155,14 +164,21 @@ def load_with_device_map(
         mmap: ``"cpu"`` tensors of a safetensors checkpoint that need no cast stay file-backed
             (copy-on-write maps of the shards: nothing read until used, pages reclaimable) instead
             of being read into private memory.
-        key_map: checkpoint key -> model key, or ``None`` to skip the tensor (how ``prefix`` and
-            ``strip_prefixes`` of ``load_sharded`` reach here); default: keys as stored.
+        key_map: checkpoint key -> model key, or ``None`` to skip the tensor, applied before
+            ``prefix``/``strip_prefixes``; default: keys as stored.
+        prefix: keep only checkpoint keys under this prefix, and strip it.
+        strip_prefixes: wrapper prefixes to remove (nested ones too; two keys that become one
+            raise :class:`~ckptkit.AmbiguousCheckpointError`).
+        keep_in_fp32_modules: modules that stay float32 under ``dtype``; default: the model's
+            ``_keep_in_fp32_modules``.
 
     Returns:
         A :class:`PlacementResult`; the model is filled in place and ``model.hf_device_map`` is set.
 
     Raises:
-        CorruptCheckpointError: keys or shapes do not match the model (``strict``), or a file is damaged.
+        ModelMismatchError: shapes differ from the model's, or (``strict``) keys are missing or
+            unexpected; raised before anything is read, as by every loading path.
+        CorruptCheckpointError: a file is damaged.
         ValueError: a bad argument, a torch source with disk entries and no ``offload_folder``, or
             buffers left on the meta device that the checkpoint cannot fill.
 
@@ -176,24 +192,36 @@ def load_with_device_map(
     from accelerate import dispatch_model
     from accelerate.utils import find_tied_parameters, retie_parameters
 
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
-
     ckpt = resolve_ckpt_dir(ckpt)
     state = _torch_state(ckpt) if ckpt.format == "torch" else None
-    stored_names, entries = _renamed(
+    mapped_names, entries = _renamed(
         checkpoint_tensors(ckpt) if state is None else _torch_entries(state), key_map
     )
-    if state is not None and key_map is not None:
-        state = {e.name: state[stored_names[e.name]] for e in entries}
-    _tie(model)
+    tie_weights(model)
     tied = find_tied_parameters(model)
-    result = _match_keys(ckpt, model, entries, tied, strict)
-    held = _held_dtypes(model, entries, dtype, ckpt)
+    plan = _plan(
+        ckpt,
+        model,
+        entries,
+        dtype,
+        keep_in_fp32_modules,
+        prefix=prefix,
+        strip_prefixes=strip_prefixes,
+        strict=strict,
+    )
+    # From here on, checkpoint tensors go by their model names.
+    by_name = {e.name: e for e in entries}
+    entries = [dataclasses.replace(by_name[source], name=name) for name, source in plan.selection.items()]
+    stored_names = {name: mapped_names[source] for name, source in plan.selection.items()}
+    if state is not None:
+        state = {name: state[source] for name, source in stored_names.items()}
+    result = _check_buffers(ckpt, model, plan)
+    held = _held_dtypes(plan, entries)
     if isinstance(device_map, (int, torch.device)) or (
         isinstance(device_map, str) and device_map not in DEVICE_MAP_MODES
     ):
         device_map = {"": device_map if isinstance(device_map, int) else str(device_map)}
-    placed = _make_device_map(model, device_map, max_memory, no_split_module_classes, held)
+    placed = make_device_map(model, device_map, max_memory, no_split_module_classes, held)
     result.device_map = placed
     folder = Path(offload_folder) if offload_folder is not None else None
     result.offload_folder = folder
@@ -210,11 +238,6 @@ def load_with_device_map(
     retie_parameters(model, tied)
     if folder is not None and result.offload_index and state is None:
         write_offload_index(folder, result.offload_index)
-    # older accelerate (1.1 and 1.6 at least) refuses a map that is all "disk" unless told to hook it
-    # with the CPU as the execution device; newer versions do just that by themselves.
-    whole_disk: dict[str, Any] = (
-        {"main_device": "cpu", "force_hooks": True} if set(placed.values()) == {"disk"} else {}
-    )
     dispatch_model(
         model,
         device_map=placed,
@@ -222,200 +245,70 @@ def load_with_device_map(
         offload_index=result.offload_index or None,
         offload_buffers=offload_buffers,
         state_dict=_fill_missing(model, result.missing_keys, placed),
-        **whole_disk,
+        **dispatch_options(placed),
     )
     if any(model.get_parameter(group[0]).is_meta for group in tied if group):
-        _forget_meta_pointer(model)
+        forget_meta_pointer(model)
     return result
-
-
-def _forget_meta_pointer(model: torch.nn.Module) -> None:
-    """Stop accelerate's hooks sharing tied weights by pointer when a tied group is left on disk.
-
-    Older accelerate (1.1 and 1.6 at least) keys tied weights by ``data_ptr()``, which is 0 for every
-    meta tensor: the first disk tensor loaded would be handed to every other disk tensor of the model
-    (a layer norm running with the embedding), and some versions then fail to release it. Each tied name has its own
-    offload-index entry, so the hooks read it by name instead, as newer versions do for tied weights
-    on disk (at the cost of reading a shared tensor once per name).
-    """
-    for module in model.modules():
-        hook = getattr(module, "_hf_hook", None)
-        for one in [*getattr(hook, "hooks", ()), hook]:
-            if isinstance(getattr(one, "tied_params_map", None), dict):
-                one.tied_params_map = None
-                one.tied_params_names = set()
 
 
 # -- planning ----------------------------------------------------------------------------------
 
 
-def _tie(model: torch.nn.Module) -> None:
-    """Tie shared weights as ``from_pretrained`` does: transformers v5 ties them only on load."""
-    tie = getattr(model, "tie_weights", None)
-    if callable(tie):
-        tie()
-
-
-def _make_device_map(
-    model: torch.nn.Module,
-    device_map: str | Mapping[str, Any],
-    max_memory: Mapping[Any, int | str] | None,
-    no_split: Sequence[str] | None,
-    held: Mapping[str, torch.dtype],
-) -> dict[str, Device]:
-    from accelerate.utils import get_balanced_memory, infer_auto_device_map
-
-    if isinstance(device_map, Mapping):
-        return _complete_device_map(model, dict(device_map))
-    if device_map not in DEVICE_MAP_MODES:
-        raise ValueError(
-            f"device_map must be one of {DEVICE_MAP_MODES}, a dict or a device, not {device_map!r}"
-        )
-    classes = list(no_split if no_split is not None else getattr(model, "_no_split_modules", None) or [])
-    budgets: dict[Any, Any] | None = (
-        dict(normalize_max_memory(max_memory)) if max_memory is not None else None
-    )
-    special = {name: str(d).removeprefix("torch.") for name, d in held.items()}
-    if device_map != "sequential":
-        try:
-            budgets = get_balanced_memory(
-                model,
-                max_memory=budgets,
-                no_split_module_classes=classes,
-                special_dtypes=special,
-                low_zero=device_map == "balanced_low_0",
-            )
-        except RuntimeError as exc:
-            if not any(isinstance(d, int) for d in budgets or ()):
-                raise
-            # older accelerate (1.6 at least) resolves GPU indices through torch.device, which fails without one.
-            raise CkptError(
-                f"the installed accelerate cannot balance GPU budgets on a machine without GPUs ({exc})",
-                fix="plan from the headers with ckptkit.plan_device_map (or `ckptkit plan`), which needs "
-                "no GPU, pass device_map='sequential', or upgrade accelerate",
-            ) from None
-    placed = infer_auto_device_map(
-        model, max_memory=budgets, no_split_module_classes=classes, special_dtypes=special
-    )
-    return dict(placed)
-
-
-def _complete_device_map(model: torch.nn.Module, device_map: dict[str, Any]) -> dict[str, Device]:
-    """A user's (or a header plan's) map, plus a device for tensors it does not cover.
-
-    A plan made from headers cannot see tensors the file lacks: tied copies (they follow the tensor
-    they share) and non-persistent buffers (they go to the main device: the first GPU, else the CPU).
-    """
-    from accelerate.utils import find_tied_parameters
-
-    cleaned: dict[str, Device] = {}
-    for name, device in device_map.items():
-        if isinstance(device, torch.device):
-            device = device.index if device.type == "cuda" and device.index is not None else str(device)
-        elif isinstance(device, str) and device.isdigit():
-            device = int(device)
-        cleaned[str(name)] = device
-    if not cleaned:
-        raise ValueError("device_map is empty")
-    # dispatch_model's main device: the first accelerator in the map, else the CPU
-    main = sorted((d for d in cleaned.values() if d not in ("cpu", "disk")), key=str)
-    first: Device = main[0] if main else "cpu"
-    partners = {name: group for group in find_tied_parameters(model) for name in group}
-    for name in _model_tensors(model):
-        if _device_of(name, cleaned) is not None:
-            continue
-        covered = [_device_of(other, cleaned) for other in partners.get(name, [])]
-        device = next((d for d in covered if d is not None), first)
-        # accelerate's map names modules: the tensor's own module takes the entry
-        module = name.rpartition(".")[0]
-        logger.info("device_map does not cover %s; placing %r on %s", name, module, device)
-        cleaned[module] = device
-    return cleaned
-
-
-def _device_of(name: str, device_map: Mapping[str, Device]) -> Device | None:
-    parts = name.split(".")
-    for depth in range(len(parts), -1, -1):
-        prefix = ".".join(parts[:depth])
-        if prefix in device_map:
-            return device_map[prefix]
-    return None
-
-
-def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
-    tensors.update(model.named_buffers(remove_duplicate=False))
-    return tensors
-
-
-def _held_dtypes(
-    model: torch.nn.Module, entries: Sequence[TensorEntry], dtype: object, ckpt: CheckpointDir
-) -> dict[str, torch.dtype]:
-    """Model tensor name -> the dtype it will hold, for floating tensors the checkpoint fills."""
-    cast = dtype if dtype is not None else (ckpt.selection.cast_dtype if ckpt.selection else None)
-    target = to_torch_dtype(cast) if cast is not None else None
-    keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or []) if dtype is not None else []
-    names = _model_tensors(model)
-    held = {}
-    for entry in entries:
-        if entry.name not in names or not entry.floating:
-            continue
-        if target is None:
-            held[entry.name] = to_torch_dtype(entry.dtype)
-        elif any(f".{m}." in f".{entry.name}" for m in keep_fp32):
-            held[entry.name] = torch.float32
-        else:
-            held[entry.name] = target
-    return held
-
-
-def _match_keys(
+def _plan(
     ckpt: CheckpointDir,
     model: torch.nn.Module,
     entries: Sequence[TensorEntry],
-    tied: Sequence[Sequence[str]],
-    strict: bool,
-) -> PlacementResult:
-    expected = set(model.state_dict(keep_vars=True))
-    tensors = _model_tensors(model)
-    stored = {e.name: e for e in entries}
-    shared = {name for group in tied if any(n in stored for n in group) for name in group}
-    missing = sorted(expected - set(stored) - shared)
-    unexpected = sorted(set(stored) - set(tensors))
-    wrong = [
-        f"{n} {list(stored[n].shape)} (model {list(tensors[n].shape)})"
-        for n in stored
-        if n in tensors and tuple(tensors[n].shape) != stored[n].shape
-    ]
-    if wrong:
-        raise CorruptCheckpointError(
-            f"{len(wrong)} tensors have another shape than the model's: {', '.join(wrong[:5])}",
-            path=ckpt.path,
-            fix="build the model from the config that came with this checkpoint",
-        )
-    if strict and (missing or unexpected):
-        raise CorruptCheckpointError(
-            f"checkpoint does not match the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-            f" ({len(missing)}), unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
-            f" ({len(unexpected)})",
-            path=ckpt.path,
-            fix="pass strict=False to load what matches",
-        )
+    dtype: object,
+    keep_in_fp32_modules: Sequence[str] | None,
+    *,
+    prefix: str | None = None,
+    strip_prefixes: Sequence[str] | str | None = None,
+    strict: bool = False,
+) -> FillPlan:
+    """The module-filling plan every loading path uses (keys, ties, shapes, dtypes)."""
+    cast = dtype if dtype is not None else (ckpt.selection.cast_dtype if ckpt.selection else None)
+    stored = [StoredTensor(e.name, tuple(e.shape), to_torch_dtype(e.dtype)) for e in entries]
+    return plan_module_fill(
+        model,
+        stored,
+        prefix=prefix,
+        strip_prefixes=strip_prefixes,
+        dtype=to_torch_dtype(cast) if cast is not None else None,
+        keep_in_fp32=keep_in_fp32_modules,
+        strict=strict,
+        where=ckpt.path,
+    )
+
+
+def _held_dtypes(plan: FillPlan, entries: Sequence[TensorEntry]) -> dict[str, torch.dtype]:
+    """Model tensor name -> the dtype it will hold, for floating tensors the checkpoint fills."""
+    held = {}
+    for entry in entries:
+        if entry.name in plan.slots and entry.floating:
+            stored = to_torch_dtype(entry.dtype)
+            held[entry.name] = plan.cast(entry.name, stored) or stored
+    return held
+
+
+def _check_buffers(ckpt: CheckpointDir, model: torch.nn.Module, plan: FillPlan) -> PlacementResult:
     lacking = [
         n
         for n, t in model.named_buffers()
-        if t.device.type == "meta" and n not in stored and not (n in expected and not strict)
+        if t.device.type == "meta" and n not in plan.selection and n not in plan.slots
     ]
     if lacking:
         raise ValueError(
             f"buffers {lacking[:5]} are on the meta device and the checkpoint does not hold them; "
             "build the model under accelerate.init_empty_weights() so buffers stay real"
         )
-    if missing:
+    if plan.missing_keys:
         warnings.warn(
-            f"{ckpt.path}: model tensors not in the checkpoint: {missing[:10]}", CkptWarning, stacklevel=3
+            f"{ckpt.path}: model tensors not in the checkpoint: {plan.missing_keys[:10]}",
+            CkptWarning,
+            stacklevel=3,
         )
-    return PlacementResult(missing_keys=missing, unexpected_keys=unexpected)
+    return PlacementResult(missing_keys=list(plan.missing_keys), unexpected_keys=list(plan.unexpected_keys))
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -441,7 +334,11 @@ def _renamed(
         if target is None:
             continue
         if target in stored:
-            raise ValueError(f"key_map maps both {stored[target]!r} and {entry.name!r} to {target!r}")
+            raise AmbiguousCheckpointError(
+                f"key_map maps both {stored[target]!r} and {entry.name!r} to {target!r}",
+                path=None,
+                fix="make key_map give each checkpoint key its own name",
+            )
         stored[target] = entry.name
         renamed.append(dataclasses.replace(entry, name=target))
     return stored, renamed
@@ -457,11 +354,11 @@ def _targets(
     """Checkpoint tensor -> its device; buffers of disk modules stay real on the CPU (accelerate
     moves them to the execution device itself)."""
     params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    names = _model_tensors(model)
+    names = model_tensors(model)
     targets: dict[str, Device] = {}
     for entry in entries:
         if entry.name in names:
-            device = _device_of(entry.name, placed)
+            device = device_of(entry.name, placed)
             targets[entry.name] = (
                 "cpu" if device is None or (device == "disk" and entry.name not in params) else device
             )
@@ -511,7 +408,7 @@ def _fill_missing(
         )
         if tensor.device.type != "meta":
             continue
-        device = _device_of(name, placed)
+        device = device_of(name, placed)
         value = torch.zeros(tensor.shape, dtype=tensor.dtype)
         if device == "disk":
             extra[name] = value

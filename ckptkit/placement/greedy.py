@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ckptkit.format.dtypes import DTYPES
+from ckptkit.format.dtypes import nbytes_of
 
 __all__ = [
     "ModuleTree",
@@ -25,7 +25,6 @@ __all__ = [
     "max_layer_size",
 ]
 
-_BYTES = {d.name: max(d.bits // 8, 1) for d in DTYPES.values()}
 _INPUT_LIKE = re.compile(
     r"emb|shared|wte|wpe|patch|pos_|conv_in|stem|tok|time|text|caption|context|adaln|input"
 )
@@ -62,7 +61,7 @@ class TensorEntry:
     def held_bytes(self, dtype: str | None) -> int:
         """Bytes it takes once loaded: floating tensors in ``dtype`` when given, others as stored."""
         target = dtype if dtype is not None and self.floating else self.dtype
-        return self.numel * _BYTES.get(target, 4)
+        return nbytes_of(self.numel, target)
 
 
 def _natural(text: str) -> tuple[tuple[int, int | str], ...]:

@@ -27,10 +27,11 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from ckptkit.errors import CkptError
-from ckptkit.format.dtypes import DTYPES, canonical_dtype
+from ckptkit.format.dtypes import DTYPES, canonical_dtype, nbytes_of
 from ckptkit.format.safetensors_header import TensorInfo
 from ckptkit.format.sizes import parse_size
 from ckptkit.format.validate import check_weight_set
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["STRATEGIES", "BlockSize", "MemoryPlan", "StrategyEstimate", "find_blocks", "plan_memory"]
 
@@ -161,7 +162,6 @@ def plan_memory(
         >>> plan.fits, plan.chosen.peak_bytes  # doctest: +SKIP
         (True, 6437234688)
     """
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     if devices < 1:
         raise ValueError(f"devices must be at least 1, not {devices}")
@@ -243,8 +243,7 @@ def _bytes_at(tensor: TensorInfo, target: str | None) -> int:
     info = DTYPES[tensor.dtype]
     if target is None or not info.floating:
         return tensor.nbytes
-    bits = next(d.bits for d in DTYPES.values() if d.name == target)
-    return tensor.numel * bits // 8
+    return nbytes_of(tensor.numel, target)
 
 
 def _estimate(strategy: str, resident: int, unshard: int, host: int, memory: int) -> StrategyEstimate:

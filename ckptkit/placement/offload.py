@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ckptkit.io.atomic import staged_file
 
 __all__ = ["convert_once", "read_offload_index", "source_fingerprint", "write_offload_index"]
 
@@ -41,22 +42,14 @@ def read_offload_index(folder: str | os.PathLike[str]) -> dict[str, dict[str, An
 
 
 def write_offload_index(folder: str | os.PathLike[str], index: Mapping[str, Any]) -> None:
-    """Write ``index.json`` atomically: a reader never sees half of it.
+    """Write ``index.json`` through :func:`ckptkit.io.atomic.staged_file`: a reader never sees half of it.
 
     Example:
         >>> write_offload_index("/tmp/offload", {"lm_head.weight": {"safetensors_file": "/m/model.safetensors",
         ...     "weight_name": "lm_head.weight", "dtype": "bfloat16"}})  # doctest: +SKIP
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".index.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(index, out, indent=2)
-        os.replace(tmp, folder / "index.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(Path(folder) / "index.json", overwrite=True) as staging:
+        staging.path.write_text(json.dumps(index, indent=2), encoding="utf-8")
 
 
 def convert_once(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import read_header
 from ckptkit.io.tensors import read_tensor, to_torch_dtype
 
@@ -80,7 +81,7 @@ def fill_from_safetensors(
         found = [n for n in header.tensors if n in model_name]
         if not found:
             continue
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_regular(path, identity=header.identity)
         mapped = None
         try:
             for key in found:

@@ -2,27 +2,17 @@
 
 The cache is read and written by huggingface_hub's own functions (``HfApi.resolve_revision``,
 ``get_cached_repo_tree``, ``try_to_load_from_cache``, ``snapshot_download``); which files a component
-needs is decided by :mod:`ckptkit.resolve.repo_files` from the repo's listing.
-
-huggingface_hub >= 0.30 is supported. Newer pieces are used where the installed version has them
-(found by attribute, never by version string), with a fallback that works on every supported version:
-
-- ``HfApi.resolve_revision`` -> the cache's ``refs/<revision>`` file offline, ``model_info`` online;
-- ``get_cached_repo_tree`` -> the ``trees/<commit>.json`` a newer client may have left, else the
-  snapshot folder's own listing;
-- the HTTP client's transport errors -> those of whichever client (``requests``, ``httpx``,
-  ``httpx2``) the installed huggingface_hub has imported.
+needs is decided by :mod:`ckptkit.resolve.repo_files` from the repo's listing. huggingface_hub >= 0.30
+is supported: where the installed version lacks one of those functions, :mod:`ckptkit.resolve.hub_compat`
+gives the fallback.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import posixpath
 import re
-import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +25,10 @@ from ckptkit.errors import (
 )
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME, read_model_index
-from ckptkit.format.hub_files import read_tree_listing
+from ckptkit.format.hub_files import read_ref
+from ckptkit.resolve.hub_compat import cached_listing, cached_revision, resolve_online, unreachable_errors
+from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, hf_cli, offline_miss, resume_fix
+from ckptkit.resolve.local import resolve_local
 from ckptkit.resolve.repo_files import DownloadPlan, plan_files, plan_pipeline
 
 __all__ = ["CACHE_PATH_ENV", "HubSpec", "cache_dirs", "default_cache_dir", "is_offline", "resolve_hub"]
@@ -183,40 +176,16 @@ def cache_dirs(
 # -- the cache ----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Miss:
-    commit: str | None
-    missing: list[str] = field(default_factory=list)
-    error: CkptError | None = None
-    listed: bool = False  # the missing list comes from the repo's listing, not a guess
-    none_here: bool = False  # none of the files needed is in the cache
-
-
-def _ref_commit(spec: HubSpec) -> str | None:
-    """The commit the cache's ``refs/<revision>`` names, with no request; ``None`` when not cached."""
-    from huggingface_hub import HfApi, errors
-
-    unresolved = getattr(errors, "RevisionResolutionError", None)
-    if hasattr(HfApi, "resolve_revision") and unresolved is not None:
-        try:
-            resolved = HfApi().resolve_revision(
-                spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
-            )
-            return str(resolved.resolved)
-        except unresolved:
-            return None
-    # huggingface_hub < 1.26: the ref file itself (what every version writes after a download).
-    try:
-        text = (spec.storage / "refs" / (spec.revision or "main")).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text if _COMMIT.match(text) else None
-
-
 def _cached_commit(spec: HubSpec) -> str | None:
     if spec.revision is not None and _COMMIT.match(spec.revision):
         return spec.revision
-    commit = _ref_commit(spec)
+    # Read refs/<revision> ourselves: capped, a commit hash or a typed error (never a path that
+    # would lead outside the cache, never its content in a message).
+    if spec.storage.is_dir():
+        commit = read_ref(spec.storage, spec.revision or "main")
+        if commit is not None:
+            return commit
+    commit = cached_revision(spec.repo_id, spec.revision, spec.cache_dir)
     if commit is not None:
         return commit
     snapshots = spec.storage / "snapshots"
@@ -253,27 +222,10 @@ def _local_listing(snapshot: Path, directory: str) -> list[str]:
     return out
 
 
-def _cached_listing(spec: HubSpec, commit: str) -> list[str] | None:
-    """The repo's full listing at ``commit`` as the cache recorded it, or ``None`` if it did not."""
-    import huggingface_hub
-    from huggingface_hub import errors
-
-    get_tree = getattr(huggingface_hub, "get_cached_repo_tree", None)
-    not_found = getattr(errors, "CachedRepoTreeNotFoundError", None)
-    if get_tree is not None and not_found is not None:
-        try:
-            return [f.path for f in get_tree(spec.repo_id, revision=commit, cache_dir=spec.cache_dir)]
-        except not_found:
-            return None
-    # An older client: a newer one sharing this cache may still have written the listing.
-    files = read_tree_listing(spec.storage, commit)
-    return sorted(files) if files is not None else None
-
-
 def _from_cache(
     spec: HubSpec, commit: str | None = None, hub_listing: list[str] | None = None
-) -> CheckpointDir | _Miss:
-    """Resolve from the cache alone (no HTTP); a :class:`_Miss` says what is lacking.
+) -> CheckpointDir | CacheMiss:
+    """Resolve from the cache alone (no HTTP); a :class:`CacheMiss` says what is lacking.
 
     ``hub_listing`` is the Hub's listing of ``commit`` just fetched, for clients that do not record
     it in the cache.
@@ -284,12 +236,16 @@ def _from_cache(
     commit = commit or _cached_commit(spec)
     spec.looked.append(str(spec.storage / "refs" / (spec.revision or "main")))
     if commit is None:
-        return _Miss(None)
+        return CacheMiss(None)
     snapshot = spec.storage / "snapshots" / commit
     spec.looked.append(str(snapshot / (spec.filename or spec.directory)))
     if not snapshot.is_dir():
-        return _Miss(commit)
-    cached = _cached_listing(spec, commit) if hub_listing is None else hub_listing
+        return CacheMiss(commit)
+    cached = (
+        cached_listing(spec.repo_id, commit, spec.cache_dir, spec.storage)
+        if hub_listing is None
+        else hub_listing
+    )
     listing, listed = (
         (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
     )
@@ -301,7 +257,7 @@ def _from_cache(
             raise  # the listing of that very commit says so
         # A branch may have moved on since it was cached, and a cache without a listing shows only
         # what was downloaded: let the Hub's listing decide when it can be asked.
-        return _Miss(commit, error=exc, listed=listed)
+        return CacheMiss(commit, error=exc, listed=listed)
     needed = plan.files
     if spec.allow_patterns is not None and listed:
         needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))
@@ -314,24 +270,22 @@ def _from_cache(
         # Not one file of it is here: it was never downloaded (not an interrupted download). A
         # pipeline whose model_index.json is missing but some component is here is incomplete.
         none_here = set(missing) == set(needed) and not (plan.components == [] and any(snapshot.iterdir()))
-        return _Miss(commit, missing, listed=listed, none_here=none_here)
+        return CacheMiss(commit, missing, listed=listed, none_here=none_here)
     chosen = plan.selection.weight_set if plan.selection else None
     if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
         # Only the cache was listed: the variant asked for may still exist on the Hub.
-        return _Miss(commit, [], listed=False)
+        return CacheMiss(commit, [], listed=False)
     if not listed and not spec.offline:
         try:
             return _resolve_snapshot(spec, snapshot, commit)
         except IncompleteCheckpointError as exc:
             # Only what is on disk was listed (a shard gone, a link dangling): the Hub's listing says
             # what to fetch again.
-            return _Miss(commit, error=exc, listed=False)
+            return CacheMiss(commit, error=exc, listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
 
 
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
-    from ckptkit.resolve.resolve import resolve_local
-
     origin: dict[str, Any] = {"repo_id": spec.repo_id, "revision": commit, "cache_dir": spec.cache_dir}
     try:
         if spec.filename is not None:
@@ -350,33 +304,11 @@ def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointD
         )
     except IncompleteCheckpointError as exc:
         raise IncompleteCheckpointError(
-            exc.detail, path=exc.path, fix=_resume_fix(spec, commit, None)
+            exc.detail, path=exc.path, fix=resume_fix(spec, commit, None)
         ) from None
 
 
 # -- download -----------------------------------------------------------------------------------
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection and timeout errors of the HTTP client the installed huggingface_hub uses.
-
-    huggingface_hub < 1.0 talks through ``requests``, 1.x through ``httpx``, later ones through
-    ``httpx2``; only a client already imported (by huggingface_hub itself) is looked at.
-    """
-    import huggingface_hub.file_download  # noqa: F401 - imports the client huggingface_hub uses
-
-    found: list[type[BaseException]] = []
-    for module, names in (
-        ("httpx2", ("TransportError",)),
-        ("httpx", ("TransportError",)),
-        ("requests", ("ConnectionError", "Timeout")),
-    ):
-        client = sys.modules.get(module)
-        for name in names:
-            cls = getattr(client, name, None) if client is not None else None
-            if isinstance(cls, type) and issubclass(cls, BaseException):
-                found.append(cls)
-    return tuple(found)
 
 
 def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
@@ -385,34 +317,14 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
     Returns the commit downloaded and the Hub's listing of it (``None`` if the branch moved on
     between listing and downloading).
     """
-    from huggingface_hub import HfApi, errors, hf_hub_download, snapshot_download
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     api = HfApi(endpoint=spec.endpoint, token=spec.token)
     where = spec.endpoint or api.endpoint
     spec.looked.append(f"{where}/{spec.repo_id} (revision {spec.revision or 'main'})")
-    unreachable: tuple[type[BaseException], ...] = (
-        errors.LocalEntryNotFoundError,
-        errors.OfflineModeIsEnabled,
-        errors.HfHubHTTPError,
-        *_transport_errors(),
-    )
-    unresolved = getattr(errors, "RevisionResolutionError", None)
-    if unresolved is not None:
-        unreachable += (unresolved,)
     try:
-        target: object
-        if hasattr(api, "resolve_revision"):
-            # One resolution shared by the listing and the download (the branch cannot move between).
-            target = api.resolve_revision(spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir)
-            commit = str(target.resolved)  # type: ignore[attr-defined]
-            listing = api.list_repo_files(spec.repo_id, revision=commit)
-        else:
-            # huggingface_hub < 1.26: model_info gives the commit and the listing in one request;
-            # snapshot_download is given the branch so that it records refs/<branch> for offline use.
-            info = api.model_info(spec.repo_id, revision=spec.revision)
-            commit = str(info.sha)
-            listing = [s.rfilename for s in info.siblings or []]
-            target = spec.revision
+        target, commit, listing = resolve_online(api, spec.repo_id, spec.revision, spec.cache_dir)
         snapshot = spec.storage / "snapshots" / commit
         plan = spec.plan(listing, snapshot)
         if plan.components == []:  # a pipeline: which components it has is in its model_index.json
@@ -430,38 +342,38 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
         folder = snapshot_download(
             spec.repo_id,
-            revision=target,  # type: ignore[arg-type]
+            revision=target,
             cache_dir=spec.cache_dir,
             allow_patterns=patterns,
             token=spec.token,
             endpoint=spec.endpoint,
         )
-    except errors.RevisionNotFoundError:
+    except RevisionNotFoundError:
         raise CheckpointNotFoundError(
             f"revision {spec.revision!r} does not exist in {spec.repo_id}",
             path=f"{where}/{spec.repo_id}",
             fix="pass an existing branch, tag or commit as revision=",
         ) from None
-    except errors.RepositoryNotFoundError:
+    except RepositoryNotFoundError:
         raise CheckpointNotFoundError(
             f"repo {spec.repo_id} was not found on {where} (or it is private/gated and no valid token was given)",
             path=spec.label,
-            fix=f"check the repo id, log in with `{_hf_cli('login')}` or pass token=; looked in: "
+            fix=f"check the repo id, log in with `{hf_cli('login')}` or pass token=; looked in: "
             + "; ".join(spec.looked),
         ) from None
-    except unreachable as exc:
+    except unreachable_errors() as exc:
         raise HubUnreachableError(
             f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc})",
             path=spec.label,
             fix=f"check the network or HF_ENDPOINT; looked in: {'; '.join(spec.looked)}; "
-            f"fetch it with: {_fetch_command(spec, None)}",
+            f"fetch it with: {fetch_command(spec, None)}",
         ) from None
     # The snapshot folder is named by the commit actually downloaded.
     downloaded = Path(folder).name
     return downloaded, listing if downloaded == commit else None
 
 
-def _resolve_unlisted_snapshot(spec: HubSpec, miss: _Miss) -> None:
+def _resolve_unlisted_snapshot(spec: HubSpec, miss: CacheMiss) -> None:
     """Without the Hub, a cached snapshot that has no listing is judged by what is on disk.
 
     Its own error (a dangling link, an unfinished blob, a missing shard) is the one worth showing,
@@ -485,7 +397,7 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
         IncompleteCheckpointError: cached in part while offline, or still incomplete after downloading.
         VariantNotFoundError: the variant rules refuse.
     """
-    misses: list[tuple[Path, _Miss]] = []
+    misses: list[tuple[Path, CacheMiss]] = []
     for cache in spec.caches:
         spec.cache_dir = cache
         found = _from_cache(spec)
@@ -496,7 +408,7 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
     spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
     if spec.offline:
         _resolve_unlisted_snapshot(spec, found)
-        raise _offline_miss(spec, found)
+        raise offline_miss(spec, found, env_offline=is_offline())
     spec.cache_dir = spec.caches[0]  # downloads go to the first cache
     try:
         commit, listing = _download(spec)
@@ -512,115 +424,5 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
     raise IncompleteCheckpointError(
         "still missing after download: " + ", ".join(again.missing),
         path=spec.storage / "snapshots" / commit,
-        fix=_resume_fix(spec, commit, again.missing),
-    )
-
-
-# -- messages -----------------------------------------------------------------------------------
-
-
-def _custom_cache(spec: HubSpec) -> list[str]:
-    from huggingface_hub import constants
-
-    if os.path.abspath(spec.cache_dir) == os.path.abspath(os.path.expanduser(constants.HF_HUB_CACHE)):
-        return []
-    return ["--cache-dir", str(spec.cache_dir)]
-
-
-def _hf_cli(verb: str) -> str:
-    """The installed huggingface_hub's command for ``verb``: ``hf`` (>= 0.34), else ``huggingface-cli``."""
-    if importlib.util.find_spec("huggingface_hub.cli") is not None:
-        return f"hf auth {verb}" if verb == "login" else f"hf {verb}"
-    return f"huggingface-cli {verb}"
-
-
-def _fetch_command(spec: HubSpec, files: list[str] | None) -> str:
-    words = [*_hf_cli("download").split(), spec.repo_id]
-    if files:
-        words += files
-    elif spec.filename:
-        words.append(spec.filename)
-    else:
-        patterns = _guessed_patterns(spec)
-        if words[0] == "hf":
-            for pattern in patterns:
-                words += ["--include", pattern]
-        elif patterns:  # huggingface-cli keeps only the last --include: one flag, several patterns
-            words += ["--include", *patterns]
-    if spec.revision:
-        words += ["--revision", spec.revision]
-    words += _custom_cache(spec)
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def _guessed_patterns(spec: HubSpec) -> list[str]:
-    """Without the repo's listing: the configs and the safetensors of the variant asked for.
-
-    Patterns of ``hf download --include`` match across ``/``: at the root they cover a pipeline's
-    components too, and no subfolder is guessed.
-    """
-    where = f"{spec.directory}/" if spec.directory else ""
-    weights = f"*.{spec.variant}*.safetensors" if spec.variant else "*.safetensors"
-    patterns = [f"{where}*.json", where + weights]
-    base = posixpath.basename(spec.directory)
-    if base.startswith("text_encoder"):
-        parent = posixpath.dirname(spec.directory)
-        tokenizer = base.replace("text_encoder", "tokenizer", 1)
-        patterns += [f"{where}*.model", f"{parent + '/' if parent else ''}{tokenizer}/*"]
-    elif not spec.directory:
-        patterns += ["*.model", "*.txt"]
-    return patterns
-
-
-def _ckptkit_command(spec: HubSpec) -> str:
-    words = ["ckptkit", "resolve", spec.label]
-    if spec.revision:
-        words += ["--revision", spec.revision]
-    if spec.variant:
-        words += ["--variant", spec.variant]
-    words += _custom_cache(spec)
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def _resume_fix(spec: HubSpec, commit: str, missing: list[str] | None) -> str:
-    incomplete = list((spec.storage / "blobs").glob("*.incomplete"))
-    # huggingface_hub restarts a file rather than resuming another process's *.incomplete.
-    note = (
-        f" ({len(incomplete)} interrupted downloads left *.incomplete files in {spec.storage / 'blobs'}; "
-        "they are not reused and can be deleted)"
-        if incomplete
-        else ""
-    )
-    return (
-        f"download the missing files again{note}: `{_fetch_command(spec, missing)}` "
-        f"or `{_ckptkit_command(spec)}` while online"
-    )
-
-
-def _offline_miss(spec: HubSpec, miss: _Miss) -> CkptError:
-    why = "local_files_only=True" if not is_offline() else "HF_HUB_OFFLINE=1"
-    looked = "; ".join(dict.fromkeys(spec.looked))
-    if miss.error is not None:
-        exc = miss.error
-        extra = f"looked in: {looked}; downloads are off ({why}); fetch with: `{_fetch_command(spec, None)}`"
-        return type(exc)(exc.detail, path=exc.path, fix=f"{exc.fix}; {extra}" if exc.fix else extra)
-    if miss.commit is not None and miss.missing and miss.listed and miss.none_here:
-        return CheckpointNotFoundError(
-            f"{spec.label} (revision {spec.revision or 'main'}) was never downloaded: none of its "
-            f"files is in the hub cache, and downloads are off ({why})",
-            path=spec.storage / "snapshots" / miss.commit / (spec.filename or spec.directory),
-            fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing)}`",
-        )
-    if miss.commit is not None and miss.missing and miss.listed:
-        return IncompleteCheckpointError(
-            f"{len(miss.missing)} needed files are not in the cache and downloads are off ({why}): "
-            + ", ".join(miss.missing),
-            path=spec.storage / "snapshots" / miss.commit,
-            fix=_resume_fix(spec, miss.commit, miss.missing),
-        )
-    return CheckpointNotFoundError(
-        f"{spec.label} (revision {spec.revision or 'main'}) is not in the hub cache and downloads are off ({why})",
-        path=spec.storage,
-        fix=f"looked in: {looked}; fetch it with: `{_fetch_command(spec, miss.missing or None)}` "
-        f"(or `{_ckptkit_command(spec)}` while online, which fetches only the files needed)",
+        fix=resume_fix(spec, commit, again.missing),
     )

@@ -8,6 +8,7 @@ download bookkeeping (``.cache/``, ``.huggingface/``, ``.git/``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 from pathlib import Path
@@ -16,13 +17,17 @@ from typing import Any
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
+from ckptkit.format.hub_files import read_ref
 from ckptkit.format.layout import IGNORED_DIRS
+from ckptkit.format.safe_files import confinement, open_regular_file
 from ckptkit.io.atomic import (
     copy_file,
     staged_directory,
     staged_file,
     walk_files,
 )
+from ckptkit.io.progress import progress_enabled
+from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 __all__ = ["ARCHIVE_FORMATS", "materialize"]
 
@@ -66,7 +71,8 @@ def materialize(
         DestinationExistsError: ``dst`` exists and ``overwrite`` is false.
         IncompleteCheckpointError: a link dangles (an interrupted download); nothing is written.
         UnsafeCheckpointError: ``confine`` and a link points outside the checkpoint.
-        ValueError: an unknown ``archive``, or ``dst`` inside ``src``.
+        ValueError: an unknown ``archive``, or ``dst`` inside ``src`` or containing it (or a file
+            a source link points to).
 
     Example:
         >>> materialize("~/.cache/huggingface/hub/models--org--name", "model.tar.gz", archive="tar.gz")  # doctest: +SKIP
@@ -77,17 +83,32 @@ def materialize(
     source = _source_path(src, confine=confine)
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     real_src, real_dst = os.path.realpath(source), os.path.realpath(dst_path)
-    if real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
-        raise ValueError(f"{dst_path}: the output must not be the source {source} or lie inside it")
+    if _within(real_dst, real_src) or _within(real_src, real_dst):
+        raise ValueError(
+            f"{dst_path}: the output must not be the source {source}, lie inside it or contain it "
+            "(overwrite would delete the source)"
+        )
 
     files = [(source.name, source)] if source.is_file() else list(walk_files(source, exclude=IGNORED_DIRS))
+    # A hub snapshot's files are links into blobs/: replacing a folder that holds them deletes them.
+    for _, path in files:
+        if _within(os.path.realpath(path), real_dst):
+            raise ValueError(
+                f"{dst_path}: the output contains {os.path.realpath(path)}, which the source {path} links "
+                "to; overwriting it would delete the source"
+            )
+    root = None
     if confine_enabled(confine):
         root = checkpoint_root(source if source.is_dir() else source.parent)
         for _, path in files:
             enforce_confinement([path], root, confine=True)
     bar = _progress_bar(files, progress)
     update = bar.update if bar is not None else None
-    try:
+    # Each file is checked again as it is opened (by descriptor), so a swap after the check fails.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(confinement(root))
+        if bar is not None:
+            stack.callback(bar.close)
         if archive is None:
             with staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging:
                 for rel, path in files:
@@ -97,10 +118,12 @@ def materialize(
         else:
             with staged_file(dst_path, overwrite=overwrite, fsync=fsync) as staging:
                 _write_tar(staging.path, files, ARCHIVE_FORMATS[archive], compresslevel, update)
-    finally:
-        if bar is not None:
-            bar.close()
     return dst_path
+
+
+def _within(path: str, directory: str) -> bool:
+    """Whether real path ``path`` is ``directory`` or lies under it."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool | None) -> Path:
@@ -119,18 +142,15 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
         raise CheckpointNotFoundError(
             f"link points to {os.readlink(path)!r}, which does not exist", path=path
         )
-    from ckptkit.resolve.resolve import resolve_ckpt_dir
 
     return Path(resolve_ckpt_dir(src, confine=confine).path)  # a hub form: pass it as the user wrote it
 
 
 def _cache_snapshot(repo_dir: Path) -> Path:
     """The snapshot ``refs/main`` names in a hub cache repo folder, else its only snapshot."""
-    ref = repo_dir / "refs" / "main"
-    if ref.is_file():
-        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
-        if snapshot.is_dir():
-            return snapshot
+    commit = read_ref(repo_dir, "main")
+    if commit is not None and (repo_dir / "snapshots" / commit).is_dir():
+        return repo_dir / "snapshots" / commit
     snapshots = sorted(p for p in (repo_dir / "snapshots").iterdir() if p.is_dir())
     if len(snapshots) == 1:
         return snapshots[0]
@@ -152,7 +172,7 @@ def _write_tar(path: Path, files: list[tuple[str, Path]], mode: str, level: int,
                 if parent not in directories:
                     directories.add(parent)
                     tar.addfile(_info(parent, tarfile.DIRTYPE, 0, 0o755, source.stat().st_mtime))
-            with open(source, "rb") as handle:
+            with open_regular_file(source) as handle:
                 stat = os.fstat(handle.fileno())
                 info = _info(rel, tarfile.REGTYPE, stat.st_size, 0o644, stat.st_mtime)
                 tar.addfile(info, _Counting(handle, update) if update else handle)
@@ -184,11 +204,7 @@ class _Counting:
 
 
 def _progress_bar(files: list[tuple[str, Path]], progress: bool | None) -> Any:
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    if not progress_enabled(progress):
         return None
     from tqdm.auto import tqdm
 

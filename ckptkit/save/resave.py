@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.components import check_subfolder
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
 from ckptkit.format.dtypes import canonical_dtype
 from ckptkit.format.layout import IGNORED_DIRS
-from ckptkit.format.naming import parse_index_filename, parse_weight_filename, weights_family
+from ckptkit.format.naming import (
+    check_output_names,
+    parse_index_filename,
+    parse_weight_filename,
+    weights_family,
+)
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.sizes import parse_size
 from ckptkit.io.atomic import (
     Staging,
@@ -27,7 +34,10 @@ from ckptkit.io.atomic import (
     staged_directory,
     walk_files,
 )
+from ckptkit.io.progress import progress_enabled
+from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
+from ckptkit.save.sources import plan_source_tensors
 
 __all__ = ["resave"]
 
@@ -111,13 +121,19 @@ def resave(
             ``VariantNotFoundError``); nothing is written.
         UnsafeCheckpointError: ``confine`` and a file links outside the checkpoint, or a torch file
             needs more than ``weights_only`` allows.
-        ValueError: a bad size or dtype, ``dst`` inside ``src``, or ``weights_name`` for a pipeline.
+        ValueError: a bad size or dtype, a ``variant``/``weights_name``/``subfolder`` that would
+            not make plain names inside ``dst`` (``"x/../f"``, ``"../escaped"``, ``""``), ``dst``
+            inside ``src``, or ``weights_name`` for a pipeline.
 
     Example:
         >>> ckpt = resave("./sdxl/unet", "./unet-single", max_shard_size=None)  # doctest: +SKIP
         >>> [p.name for p in ckpt.weight_files]  # doctest: +SKIP
         ['diffusion_pytorch_model.safetensors']
     """
+    # Names are checked before anything is read or staged: a refused call leaves no trace.
+    check_output_names(weights_name, variant)
+    if subfolder is not None:
+        check_subfolder(subfolder, os.fspath(src))
     limit = None if max_shard_size is None else parse_size(max_shard_size)  # type: ignore[arg-type]
     if limit == 0:
         raise ValueError("max_shard_size must be positive (or None for a single file)")
@@ -128,12 +144,20 @@ def resave(
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     if source_root is not None:
         _check_not_nested(source_root, dst_path)
+    confined_root = None
     if confine_enabled(confine):
         _check_sources_confined(source_root, jobs)
+        confined_root = (
+            checkpoint_root(source_root) if source_root else jobs[0].ckpt.root or jobs[0].ckpt.path
+        )
 
     bar = _progress_bar(jobs, progress)
     try:
-        with staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging:
+        # Files are checked again as they are opened (by descriptor): a swap after the check fails.
+        with (
+            confinement(confined_root),
+            staged_directory(dst_path, overwrite=overwrite, fsync=fsync) as staging,
+        ):
             if staging.existing is not None:
                 _keep_existing(staging, jobs, fsync=fsync)
             same_place = source_root is not None and os.path.realpath(source_root) == os.path.realpath(
@@ -278,8 +302,6 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
 def _write_job(
     job: _Job, staging: Path, limit: int | None, *, fsync: bool, bar: Any, unwrap: str | bool | None
 ) -> list[Path]:
-    from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
-    from ckptkit.save.sources import plan_source_tensors
 
     directory = staging / job.rel if job.rel else staging
     directory.mkdir(parents=True, exist_ok=True)
@@ -311,11 +333,7 @@ def _write_job(
 
 
 def _progress_bar(jobs: list[_Job], progress: bool | None) -> Any:
-    import sys
-
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    if not progress_enabled(progress):
         return None
     from tqdm.auto import tqdm
 

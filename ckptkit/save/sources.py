@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.dtypes import DTYPES, canonical_dtype
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 from ckptkit.format.validate import check_weight_set
 from ckptkit.io.writer import PlannedTensor
@@ -128,7 +129,7 @@ def _plan_safetensors(
             _claim(owner, info.name, header.path)
             if _castable(info.dtype, target_code):
                 if fd is None:
-                    fd = os.open(header.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    fd = open_regular(header.path, identity=header.identity)
                     stack.callback(os.close, fd)
                 planned.append(_converted(fd, header, info, target_code))  # type: ignore[arg-type]
             else:
@@ -146,6 +147,7 @@ def _plan_safetensors(
 
 
 def _converted(fd: int, header: SafetensorsHeader, info: TensorInfo, code: str) -> PlannedTensor:
+    # keeps torch out of the torch-free path: only a dtype conversion needs it
     from ckptkit.io.tensors import read_tensor, to_torch_dtype
 
     target = to_torch_dtype(code)
@@ -171,6 +173,7 @@ def _claim(owner: dict[str, Path], name: str, path: Path) -> None:
 
 
 def _plan_torch(ckpt: CheckpointDir, target: str | None, unwrap: str | bool | None) -> list[PlannedTensor]:
+    # keeps torch out of the torch-free path: only torch-format sources need it
     from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
 
     planned: list[PlannedTensor] = []
@@ -186,6 +189,7 @@ def _plan_torch(ckpt: CheckpointDir, target: str | None, unwrap: str | bool | No
 def _torch_tensor(name: str, tensor: torch.Tensor, target_code: str | None, path: Path) -> PlannedTensor:
     import torch
 
+    # keeps torch out of the torch-free path: only torch-format sources need it
     from ckptkit.io.tensors import to_torch_dtype
 
     if tensor.layout != torch.strided or tensor.is_quantized:

@@ -71,7 +71,12 @@ GOOD = {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
             b"\0" * 12,
             "hole",
         ),
-        ({"t": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8, "needs"),
+        (
+            {"t": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "overflows 64 bits",
+        ),
+        ({"t": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 8]}}, b"\0" * 8, "needs"),
         ({"t": [1, 2]}, b"", "not an object"),
         ({"__metadata__": {"k": 1}, **GOOD}, b"\0" * 8, "__metadata__"),
         ({"t": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, b"\0" * 8, "bad shape"),

@@ -64,3 +64,22 @@ def test_unknown_dtype_and_variant_dtypes() -> None:
     assert variant_dtype("fp16") == "float16"
     assert variant_dtype("ema") is None
     assert variant_dtype(None) is None
+
+
+def test_inspect_plan_memory_and_plan_device_map_agree_on_sub_byte_tensors(tmp_path):
+    import json
+    import struct
+
+    from ckptkit import inspect_checkpoint, plan_device_map, plan_memory
+
+    # An F4 tensor of 4x10 values is 20 bytes (two values per byte), a BF16 one of 4 values 8.
+    header = {
+        "packed": {"dtype": "F4", "shape": [4, 10], "data_offsets": [0, 20]},
+        "plain": {"dtype": "BF16", "shape": [4], "data_offsets": [20, 28]},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(28))
+    assert inspect_checkpoint(tmp_path).total_bytes == 28
+    assert plan_memory(tmp_path, device_memory="1GiB").weights_bytes == 28
+    assert sum(plan_device_map(tmp_path, max_memory={"cpu": "1GiB"}).bytes_per_device.values()) == 28

@@ -8,8 +8,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, T5EncoderModel
 
-from ckptkit import CheckpointNotFoundError, CorruptCheckpointError
-from ckptkit.shims.ltx import create_transformer, load_component, load_text_encoder, read_single_file
+from ckptkit import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.shims.ltx import (
+    create_ltx_video_pipeline,
+    create_transformer,
+    load_component,
+    load_text_encoder,
+    read_single_file,
+)
 from tests._versions import diffusers_class
 
 
@@ -67,7 +73,8 @@ def test_create_transformer_matches_ltx(shim_layouts, name, precision):
     reference = ltx_reference(path, "transformer", LTXVideoTransformer3DModel, "model.diffusion_model.")
     if precision == "bfloat16":
         reference = reference.to(torch.bfloat16)
-    assert type(ours) is LTXVideoTransformer3DModel and not ours.training
+    # LTX-Video's create_transformer builds with from_config and never calls eval(): neither do we
+    assert type(ours) is LTXVideoTransformer3DModel and ours.training
     ours_state, ref_state = ours.state_dict(), reference.state_dict()
     assert all(ours_state[k].dtype == v.dtype and torch.equal(ours_state[k], v) for k, v in ref_state.items())
     assert torch.equal(run_dit(ours), run_dit(reference))
@@ -118,3 +125,19 @@ def test_bare_file_name_is_looked_up_in_the_ltx_repo(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointNotFoundError):
         read_single_file("ltxv-absent.safetensors", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
+def test_options_are_honoured_or_refused(shim_layouts, tmp_path):
+    LTXVideoTransformer3DModel = diffusers_class("LTXVideoTransformer3DModel")
+    with pytest.raises(UnsafeCheckpointError, match="trust_remote_code"):
+        create_ltx_video_pipeline(shim_layouts["ltx_single"], "bfloat16", "PixArt", enhance_prompt=True)
+    with pytest.raises(TypeError, match="revision"):
+        create_transformer(tmp_path, "bfloat16", model_class=LTXVideoTransformer3DModel, revision="main")
+    with pytest.raises(TypeError, match="nonsense"):
+        create_transformer(
+            shim_layouts["ltx_single"], "bfloat16", model_class=LTXVideoTransformer3DModel, nonsense=1
+        )
+    with pytest.raises(ValueError, match="Q8-Kernels"):  # LTX-Video's own error type, not ImportError
+        create_transformer(
+            shim_layouts["ltx_single"], "float8_e4m3fn", model_class=LTXVideoTransformer3DModel
+        )

@@ -60,7 +60,7 @@ def test_wan22_two_experts(shim_layouts):
     with pytest.raises(CheckpointNotFoundError, match="low_noise_model"):
         parts.dit_checkpoint()
     for expert in ("low_noise_model", "high_noise_model"):
-        ours = load_dit(root, WanTransformer3DModel, subfolder=expert)
+        ours = load_dit(root, WanTransformer3DModel, subfolder=expert, torch_dtype=torch.bfloat16)
         reference = WanTransformer3DModel.from_pretrained(root, subfolder=expert, torch_dtype=torch.bfloat16)
         for tensor in reference.parameters():
             tensor.data = tensor.data.clone()  # aligned memory, as ckptkit reads (see tests/adapters)
@@ -89,3 +89,31 @@ def test_missing_parts_are_reported(shim_layouts, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointNotFoundError, match="holds none of"):
         wan_checkpoint(tmp_path / "empty")
+
+
+def test_dit_defaults_to_float32_like_from_pretrained(shim_layouts):
+    model = load_dit(shim_layouts["wan21"], WanTransformer3DModel)
+    reference = WanTransformer3DModel.from_pretrained(shim_layouts["wan21"])
+    ours_state, ref_state = model.state_dict(), reference.state_dict()
+    assert {v.dtype for v in ref_state.values()} == {torch.float32}
+    assert all(ours_state[k].dtype == v.dtype and torch.equal(ours_state[k], v) for k, v in ref_state.items())
+
+
+def test_dit_device_map_is_honoured_or_refused(shim_layouts):
+    model = load_dit(shim_layouts["wan21"], WanTransformer3DModel, device_map="cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    model = load_dit(shim_layouts["wan21"], WanTransformer3DModel, device_map={"": "cpu"})
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    with pytest.raises(ValueError, match="device_map='nonsense'"):
+        load_dit(shim_layouts["wan21"], WanTransformer3DModel, device_map="nonsense")
+    with pytest.raises(TypeError, match="device_map"):
+        load_dit(shim_layouts["wan21"], WanTransformer3DModel, device_map=1.5)
+    with pytest.raises(TypeError, match="device="):
+        load_dit(shim_layouts["wan21"], WanTransformer3DModel, device="cpu", device_map="cpu")
+
+
+def test_dit_unknown_keyword_is_a_type_error(shim_layouts):
+    with pytest.raises(TypeError, match="low_cpu_mem_usage"):
+        load_dit(shim_layouts["wan21"], WanTransformer3DModel, low_cpu_mem_usage=False)
+    model = load_dit(shim_layouts["wan21"], WanTransformer3DModel, rope_max_seq_len=64)  # a config field
+    assert model.config.rope_max_seq_len == 64

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from ckptkit.errors import AmbiguousCheckpointError
 
-__all__ = ["WRAPPER_PREFIXES", "KeySelection", "select_keys"]
+__all__ = ["WRAPPER_PREFIXES", "KeySelection", "in_modules", "select_keys"]
 
 #: Prefixes training wrappers add: DDP/DataParallel, ``torch.compile``, FSDP.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
@@ -74,3 +74,18 @@ def select_keys(
             )
         selection[name] = key
     return selection
+
+
+def in_modules(key: str, modules: Iterable[str]) -> bool:
+    """Whether the model key ``key`` lies in one of ``modules``, matched by whole dotted parts.
+
+    This is how ``_keep_in_fp32_modules`` is read everywhere in ckptkit (as transformers and
+    diffusers do): ``"wo"`` matches ``encoder.block.0.layer.1.DenseReluDense.wo.weight`` but not
+    ``two.weight``; a dotted name (``"norm_out.linear"``) matches those parts in a row.
+
+    Example:
+        >>> in_modules("blocks.0.norm2.weight", ["norm2"]), in_modules("blocks.0.norm20.weight", ["norm2"])
+        (True, False)
+    """
+    padded = f".{key}."
+    return any(f".{module}." in padded for module in modules if module)

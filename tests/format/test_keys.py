@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ckptkit import AmbiguousCheckpointError
-from ckptkit.load.keys import WRAPPER_PREFIXES, select_keys
+from ckptkit.format.keys import WRAPPER_PREFIXES, select_keys
 
 
 def test_nested_wrappers_are_all_stripped():
