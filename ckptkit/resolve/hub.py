@@ -26,6 +26,7 @@ from ckptkit.errors import (
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME, read_model_index
 from ckptkit.format.hub_files import read_ref
+from ckptkit.format.naming import parse_weight_filename
 from ckptkit.resolve.hub_compat import cached_listing, cached_revision, resolve_online, unreachable_errors
 from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, hf_cli, offline_miss, resume_fix
 from ckptkit.resolve.local import resolve_local
@@ -272,7 +273,14 @@ def _from_cache(
         none_here = set(missing) == set(needed) and not (plan.components == [] and any(snapshot.iterdir()))
         return CacheMiss(commit, missing, listed=listed, none_here=none_here)
     chosen = plan.selection.weight_set if plan.selection else None
-    if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
+    if (
+        not listed
+        and not spec.offline
+        and (
+            (chosen is not None and chosen.variant != spec.variant)
+            or (spec.variant is not None and not _variant_everywhere(plan, spec.variant))
+        )
+    ):
         # Only the cache was listed: the variant asked for may still exist on the Hub.
         return CacheMiss(commit, [], listed=False)
     if not listed and not spec.offline:
@@ -283,6 +291,16 @@ def _from_cache(
             # what to fetch again.
             return CacheMiss(commit, error=exc, listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
+
+
+def _variant_everywhere(plan: DownloadPlan, variant: str) -> bool:
+    """Whether each pipeline component planned has weights of ``variant`` among its files."""
+    found = {
+        posixpath.dirname(f)
+        for f in plan.files
+        if (parsed := parse_weight_filename(posixpath.basename(f))) and parsed.variant == variant
+    }
+    return all(name in found for name in plan.components or ())
 
 
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
