@@ -68,6 +68,9 @@ def make_realistic_checkpoint(
     wanted = json.dumps({"total_bytes": total_bytes, "shard_size": str(shard_size)})
     if stamp.exists() and stamp.read_text() == wanted:
         return directory
+    if directory.exists():  # another size: shards of the old one must not linger beside the new ones
+        for stale in [*directory.glob("*.safetensors"), *directory.glob("*.json"), stamp]:
+            stale.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     state = {}

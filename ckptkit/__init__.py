@@ -42,7 +42,7 @@ _EXPORTS = {
     "materialize": "ckptkit.save.materialize",
     "resave": "ckptkit.save.resave",
     "resolve_ckpt_dir": "ckptkit.resolve.resolve",
-    "cache_dirs": "ckptkit.resolve.hub",
+    "cache_dirs": "ckptkit.resolve.hub_spec",
     "AmbiguousCheckpointError": "ckptkit.errors",
     "CheckpointNotFoundError": "ckptkit.errors",
     "CkptError": "ckptkit.errors",
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     from ckptkit.placement.device_map import DevicePlan, plan_device_map
     from ckptkit.placement.dispatch import PlacementResult, infer_device_map, load_with_device_map
     from ckptkit.placement.memory import MemoryPlan, StrategyEstimate, find_blocks, plan_memory
-    from ckptkit.resolve.hub import cache_dirs
+    from ckptkit.resolve.hub_spec import cache_dirs
     from ckptkit.resolve.resolve import resolve_ckpt_dir
     from ckptkit.save.materialize import materialize
     from ckptkit.save.resave import resave

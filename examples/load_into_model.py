@@ -26,7 +26,8 @@ def main() -> None:
         T5EncoderModel(config).save_pretrained(directory, max_shard_size="20KB")
         print("files:", sorted(p.name for p in directory.iterdir()))
 
-        # 1. A plain dict of private tensors, keys under "encoder." only.
+        # 1. A dict, keys under "encoder." only: copy-on-write views of the shards (zero-copy);
+        #    mmap=False would read them into private memory instead.
         state = load_sharded(directory, prefix="encoder.", progress=False)
         print(f"dict: {len(state)} tensors, e.g. {next(iter(state))}")
 

@@ -9,9 +9,9 @@ Floors, each importing only from floors below it (or its own):
     4  ckptkit/__init__.py, __main__.py   the face
 
 It fails on an upward import, on an import circle between modules (imports inside functions
-count: hiding a circle there is what this forbids), and on an import of a ckptkit module inside
-a function unless a comment on that line or the one above says it keeps torch out of a
-torch-free path (the words "torch-free" are required).
+and under ``TYPE_CHECKING`` count: hiding a circle there is what this forbids), and on an
+import of a ckptkit module inside a function unless a comment on that line or the one above
+says it keeps torch out of a torch-free path (the words "torch-free" are required).
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def check_package(root: Path, floors: dict[str, int]) -> Report:
                 comment = " ".join(lines[max(imp.line - 2, 0) : imp.line])
                 if "#" not in comment or "torch-free" not in comment.split("#", 1)[1]:
                     report.in_function.append(where)
-            if not imp.type_checking and target != root.name:
-                graph[module].add(target)
+            if target != root.name:
+                graph[module].add(target)  # TYPE_CHECKING imports count: a circle for the reader too
     report.circles = _circles(graph)
     return report
 
@@ -256,6 +256,15 @@ def test_an_import_in_a_function_needs_the_torch_comment(tmp_path):
     assert report.circles == [] and report.upward == []
 
 
+def test_a_circle_hidden_under_type_checking_fails(tmp_path):
+    files = {
+        "load/__init__.py": "",
+        "load/a.py": "from pkg.load.b import g\n",
+        "load/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.load.a import A\ng = 1\n",
+    }
+    assert check_package(_package(tmp_path, files), SMALL_FLOORS).circles == [["pkg.load.a", "pkg.load.b"]]
+
+
 def test_a_module_on_no_floor_fails(tmp_path):
     report = check_package(_package(tmp_path, {"helpers.py": "Y = 2\n"}), SMALL_FLOORS)
     assert report.unplaced == ["pkg.helpers"]
@@ -268,8 +277,6 @@ def test_the_floors_know_the_real_modules(module):
 
 def test_no_module_is_over_450_lines():
     long = {
-        p.relative_to(ROOT).as_posix(): n
-        for p in ROOT.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 450
+        p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if len(p.read_text().splitlines()) > 450
     }
-    assert long == {}
+    assert long == set()

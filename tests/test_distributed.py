@@ -173,13 +173,13 @@ def test_save_and_dcp_export_publish_through_the_one_atomic_path(tmp_path):
     with pytest.raises(DestinationExistsError, match="overwrite=True"):
         save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst")
     # What a killed run leaves beside the destination is cleaned up by the next one (crash recovery).
-    (tmp_path / ".dst.ckptkit-tmp-killed").mkdir()
-    (tmp_path / ".dst.ckptkit-tmp-killed" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".dst.ckptkit-tmp-killed_1").mkdir()
+    (tmp_path / ".dst.ckptkit-tmp-killed_1" / "model.safetensors").write_bytes(b"half")
     save_sharded(torch.nn.Linear(2, 2), tmp_path / "dst", overwrite=True, weights_name="model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
-    torch.distributed.checkpoint.save(
-        {"w": torch.ones(3)}, checkpoint_id=os.fspath(tmp_path / "dcp"), no_dist=True
-    )
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"w": torch.ones(3)}, checkpoint_id=os.fspath(tmp_path / "dcp"), no_dist=True)
     with pytest.raises(DestinationExistsError):
         dcp_to_safetensors(tmp_path / "dcp", tmp_path / "dst")
     assert load_file(tmp_path / "dst" / "model.safetensors").keys() == {"weight", "bias"}

@@ -38,7 +38,7 @@ from ckptkit.errors import (
 )
 from ckptkit.format.safetensors_header import read_header
 from ckptkit.format.torch_pickle import MAX_PICKLE_SIZE, scan_torch_file
-from ckptkit.io import atomic
+from ckptkit.io import locks
 from tests._subprocess import run_cli
 
 #: Seconds any verb may take on one hostile case (they take well under one; a hang takes forever).
@@ -949,7 +949,7 @@ def test_lock_is_private_and_a_timeout_names_the_holder(
         directory = tmp_path / "t" / f"ckptkit-locks-{os.getuid()}"
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in directory.iterdir())
-        monkeypatch.setenv(atomic.LOCK_TIMEOUT_ENV, "1")
+        monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, "1")
         with pytest.raises(DestinationExistsError, match=f"pid {holder.pid}"):
             resave(src, dst, progress=False)
         assert not os.path.lexists(dst)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 from pathlib import Path
@@ -80,55 +81,75 @@ def test_pipeline_components(layouts, subfolder, weights):
 
 @pytest.mark.parametrize("num_threads", [1, 3])
 def test_thread_counts_and_progress_agree(layouts, num_threads, capsys):
-    got = load_sharded(layouts["vae_variants"], num_threads=num_threads, progress=True)
+    got = load_sharded(layouts["vae_variants"], num_threads=num_threads, progress=True, mmap=False)
     assert_same(got, reference(layouts["vae_variants"], "diffusion_pytorch_model.safetensors.index.json"))
     assert "Loading weights" in capsys.readouterr().err
 
 
-def test_results_are_private_memory(layouts):
-    got = load_sharded(layouts["t5_sharded"])
-    mapped = _file_mappings(layouts["t5_sharded"])
-    assert mapped  # nothing left open: the check below must be able to fail only via our tensors
-    assert not any(_in_mapping(t, mapped) for t in got.values())
-
-
-def test_results_do_not_share_storage(layouts):
-    got = load_sharded(layouts["t5_sharded"])
-    pointers = [t.untyped_storage().data_ptr() for t in got.values() if t.numel()]
-    assert len(pointers) == len(set(pointers))
-
-
-def _file_mappings(directory: Path) -> list[tuple[int, int, str]]:
-    """(start, end, path) of every mapping of a file; the directory's files are mapped once here."""
-    from safetensors import safe_open
-
-    handles = [safe_open(p, framework="pt") for p in sorted(directory.glob("*.safetensors"))]
-    spans = []
+def file_mappings(paths) -> dict[str, list[tuple[int, int]]]:
+    """Path -> (start, end) of each of this process's mappings of it, from /proc/self/maps."""
+    wanted = {str(p) for p in paths}
+    spans: dict[str, list[tuple[int, int]]] = {}
     for line in Path("/proc/self/maps").read_text().splitlines():
         parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].endswith(".safetensors"):
+        if len(parts) == 6 and parts[5] in wanted:
             start, end = (int(x, 16) for x in parts[0].split("-"))
-            spans.append((start, end, parts[5]))
-    del handles
+            spans.setdefault(parts[5], []).append((start, end))
     return spans
 
 
-def _in_mapping(tensor: torch.Tensor, spans: list[tuple[int, int, str]]) -> bool:
-    ptr = tensor.data_ptr()
-    return any(start <= ptr < end for start, end, _ in spans)
+def _inside(tensor: torch.Tensor, spans) -> bool:
+    first, last = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    return any(start <= first and last <= end for start, end in spans)
 
 
-def test_mmap_returns_file_backed_tensors(layouts):
+def test_default_tensors_are_views_of_one_map_per_file(layouts):
+    directory = layouts["t5_sharded"]
+    shards = sorted(directory.glob("*.safetensors"))
+    assert len(shards) > 1 and not file_mappings(shards)
+    got = load_sharded(directory)
+    assert_same(got, reference(directory, "model.safetensors.index.json"))
+    spans = file_mappings(shards)
+    # one copy-on-write map per shard, and every tensor inside its own shard's map: no second copy
+    assert sorted(spans) == [str(p) for p in shards] and all(len(s) == 1 for s in spans.values())
+    index = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"]
+    for name, tensor in got.items():
+        assert _inside(tensor, spans[str(directory / index[name])]), name
+    del got, tensor
+    gc.collect()
+    assert not file_mappings(shards)  # the maps go with the tensors
+
+
+def test_default_tensors_are_copy_on_write(layouts, tmp_path):
+    source = layouts["t5_single"] / "model.safetensors"
+    copy = tmp_path / "model.safetensors"
+    copy.write_bytes(source.read_bytes())
+    got = load_sharded(tmp_path)
+    name = next(n for n, t in got.items() if t.is_floating_point() and t.numel() > 1)
+    want = got[name].clone()
+    got[name].add_(1)
+    assert copy.read_bytes() == source.read_bytes()
+    assert torch.equal(load_sharded(tmp_path)[name], want)
+
+
+def test_a_cast_is_private(layouts):
     directory = layouts["t5_single"]
-    got = load_sharded(directory, mmap=True)
-    assert_same(got, reference(directory, "model.safetensors"))
-    spans = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] == str(directory / "model.safetensors"):
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            spans.append((start, end, parts[5]))
-    assert spans and all(_in_mapping(t, spans) for t in got.values() if t.numel())
+    got = load_sharded(directory, dtype=torch.float16)
+    spans = [s for spans in file_mappings([directory / "model.safetensors"]).values() for s in spans]
+    assert not any(_inside(t, spans) for t in got.values() if t.is_floating_point())
+
+
+def test_mmap_false_results_are_private_memory(layouts):
+    directory = layouts["t5_sharded"]
+    got = load_sharded(directory, mmap=False)
+    assert_same(got, reference(directory, "model.safetensors.index.json"))
+    assert not file_mappings(directory.glob("*.safetensors"))
+
+
+def test_mmap_false_results_do_not_share_storage(layouts):
+    got = load_sharded(layouts["t5_sharded"], mmap=False)
+    pointers = [t.untyped_storage().data_ptr() for t in got.values() if t.numel()]
+    assert len(pointers) == len(set(pointers))
 
 
 def test_mmap_torch_file(layouts):

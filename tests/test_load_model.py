@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -147,10 +148,21 @@ def test_torch_file_into_meta_model(layouts):
 def test_mmap_into_meta_model(layouts, mmap):
     from transformers import T5EncoderModel
 
-    model = _meta_t5(layouts["t5_sharded"])
-    load_sharded(layouts["t5_sharded"], model=model, mmap=mmap)
-    want = T5EncoderModel.from_pretrained(layouts["t5_sharded"]).state_dict()
+    from tests.test_load import file_mappings
+
+    directory = layouts["t5_sharded"]
+    shards = sorted(directory.glob("*.safetensors"))
+    model = _meta_t5(directory)
+    load_sharded(directory, model=model, mmap=mmap)
+    want = T5EncoderModel.from_pretrained(directory).state_dict()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in want.items())
+    del want
+    gc.collect()
+    spans = [span for found in file_mappings(shards).values() for span in found]
+    inside = [any(start <= t.data_ptr() < end for start, end in spans) for t in model.state_dict().values()]
+    # default: every weight is a view of its shard's copy-on-write map; mmap=False: all private
+    assert all(inside) if mmap else not any(inside)
+    assert len(spans) == (len(shards) if mmap else 0)
 
 
 # -- strictness and errors before the model is touched --------------------------------------------

@@ -324,6 +324,18 @@ def test_pixart_blocks_stay_whole_and_outputs_match(layouts, tmp_path):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("mmap", [None, False])
+def test_cpu_weights_are_file_backed_by_default_and_private_with_mmap_false(
+    llama_dir, reference_logits, mmap
+):
+    model = _meta_llama()
+    load_with_device_map(llama_dir, model, device_map={"model": "cpu", "lm_head": "disk"}, mmap=mmap)
+    weights = [p for n, p in model.named_parameters() if n.startswith("model.")]
+    backed = [not w.untyped_storage().resizable() for w in weights]
+    assert all(backed) if mmap is None else not any(backed)
+    assert torch.equal(_logits(model), reference_logits)
+
+
 def test_mmap_keeps_cpu_weights_file_backed(llama_dir, reference_logits):
     model = _meta_llama()
     load_with_device_map(llama_dir, model, device_map={"model": "cpu", "lm_head": "disk"}, mmap=True)

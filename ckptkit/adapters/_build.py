@@ -70,7 +70,8 @@ def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     """Split ``**kwargs`` of a ``from_pretrained`` call: (config overrides, loader options).
 
     Loader options kept: ``max_memory``, ``offload_folder``, ``offload_buffers`` (for planned
-    ``device_map``). Quantization is refused rather than silently ignored.
+    ``device_map``) and ``disable_mmap`` (private copies instead of views of the files).
+    Quantization is refused rather than silently ignored.
 
     Raises:
         ValueError: ``quantization_config`` was given.
@@ -82,7 +83,7 @@ def config_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     loader = {
         k: kwargs[k] for k in kwargs if k in LOADER_ONLY_KWARGS or k in ("max_memory", "quantization_config")
     }
-    ignored = sorted(k for k in loader if k != "max_memory")
+    ignored = sorted(k for k in loader if k not in ("max_memory", "disable_mmap"))
     if ignored:
         logger.info("ckptkit resolves and reads the weights itself; ignoring %s", ignored)
     return {k: v for k, v in kwargs.items() if k not in loader}, loader
@@ -127,6 +128,7 @@ def fill_model(
     device: torch.device,
     tied: dict[str, str] | None = None,
     prefix: str | None = None,
+    mmap: bool | None = None,
 ) -> None:
     """Fill a meta-device ``model`` from ``ckpt``, cast it, and tie its shared weights.
 
@@ -137,6 +139,7 @@ def fill_model(
     Args:
         tied: target -> source parameter names that share storage (transformers' ``_tied_weights_keys``).
         prefix: use only the checkpoint keys under this prefix, stripped (``"vae."`` of a single file).
+        mmap: ``False``: private copies; default: CPU tensors in their stored dtype are views of the files.
 
     Raises:
         ModelMismatchError: a tensor's shape differs from the model's.
@@ -151,6 +154,7 @@ def fill_model(
         strict=False,
         progress=False,
         keep_in_fp32_modules=list(keep_fp32_modules),
+        mmap=mmap,
     )
     assert isinstance(result, LoadResult)
     unexpected = list(result.unexpected_keys)
@@ -206,12 +210,14 @@ def load_weights(
     Args:
         keep_fp32_modules: modules read at float32 when ``dtype`` is lower (the library's rule,
             already applied: transformers keeps them only under float16).
-        loader: ``max_memory``, ``offload_folder``, ``offload_buffers`` from the caller's kwargs.
+        loader: ``max_memory``, ``offload_folder``, ``offload_buffers``, ``disable_mmap`` from the
+            caller's kwargs.
     """
     keep = sorted(keep_fp32_modules or ())
     device, planned = split_device_map(device_map)
+    mmap = False if loader.get("disable_mmap") else None
     if planned is None:
-        fill_model(model, ckpt, dtype=dtype, keep_fp32_modules=keep, device=device, tied=tied)
+        fill_model(model, ckpt, dtype=dtype, keep_fp32_modules=keep, device=device, tied=tied, mmap=mmap)
         return
     result = load_with_device_map(
         ckpt,
@@ -223,6 +229,7 @@ def load_weights(
         dtype=dtype,
         strict=False,
         keep_in_fp32_modules=keep,
+        mmap=mmap,
     )
     if result.unexpected_keys:
         warnings.warn(

@@ -93,6 +93,11 @@ def load_diffusers_model(
     """
     from accelerate import init_empty_weights
 
+    try:
+        from diffusers.models.modeling_utils import no_init_weights
+    except ImportError:  # diffusers before 0.33 had none
+        from contextlib import nullcontext as no_init_weights  # type: ignore[assignment]
+
     config_overrides = dict(config_overrides)
     options = pop_loading_options(config_overrides, caller=caller)
     if "config" in config_overrides:
@@ -119,7 +124,9 @@ def load_diffusers_model(
             f"{caller}() got keyword arguments that are not {cls.__name__} config keys nor loading options: "
             + ", ".join(unknown)
         )
-    with init_empty_weights():
+    # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
+    # from_pretrained does; on meta tensors it would only cost time.
+    with init_empty_weights(), no_init_weights():
         model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
     if not keep and load_dtype not in (None, torch.float32) and device_map is None and _casts_whole_model():

@@ -1,8 +1,9 @@
 """The ``from_pretrained`` options the adapters take beyond resolution: honoured, or refused by name.
 
 Loading goes through ckptkit, so some options of the libraries' ``from_pretrained`` have nothing
-left to do (``resume_download``, ``offload_state_dict``, ``disable_mmap``, ...: the result is the
-same either way) and are accepted; the ones that ask for something ckptkit does not do
+left to do (``resume_download``, ``offload_state_dict``, ...: the result is the same either way)
+and are accepted; ``disable_mmap`` is left in the kwargs for the loader (private copies instead of
+copy-on-write views of the files); the ones that ask for something ckptkit does not do
 (``force_download=True``, ``proxies``, ``ignore_mismatched_sizes=True``, ``weights_only=False``, ...)
 raise ``TypeError`` naming them, never pass silently. ``output_loading_info`` is honoured.
 """
@@ -24,7 +25,7 @@ from ckptkit.io.torch_files import load_torch_file
 __all__ = ["LoadingOptions", "pop_loading_options"]
 
 #: Accepted whatever their value: the result of a ckptkit load is the same either way.
-NO_EFFECT = frozenset({"resume_download", "offload_state_dict", "disable_mmap", "_fast_init"})
+NO_EFFECT = frozenset({"resume_download", "offload_state_dict", "_fast_init"})
 #: Accepted at the value that asks for what ckptkit does; any other value is refused.
 ACCEPTED_VALUES: dict[str, tuple[object, ...]] = {
     "force_download": (False, None),

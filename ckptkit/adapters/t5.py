@@ -88,7 +88,8 @@ def load_t5(
             raises ``TypeError`` naming it). ``output_loading_info=True`` returns ``(model, info)``;
             ``use_safetensors=True`` requires safetensors weights; ``max_memory``/``offload_folder``
             go to ``device_map`` placement; download and reading options with nothing left to do
-            (``resume_download``, ``disable_mmap``, ...) are accepted; ones ckptkit cannot honour
+            (``resume_download``, ...) are accepted; ``disable_mmap=True`` gives private copies instead
+            of copy-on-write views of the file; ones ckptkit cannot honour
             (``force_download=True``, ``proxies``, ``ignore_mismatched_sizes=True``, ...) raise
             ``TypeError`` naming them.
 
@@ -111,6 +112,11 @@ def load_t5(
     """
     import transformers
     from accelerate import init_empty_weights
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined,no-redef]
 
     options = pop_loading_options(kwargs, caller="load_t5")
     hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only, "token": token}
@@ -147,7 +153,9 @@ def load_t5(
     default = auto if requested == "auto" or _is_v5(transformers) else torch.get_default_dtype()
     load_dtype = choose_dtype(ckpt, requested, default)
 
-    with init_empty_weights():
+    # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
+    # from_pretrained does; on meta tensors it would only cost time.
+    with init_empty_weights(), no_init_weights():
         # from_pretrained's cls(config, *model_args, **model_kwargs): extra arguments reach the class.
         model = (
             cls(config, *model_args, **model_kwargs)

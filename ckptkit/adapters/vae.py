@@ -76,7 +76,8 @@ def load_vae(
             drop it). ``output_loading_info=True`` returns ``(model, info)``;
             ``use_safetensors=True`` requires safetensors weights; ``max_memory``/``offload_folder``
             go to ``device_map`` placement; download and reading options with nothing left to do
-            (``resume_download``, ``disable_mmap``, ...) are accepted; ones ckptkit cannot honour
+            (``resume_download``, ...) are accepted; ``disable_mmap=True`` gives private copies instead
+            of copy-on-write views of the file; ones ckptkit cannot honour
             (``force_download=True``, ``proxies``, ``ignore_mismatched_sizes=True``, ...) raise
             ``TypeError`` naming them. Extra positional arguments raise ``TypeError``, as in diffusers.
 

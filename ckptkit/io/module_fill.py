@@ -84,6 +84,7 @@ class ModuleSlots:
         self._tensor: dict[str, torch.Tensor] = {}
         by_id: dict[int, str] = {}
         self._alias: dict[str, str] = {}  # key -> first key holding the same tensor
+        self._group: dict[str, list[str]] = {}  # first key -> every key holding that tensor
         for prefix, sub in module.named_modules(remove_duplicate=False):
             head = f"{prefix}." if prefix else ""
             for name, param in sub._parameters.items():
@@ -103,6 +104,8 @@ class ModuleSlots:
         by_id: dict[int, str],
     ) -> None:
         first = by_id.setdefault(id(tensor), key)
+        if key not in self._alias:
+            self._group.setdefault(first, []).append(key)
         self._alias[key] = first
         slot = self._slots.setdefault(first, _Slot(is_parameter=is_param))
         if (owner, name) not in [(o, n) for o, n in slot.owners]:
@@ -123,8 +126,7 @@ class ModuleSlots:
 
     def aliases(self, key: str) -> list[str]:
         """Every key that names the same tensor as ``key`` (tied weights), ``key`` included."""
-        first = self._alias[key]
-        return [k for k, f in self._alias.items() if f == first]
+        return list(self._group[self._alias[key]])
 
     def placement(
         self, key: str, *, dtype: torch.dtype | None, device: torch.device | None, stored: torch.dtype

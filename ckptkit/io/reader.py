@@ -5,29 +5,37 @@ storage, or memory on another device). A CPU destination of the stored dtype is 
 ``os.preadv`` directly — no intermediate copy; consecutive small tensors share one ``preadv``
 call (one iovec each), large ones are split into chunks so several threads read them at once
 (``preadv`` releases the GIL). Any other destination (a dtype cast, another device, a
-non-contiguous tensor) is filled through a small per-thread staging buffer, pinned when the
-destination is on CUDA, so a cast never allocates a second copy of a tensor.
+non-contiguous tensor) is filled through a small per-thread staging buffer, so a cast never
+allocates a second copy of a tensor. A CUDA destination is filled through two pinned staging
+buffers per thread (:class:`StagingPipeline`): while one chunk is copied to the GPU (on the
+thread's own stream, cast there when the dtype changes), the next is read into the other buffer.
+
+:class:`FileMaps` is the zero-copy alternative for a CPU tensor in its stored dtype: one
+copy-on-write (``MAP_PRIVATE``) map per file, and each tensor a view into it. Nothing is read until
+a page is touched, the pages are page cache (reclaimable, shared with other processes that read the
+file), and writing to such a tensor copies the page privately: the file is never changed.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ckptkit.errors import CkptError
-from ckptkit.format.safe_files import open_regular
+from ckptkit.errors import CkptError, CorruptCheckpointError
+from ckptkit.format.safe_files import held_path, open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.buffers import raw_bytes
 from ckptkit.io.tensors import read_into, to_torch_dtype
 
-__all__ = ["CHUNK_BYTES", "TensorRead", "default_num_threads", "read_tensors"]
+__all__ = ["CHUNK_BYTES", "FileMaps", "StagingPipeline", "TensorRead", "default_num_threads", "read_tensors"]
 
 #: Bytes one job reads: large enough to amortise a syscall, small enough to spread over threads.
 CHUNK_BYTES = 16 * 2**20
@@ -63,6 +71,57 @@ class TensorRead:
         """Whether the bytes can land in ``target`` as they are (CPU memory of the stored dtype)."""
         t = self.target
         return t.device.type == "cpu" and t.dtype == to_torch_dtype(self.info.dtype)
+
+
+class FileMaps:
+    """Copy-on-write maps of safetensors files (one per file, made on first use) and views into them.
+
+    Example:
+        >>> maps = FileMaps()  # doctest: +SKIP
+        >>> header = read_header("model.safetensors")  # doctest: +SKIP
+        >>> weight = maps.tensor(header, header.tensors["weight"])  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._bases: dict[Path, torch.Tensor] = {}
+        self._last_header: SafetensorsHeader | None = None
+        self._last_base = torch.empty(0, dtype=torch.uint8)
+
+    def tensor(self, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor | None:
+        """A file-backed tensor of ``info`` in its stored dtype and shape, or ``None`` when it
+        cannot be one (no bytes, or an offset not aligned for its dtype): read it instead."""
+        dtype = to_torch_dtype(info.dtype)
+        start = header.data_start + info.begin
+        if not info.nbytes or start % dtype.itemsize or dtype.itemsize * info.numel != info.nbytes:
+            return None
+        if header is not self._last_header:  # tensors come file by file: skip hashing the path
+            self._last_header = header
+            base = self._bases.get(header.path)
+            self._last_base = base if base is not None else self._map(header)
+        return self._last_base[start : start + info.nbytes].view(dtype).view(info.shape)
+
+    def _map(self, header: SafetensorsHeader) -> torch.Tensor:
+        path = header.path
+        size = os.path.getsize(path)
+        end = max((header.data_start + i.begin + i.nbytes for i in header.tensors.values()), default=0)
+        if size < end:
+            # Truncated after its header was checked: reading past the end of a map would fault.
+            raise CorruptCheckpointError(
+                f"file is {size} bytes but its header describes {end}",
+                path=path,
+                fix="the file is truncated; download or copy it again",
+            )
+        # Map the file already opened and checked (regular, the one whose header was read), not the
+        # path again. shared=False: MAP_PRIVATE, so writes to a tensor copy the page and never reach
+        # the file.
+        fd = open_regular(path, identity=header.identity)
+        try:
+            storage = torch.UntypedStorage.from_file(held_path(fd, path), False, size)
+        finally:
+            os.close(fd)
+        base = torch.empty(0, dtype=torch.uint8).set_(storage)  # type: ignore[arg-type]  # from_file's stub says _StorageBase
+        self._bases[path] = base
+        return base
 
 
 @dataclass
@@ -106,10 +165,18 @@ def read_tensors(
     threads = num_threads or default_num_threads()
     lock = threading.Lock()
     local = threading.local()
+    pipelines: list[StagingPipeline] = []
 
     def run(job: _Job) -> None:
         if job.buffers is not None:
             _read_direct(job)
+        elif job.read is not None and job.read.target.device.type == "cuda":
+            pipeline = getattr(local, "pipeline", None)
+            if pipeline is None:
+                pipeline = local.pipeline = _cuda_pipeline(job.read.target.device)
+                with lock:
+                    pipelines.append(pipeline)
+            pipeline.run(job)
         else:
             _read_staged(job, local)
         if progress is not None:
@@ -117,20 +184,25 @@ def read_tensors(
                 progress.update(job.nbytes)  # type: ignore[attr-defined]
 
     with _open_files(reads) as fds:
-        jobs = list(_plan(reads, fds))
-        if threads <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                run(job)
-            return
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckptkit-read") as pool:
-            futures = [pool.submit(run, job) for job in jobs]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        try:
+            jobs = list(_plan(reads, fds))
+            if threads <= 1 or len(jobs) <= 1:
+                for job in jobs:
+                    run(job)
+                return
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckptkit-read") as pool:
+                futures = [pool.submit(run, job) for job in jobs]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            # Device copies still in flight read from the staging buffers: wait for them all.
+            for pipeline in pipelines:
+                pipeline.finish()
 
 
 def _check_target(item: TensorRead) -> None:
@@ -247,3 +319,82 @@ def _read_staged(job: _Job, local: threading.local) -> None:
     values = stage.view(to_torch_dtype(item.info.dtype))
     # Synchronous copy (with the cast): the staging buffer is reused by this thread's next job.
     target.view(-1)[job.first : job.first + job.count].copy_(values)
+
+
+class StagingPipeline:
+    """Double-buffered staging: a chunk's copy to the device overlaps the read of the next chunk.
+
+    Each reader thread owns one. :meth:`run` reads a job's bytes into one of two staging buffers
+    and starts ``copy(stage, job)``, which returns a handle whose ``synchronize()`` waits until the
+    copy has finished reading ``stage`` (a CUDA event); the buffer is reused only after that.
+    :meth:`finish` waits for what is still in flight.
+
+    Args:
+        make_buffer: ``nbytes -> uint8 CPU tensor`` (pinned for CUDA).
+        copy: starts the copy of a filled staging buffer into ``job.read.target``.
+    """
+
+    def __init__(
+        self,
+        make_buffer: Callable[[int], torch.Tensor],
+        copy: Callable[[torch.Tensor, _Job], Any],
+    ) -> None:
+        self._make_buffer = make_buffer
+        self._copy = copy
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._pending: list[Any] = [None, None]
+        self._turn = 0
+
+    def run(self, job: _Job) -> None:
+        slot = self._turn
+        self._turn ^= 1
+        self._wait(slot)
+        buffer = self._buffers[slot]
+        if buffer is None or buffer.numel() < job.nbytes:
+            buffer = self._buffers[slot] = self._make_buffer(max(job.nbytes, CHUNK_BYTES))
+        stage = buffer[: job.nbytes]
+        read_into(job.fd, job.offset, raw_bytes(stage), job.path)
+        self._pending[slot] = self._copy(stage, job)
+
+    def finish(self) -> None:
+        for slot in (0, 1):
+            self._wait(slot)
+
+    def _wait(self, slot: int) -> None:
+        handle = self._pending[slot]
+        self._pending[slot] = None
+        if handle is not None:
+            handle.synchronize()
+
+
+def _cuda_pipeline(device: torch.device) -> StagingPipeline:
+    """A :class:`StagingPipeline` into ``device``: pinned buffers, this thread's own stream."""
+    stream = torch.cuda.Stream(device=device)
+    # Targets were allocated on the current stream: order the copies after that.
+    stream.wait_stream(torch.cuda.current_stream(device))
+    on_device: list[torch.Tensor] = []  # raw bytes before a cast; one suffices, the stream orders its uses
+
+    def make_buffer(nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def copy(stage: torch.Tensor, job: _Job) -> Any:
+        item = job.read
+        assert item is not None
+        stored = to_torch_dtype(item.info.dtype)
+        with torch.cuda.stream(stream):
+            part = item.target.view(-1)[job.first : job.first + job.count]
+            if part.dtype == stored:
+                part.view(torch.uint8).copy_(stage, non_blocking=True)
+            else:
+                if not on_device or on_device[0].numel() < stage.numel():
+                    on_device[:] = [
+                        torch.empty(max(stage.numel(), CHUNK_BYTES), dtype=torch.uint8, device=device)
+                    ]
+                raw = on_device[0][: stage.numel()]
+                raw.copy_(stage, non_blocking=True)
+                part.copy_(raw.view(stored))  # the cast runs on the GPU
+            event = torch.cuda.Event()
+            event.record(stream)
+        return event
+
+    return StagingPipeline(make_buffer, copy)

@@ -28,18 +28,15 @@ from ckptkit.distributed.load import DistributedLoadResult, has_dtensor_params, 
 from ckptkit.errors import CkptWarning, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.confine import confine_enabled
-from ckptkit.format.index import read_index
-from ckptkit.format.keys import KeySelection, select_keys
-from ckptkit.format.layout import WeightSet
-from ckptkit.format.naming import parse_weight_filename
-from ckptkit.format.safe_files import confinement, held_path, open_regular
+from ckptkit.format.keys import KeySelection
+from ckptkit.format.safe_files import confinement
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
-from ckptkit.format.validate import check_weight_set
 from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor, plan_module_fill
 from ckptkit.io.progress import progress_bar
-from ckptkit.io.reader import TensorRead, read_tensors
+from ckptkit.io.reader import FileMaps, TensorRead, read_tensors
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.load.torch_load import load_torch_weights
+from ckptkit.load.weight_files import WeightFiles
 from ckptkit.placement.dispatch import PlacementResult, load_with_device_map
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
@@ -63,7 +60,7 @@ def load_sharded(
     prefix: str | None = None,
     strip_prefixes: Sequence[str] | str | None = None,
     strict: bool = True,
-    mmap: bool = False,
+    mmap: bool | None = None,
     num_threads: int | None = None,
     progress: bool | None = None,
     unwrap: str | bool | None = None,
@@ -96,10 +93,12 @@ def load_sharded(
         strip_prefixes: wrapper prefixes to remove (``("module.", "_orig_mod.")``).
         strict: with ``model``, raise when keys are missing or unexpected (before anything is
             loaded).
-        mmap: return file-backed, zero-copy tensors (safetensors ``safe_open``, ``torch.load(mmap=True)``)
-            instead of private memory. They cost no RAM up front, but every page is read on first
-            touch and the file must stay in place while they live. Tensors that need a cast or
-            another device are private anyway.
+        mmap: ``None`` (default) or ``True``: CPU tensors in their stored dtype are zero-copy,
+            copy-on-write views of the files (as ``from_pretrained`` and safetensors ``load_file``
+            return them): no anonymous memory, each page read on first touch, writes stay private,
+            and the files must not be truncated in place while the tensors live. ``False``: every
+            tensor is private memory (read in parallel). A cast, another device or a misaligned
+            tensor is private either way.
         num_threads: parallel readers (default: the CPUs available, 2 to 8).
         progress: show a tqdm bar; ``None``: when stderr is a terminal and
             ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
@@ -124,7 +123,8 @@ def load_sharded(
     plan (:func:`ckptkit.io.module_fill.plan_module_fill`): the same keys, shapes, dtypes and
     errors. Options the path taken cannot honour raise ``TypeError`` naming them: with
     ``device_map``, ``device``/``num_threads``/``progress``/``unwrap``; with DTensor parameters,
-    those and the placement options (``mmap`` has no effect there: local shards are always the
+    ``num_threads``/``progress``/``unwrap`` and the placement options (``device`` only says where a
+    model built on meta is allocated; ``mmap`` has no effect there: local shards are always the
     model's own memory, filled in place); without ``device_map``, ``max_memory``/
     ``offload_folder``/``no_split_module_classes``.
 
@@ -207,7 +207,7 @@ def _load(
     prefix: str | None,
     strip_prefixes: Sequence[str] | str | None,
     strict: bool,
-    mmap: bool,
+    mmap: bool | None,
     num_threads: int | None,
     progress: bool | None,
     unwrap: str | bool | None,
@@ -231,12 +231,17 @@ def _load(
             dtype=target_dtype,
             no_split_module_classes=no_split_module_classes,
             strict=strict,
-            mmap=mmap,
+            mmap=mmap is not False,
             prefix=prefix,
             strip_prefixes=strip_prefixes,
             keep_in_fp32_modules=keep_in_fp32_modules,
         )
     if model is not None and has_dtensor_params(model):
+        if mmap:
+            raise ValueError(
+                "mmap=True: a model with DTensor parameters is filled with private shard copies; "
+                "leave mmap unset"
+            )
         return load_sharded_distributed(
             checkpoint,
             model,
@@ -247,8 +252,10 @@ def _load(
             keep_in_fp32_modules=keep_in_fp32_modules,
             device=device,
         )
-    files = _WeightFiles(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
-    options = _Options(model, target_device, target_dtype, strict, mmap, num_threads, progress, unwrap)
+    files = WeightFiles(checkpoint, prefix=prefix, strip_prefixes=strip_prefixes)
+    options = _Options(
+        model, target_device, target_dtype, strict, mmap is not False, num_threads, progress, unwrap
+    )
     plan = None
     if model is not None:
 
@@ -274,7 +281,7 @@ def _load(
             plan=plan,
             device=target_device,
             dtype=target_dtype,
-            mmap=mmap,
+            mmap=mmap is not False,
             unwrap=unwrap,
             progress=progress,
         )
@@ -298,8 +305,8 @@ def _refuse_unused_options(model: nn.Module | None, *, device_map: object, **opt
         refused = given & {"device", "num_threads", "progress", "unwrap"}
         why = "with device_map= (accelerate places the tensors)"
     elif model is not None and has_dtensor_params(model):
-        # Local shards are filled in place on their own devices, by one reader per rank; device= only
-        # says where a meta-device model's shards are allocated.
+        # Local shards are filled in place on their own devices (device= only says where a model
+        # built on meta is allocated), by one reader per rank.
         refused = given & ({"num_threads", "progress", "unwrap"} | placement_only)
         why = "for a model with DTensor parameters (each rank fills its local shards in place)"
     else:
@@ -336,67 +343,8 @@ def _device(device: str | torch.device | None) -> torch.device | None:
     return resolved
 
 
-class _WeightFiles:
-    """The validated files to read and how keys are chosen; built before any tensor is read."""
-
-    def __init__(
-        self, checkpoint: CheckpointDir, *, prefix: str | None, strip_prefixes: Sequence[str] | str | None
-    ) -> None:
-        self.checkpoint = checkpoint
-        self.prefix = prefix
-        self.strip_prefixes = strip_prefixes
-        weight_set = checkpoint.weight_set or _weight_set_of(checkpoint)
-        index = weight_set.index
-        self.index_keys: dict[Path, list[str]] | None = None
-        partial = False
-        if index is not None:
-            # Only the shards that hold selected keys are checked and opened.
-            wanted = self.select(index.weight_map, where=index.path).source_keys
-            needed = {name for key, name in index.weight_map.items() if key in wanted}
-            # Shard names are paths relative to the index ("sub/s.safetensors" included).
-            needed_paths = {index.directory / name for name in needed}
-            weight_set = dataclasses.replace(
-                weight_set,
-                files=[p for p in weight_set.files if p in needed_paths],
-                missing=[p for p in weight_set.missing if p in needed_paths],
-            )
-            partial = len(needed) < len(index.shard_names)
-            self.index_keys = {
-                index.directory / name: keys for name, keys in index.keys_by_shard().items() if name in needed
-            }
-        check = check_weight_set(weight_set)
-        check.raise_first()
-        # Index-wide findings (total_size, unlisted tensors) are meaningless for a subset of shards.
-        for text in [] if partial else check.warnings:
-            warnings.warn(text, CkptWarning, stacklevel=5)
-        self.files = list(weight_set.files)
-        self.headers: dict[Path, SafetensorsHeader] = check.headers
-
-    def select(self, keys: Any, *, where: Path | None = None) -> KeySelection:
-        return select_keys(
-            keys, prefix=self.prefix, strip_prefixes=self.strip_prefixes, where=where or self.checkpoint.path
-        )
-
-
-def _weight_set_of(checkpoint: CheckpointDir) -> WeightSet:
-    files = list(checkpoint.weight_files)
-    parsed = parse_weight_filename(files[0].name) if files else None
-    weight_set = WeightSet(
-        directory=checkpoint.path,
-        name=parsed.stem if parsed else "model",
-        format=checkpoint.format,
-        variant=checkpoint.variant,
-        files=[p for p in files if p.exists()],
-        index_file=checkpoint.index_file,
-        missing=[p for p in files if not p.exists()],
-    )
-    if checkpoint.index_file is not None:
-        weight_set.index = read_index(checkpoint.index_file)
-    return weight_set
-
-
 def _load_safetensors(
-    files: _WeightFiles, options: _Options, plan: Callable[..., FillPlan] | None
+    files: WeightFiles, options: _Options, plan: Callable[..., FillPlan] | None
 ) -> dict[str, torch.Tensor] | LoadResult:
     located: dict[str, tuple[SafetensorsHeader, TensorInfo]] = {}
     for path in files.files:
@@ -422,42 +370,26 @@ def _safetensors_to_dict(
     selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> dict[str, torch.Tensor]:
     device = options.device or torch.device("cpu")
+    maps = _file_maps(options, device)
     out: dict[str, torch.Tensor] = {}
-    if options.mmap:
-        for name, tensor in _mapped(selection, located).items():
-            out[name] = tensor.to(device=device, dtype=_want_dtype(tensor.dtype, options.dtype))
-        return out
     reads = []
     for name, source in selection.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
-        out[name] = torch.empty(info.shape, dtype=_want_dtype(stored, options.dtype), device=device)
+        want = _want_dtype(stored, options.dtype)
+        view = maps.tensor(header, info) if maps is not None and want == stored else None
+        if view is not None:
+            out[name] = view  # zero-copy: a copy-on-write view of the file
+            continue
+        out[name] = torch.empty(info.shape, dtype=want, device=device)
         reads.append(TensorRead(header, info, out[name]))
     _read(reads, options)
     return out
 
 
-def _mapped(
-    selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]]
-) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for name, source in selection.items():
-        by_file.setdefault(located[source][0].path, []).append((name, source))
-    out: dict[str, torch.Tensor] = {}
-    headers = {header.path: header for header, _ in located.values()}
-    for path, names in by_file.items():
-        # safe_open opens by name: give it the file already opened and checked (regular, the
-        # one whose header was read, inside the root under confinement), not the path again.
-        fd = open_regular(path, identity=headers[path].identity)
-        try:
-            with safe_open(held_path(fd, path), framework="pt") as handle:
-                for name, source in names:
-                    out[name] = handle.get_tensor(source)
-        finally:
-            os.close(fd)
-    return {name: out[name] for name in selection}
+def _file_maps(options: _Options, device: torch.device | None) -> FileMaps | None:
+    """Maps for zero-copy CPU tensors, unless a private copy was asked (``mmap=False``)."""
+    return FileMaps() if options.mmap and (device is None or device.type == "cpu") else None
 
 
 def _read(reads: list[TensorRead], options: _Options) -> None:
@@ -470,27 +402,20 @@ def _safetensors_to_module(
     plan: FillPlan, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> LoadResult:
     reads, assigns = [], []
+    maps = _file_maps(options, options.device)
     chosen = KeySelection({name: stored.key for name, stored in plan.fills.items()})
-    mapped = _mapped(chosen, located) if options.mmap else {}
     for name, source in chosen.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
         placement = plan.slots.placement(
             name, dtype=plan.cast(name, stored), device=options.device, stored=stored
         )
-        if name in mapped:
-            tensor = mapped[name]
-            if (
-                placement.assign
-                and placement.target.dtype == stored
-                and placement.target.device.type == "cpu"
-            ):
-                assigns.append((name, tensor))  # zero-copy: the file-backed tensor itself
-            else:
-                placement.target.copy_(tensor)
-                if placement.assign:
-                    assigns.append((name, placement.target))
-            continue
+        target = placement.target
+        if maps is not None and placement.assign and target.dtype == stored and target.device.type == "cpu":
+            view = maps.tensor(header, info)
+            if view is not None:
+                assigns.append((name, view))  # zero-copy: a copy-on-write view of the file
+                continue
         reads.append(TensorRead(header, info, placement.target))
         if placement.assign:
             assigns.append((name, placement.target))

@@ -135,7 +135,7 @@ def load_with_device_map(
     no_split_module_classes: Sequence[str] | None = None,
     strict: bool = True,
     offload_buffers: bool = False,
-    mmap: bool = False,
+    mmap: bool | None = None,
     key_map: Callable[[str], str | None] | None = None,
     prefix: str | None = None,
     strip_prefixes: Sequence[str] | str | None = None,
@@ -161,9 +161,9 @@ def load_with_device_map(
         no_split_module_classes: default ``model._no_split_modules``.
         strict: raise when keys differ between checkpoint and model (before anything is read).
         offload_buffers: offload buffers of offloaded modules too (accelerate's option).
-        mmap: ``"cpu"`` tensors of a safetensors checkpoint that need no cast stay file-backed
-            (copy-on-write maps of the shards: nothing read until used, pages reclaimable) instead
-            of being read into private memory.
+        mmap: ``None`` (default) or ``True``: ``"cpu"`` tensors of a safetensors checkpoint that need no cast
+            stay file-backed (copy-on-write maps of the shards: nothing read until used, pages
+            reclaimable), as transformers leaves them. ``False``: they are read into private memory.
         key_map: checkpoint key -> model key, or ``None`` to skip the tensor, applied before
             ``prefix``/``strip_prefixes``; default: keys as stored.
         prefix: keep only checkpoint keys under this prefix, and strip it.
@@ -229,10 +229,10 @@ def load_with_device_map(
     targets = _targets(model, entries, placed)
     if state is None:
         result.offload_index = fill_from_safetensors(
-            ckpt.weight_files, model, targets, held, mmap=mmap, names=stored_names
+            ckpt.weight_files, model, targets, held, mmap=mmap is not False, names=stored_names
         )
     else:
-        fill_from_state_dict(state, model, targets, held)
+        fill_from_state_dict(state, model, targets, held, mmap=mmap is not False)
         _convert_disk_entries(ckpt, state, model, targets, held, folder, result)
     _tie_offloaded(tied, result.offload_index)
     retie_parameters(model, tied)

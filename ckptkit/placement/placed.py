@@ -1,7 +1,8 @@
 """Filling a meta-built module whose tensors go to different devices, each read once.
 
 The target of every tensor is given (a GPU index, ``"cpu"`` or ``"disk"``): GPU and CPU tensors are
-read (``pread`` into private memory, or a copy-on-write map with ``mmap``) and put in place; a
+read (a copy-on-write view of the file with ``mmap``, else one parallel ``preadv`` pass into
+private memory or, for a GPU, through pinned double-buffered staging) and put in place; a
 ``"disk"`` tensor of a safetensors file is not read at all, it becomes an accelerate offload-index
 entry pointing into that file, and its parameter stays on the meta device in the dtype accelerate's
 hook will cast it to.
@@ -9,16 +10,15 @@ hook will cast it to.
 
 from __future__ import annotations
 
-import mmap as _mmap
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import read_header
-from ckptkit.io.tensors import read_tensor, to_torch_dtype
+from ckptkit.io.reader import FileMaps, TensorRead, read_tensors
+from ckptkit.io.tensors import to_torch_dtype
 
 __all__ = [
     "fill_from_safetensors",
@@ -76,41 +76,39 @@ def fill_from_safetensors(
     stored_as = dict(names) if names is not None else {n: n for n in targets}
     model_name = {stored: name for name, stored in stored_as.items() if name in targets}
     index: dict[str, dict[str, Any]] = {}
+    reads: list[TensorRead] = []  # everything not mapped: read at the end, in parallel
+    filled: list[tuple[str, torch.Tensor]] = []
+    maps = FileMaps()
     for path in files:
         header = read_header(path)
         found = [n for n in header.tensors if n in model_name]
         if not found:
             continue
-        fd = open_regular(path, identity=header.identity)
-        mapped = None
-        try:
-            for key in found:
-                name = model_name[key]
-                info, dtype, device = header.tensors[key], dtypes.get(name), targets[name]
-                stored = to_torch_dtype(info.dtype)
-                if device == "disk":
-                    index[name] = {
-                        "safetensors_file": os.path.abspath(path),
-                        "weight_name": key,
-                        "dtype": str(dtype or stored).removeprefix("torch."),
-                    }
-                    keep_on_meta(model, name, info.shape, dtype)
+        for key in found:
+            name = model_name[key]
+            info, dtype, device = header.tensors[key], dtypes.get(name), targets[name]
+            stored = to_torch_dtype(info.dtype)
+            if device == "disk":
+                index[name] = {
+                    "safetensors_file": os.path.abspath(path),
+                    "weight_name": key,
+                    "dtype": str(dtype or stored).removeprefix("torch."),
+                }
+                keep_on_meta(model, name, info.shape, dtype)
+                continue
+            if mmap and device == "cpu" and dtype in (None, stored):
+                view = maps.tensor(header, info)
+                if view is not None:
+                    set_module_tensor(model, name, view)
                     continue
-                if mmap and device == "cpu" and dtype in (None, stored) and info.nbytes:
-                    if mapped is None:
-                        mapped = _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
-                    view = _mapped_tensor(
-                        mapped, header.data_start + info.begin, info.nbytes, stored, info.shape
-                    )
-                    if view is not None:
-                        set_module_tensor(model, name, view)
-                        continue
-                tensor = read_tensor(fd, header, info, dtype=dtype)
-                if device != "cpu":
-                    tensor = tensor.to(torch_device(device))
-                set_module_tensor(model, name, tensor)
-        finally:
-            os.close(fd)  # a map stays valid after its descriptor is closed
+            want = dtype if dtype is not None and stored.is_floating_point else stored
+            target = torch.empty(tuple(info.shape), dtype=want, device=torch_device(device))
+            reads.append(TensorRead(header, info, target))
+            filled.append((name, target))
+    # One parallel read for every CPU and GPU tensor (GPU ones through pinned double-buffered staging).
+    read_tensors(reads)
+    for name, target in filled:
+        set_module_tensor(model, name, target)
     return index
 
 
@@ -119,21 +117,16 @@ def fill_from_state_dict(
     model: torch.nn.Module,
     targets: Mapping[str, Device],
     dtypes: Mapping[str, torch.dtype],
+    *,
+    mmap: bool = False,
 ) -> None:
-    """Fill the non-``"disk"`` tensors of ``targets`` from a (possibly mmap-backed) state dict."""
+    """Fill the non-``"disk"`` tensors of ``targets`` from a (possibly mmap-backed) state dict.
+
+    With ``mmap``, a ``"cpu"`` tensor that needs no cast stays as it is in ``state`` (file-backed
+    when ``state`` was loaded with ``torch.load(mmap=True)``); otherwise each is a private copy.
+    """
     for name, device in targets.items():
         if device == "disk":
             continue
-        # copy=True: a CPU tensor must not stay backed by the source file's map
-        value = state[name].to(device=torch_device(device), dtype=dtypes.get(name), copy=True)
+        value = state[name].to(device=torch_device(device), dtype=dtypes.get(name), copy=not mmap)
         set_module_tensor(model, name, value)
-
-
-def _mapped_tensor(
-    mapped: _mmap.mmap, offset: int, nbytes: int, dtype: torch.dtype, shape: Sequence[int]
-) -> torch.Tensor | None:
-    """A tensor viewing ``nbytes`` of a copy-on-write map, or ``None`` when misaligned for ``dtype``."""
-    if offset % dtype.itemsize:
-        return None
-    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset)
-    return raw.view(dtype).reshape(tuple(shape))

@@ -10,12 +10,9 @@ import os
 import posixpath
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
-
-if TYPE_CHECKING:
-    from ckptkit.resolve.hub import HubSpec
+from ckptkit.resolve.hub_spec import HubSpec
 
 __all__ = ["CacheMiss", "ckptkit_command", "fetch_command", "hf_cli", "offline_miss", "resume_fix"]
 

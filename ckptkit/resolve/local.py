@@ -1,4 +1,4 @@
-"""Local checkpoints: a directory or a weights file, and the weight set chosen in it.
+"""Local checkpoints: a directory, a weights file or a pipeline, and the weight sets chosen in it.
 
 Used by :mod:`ckptkit.resolve.resolve` for local paths and by :mod:`ckptkit.resolve.hub` for a
 downloaded snapshot (so the hub needs nothing from the module that dispatches to it).

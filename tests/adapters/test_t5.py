@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 from ckptkit import CkptWarning, CorruptCheckpointError, IncompleteCheckpointError, VariantNotFoundError
 from ckptkit.adapters import load_t5
 from tests._versions import dtype_kwarg
-from tests.adapters._compare import assert_same_weights, realigned
+from tests.adapters._compare import assert_same_weights
 
 IDS = torch.tensor([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
 MASK = (IDS != 0).long()
@@ -23,7 +23,6 @@ def hidden(model) -> torch.Tensor:
 
 
 def assert_same_model(ours, reference) -> None:
-    reference = realigned(reference)
     assert_same_weights(ours, reference)
     assert torch.equal(hidden(ours), hidden(reference))
 
@@ -201,5 +200,17 @@ def test_auto_device_map_offloads_to_disk_and_still_runs(layouts, tmp_path):
         offload_folder=tmp_path / "offload",
     )
     assert "disk" in set(ours.hf_device_map.values())
-    reference = realigned(T5EncoderModel.from_pretrained(layouts["t5_single"]))
+    reference = T5EncoderModel.from_pretrained(layouts["t5_single"])
     assert torch.equal(hidden(ours), hidden(reference))
+
+
+@pytest.mark.parametrize("device_map", [None, "auto"])
+def test_disable_mmap_gives_private_weights_equal_to_from_pretrained(layouts, device_map):
+    from tests.adapters._compare import file_backed
+
+    default = load_t5(layouts["t5_sharded"], device_map=device_map)
+    private = load_t5(layouts["t5_sharded"], device_map=device_map, disable_mmap=True)
+    assert all(file_backed(t) for t in default.state_dict().values())
+    assert not any(file_backed(t) for t in private.state_dict().values())
+    reference = T5EncoderModel.from_pretrained(layouts["t5_sharded"], disable_mmap=True)
+    assert torch.equal(hidden(private), hidden(reference))

@@ -238,7 +238,7 @@ def test_options_a_branch_cannot_honour_raise_naming_them(tmp_path, options, nam
 
 
 @pytest.mark.parametrize(
-    "option", [{"device": "cpu"}, {"num_threads": 2}, {"progress": True}, {"unwrap": True}]
+    "option", [{"num_threads": 2}, {"progress": True}, {"unwrap": True}, {"max_memory": {"cpu": 1}}]
 )
 def test_options_a_dtensor_model_cannot_honour_raise_naming_them(tmp_path, gloo, option):
     ckpt = _save(tmp_path / "ckpt", _state())

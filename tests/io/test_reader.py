@@ -78,3 +78,81 @@ def test_raw_bytes_views_any_dtype():
     assert len(view) == 6
     view[0:2] = torch.tensor([2.0], dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes()
     assert t[0].item() == 2.0
+
+
+_PENDING: list[_DeferredCopy] = []
+
+
+class _DeferredCopy:
+    """A fake device copy that reads its staging buffer only when waited for, as a DMA engine may."""
+
+    def __init__(self, stage, job):
+        self.stage, self.job = stage, job
+        _PENDING.append(self)
+
+    def synchronize(self):
+        part = self.job.read.target.view(-1)[self.job.first : self.job.first + self.job.count]
+        part.copy_(self.stage.view(to_torch_dtype(self.job.read.info.dtype)))
+        _PENDING.remove(self)
+
+
+def test_staging_pipeline_overlaps_and_never_reuses_a_buffer_in_flight(mixed_file, monkeypatch):
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 64)
+    header = read_header(mixed_file)
+    out = _targets(header, torch.float64)
+    reads = [TensorRead(header, header.tensors[n], t) for n, t in out.items()]
+    pipeline = reader.StagingPipeline(lambda n: torch.empty(n, dtype=torch.uint8), _DeferredCopy)
+    in_flight = []
+    with reader._open_files(reads) as fds:
+        for job in reader._plan(reads, fds):
+            if job.buffers is None:
+                pipeline.run(job)
+                in_flight.append(len(_PENDING))
+            else:
+                reader._read_direct(job)
+        pipeline.finish()
+    assert not _PENDING
+    assert len(in_flight) > 10 and max(in_flight) == 2  # a copy is in flight while the next chunk is read
+    for key, value in load_file(mixed_file).items():
+        want = value.double() if value.dtype.is_floating_point else value
+        assert torch.equal(out[key], want), key
+
+
+def _handmade(path, entries, data: bytes):
+    import json
+    import struct
+
+    header = json.dumps(entries).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+def test_file_maps_view_aligned_tensors_and_decline_misaligned_ones(tmp_path):
+    import struct
+
+    path = _handmade(
+        tmp_path / "odd.safetensors",
+        {
+            "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]},
+            "c": {"dtype": "U8", "shape": [2], "data_offsets": [6, 8]},
+        },
+        b"\x01\x02" + struct.pack("<f", 1.5) + b"\x03\x04",
+    )
+    header = read_header(path)
+    maps = reader.FileMaps()
+    assert maps.tensor(header, header.tensors["b"]) is None  # offset 2 is not a float32 boundary
+    assert maps.tensor(header, header.tensors["c"]).tolist() == [3, 4]
+    from ckptkit import load_sharded
+
+    got = load_sharded(path)
+    assert got["a"].tolist() == [1, 2] and got["b"].tolist() == [1.5] and got["c"].tolist() == [3, 4]
+    assert got["b"].untyped_storage().resizable() and not got["a"].untyped_storage().resizable()
+
+
+def test_file_maps_refuse_a_file_truncated_after_its_header_was_read(mixed_file):
+    header = read_header(mixed_file)
+    mixed_file.write_bytes(mixed_file.read_bytes()[:-100])
+    with pytest.raises(CorruptCheckpointError, match=r"mixed.safetensors.*bytes"):
+        reader.FileMaps().tensor(header, header.tensors["big"])

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from ckptkit import UnsafeCheckpointError
 from ckptkit.shims import ltx as shim
+from ckptkit.shims.ltx import _install as shim_install
 from tests.conformance.ltx.conftest import TRANSFORMER_CONFIG, randomized
 
 import ltx_video.inference as upstream  # isort: skip
@@ -180,8 +181,8 @@ def test_install_runs_ltx_videos_own_code_on_ckptkit(ltx_release):
     with shim.installed():
         assert upstream.create_transformer is shim.create_transformer
         assert upstream.create_ltx_video_pipeline is shim.create_ltx_video_pipeline
-        assert Transformer3DModel.from_pretrained.__func__ is shim._transformer_from_pretrained
-        assert CausalVideoAutoencoder.from_pretrained.__func__ is shim._vae_from_pretrained
+        assert Transformer3DModel.from_pretrained.__func__ is shim_install._transformer_from_pretrained
+        assert CausalVideoAutoencoder.from_pretrained.__func__ is shim_install._vae_from_pretrained
         assert RectifiedFlowScheduler.from_pretrained is shim.load_scheduler
         assert_same_pipeline(upstream.create_ltx_video_pipeline(*args), reference)
         # the classes' own entry points, as LTX-Video's code calls them

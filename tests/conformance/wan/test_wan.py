@@ -14,6 +14,8 @@ import torch
 
 from ckptkit import UnsafeCheckpointError
 from ckptkit.shims import wan as shim
+from ckptkit.shims.wan import _install as shim_install
+from ckptkit.shims.wan import _t5 as shim_t5
 from tests.conformance.wan.conftest import TINY_UMT5, wan_model, wan_t5, wan_vae2_1, wan_vae2_2
 
 
@@ -154,12 +156,18 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
     s2v = importlib.import_module("wan.modules.s2v.model_s2v").WanModel_S2V
     animate = importlib.import_module("wan.modules.animate.model_animate").WanAnimateModel
     with shim.installed():
-        assert wan_model.WanModel.from_pretrained.__func__ is shim._dit_from_pretrained
-        assert s2v.from_pretrained.__func__ is animate.from_pretrained.__func__ is shim._dit_from_pretrained
-        assert wan_t5.T5EncoderModel.__init__ is shim._t5_init
+        assert wan_model.WanModel.from_pretrained.__func__ is shim_install._dit_from_pretrained
+        assert (
+            s2v.from_pretrained.__func__
+            is animate.from_pretrained.__func__
+            is shim_install._dit_from_pretrained
+        )
+        assert wan_t5.T5EncoderModel.__init__ is shim_t5._t5_init
         assert wan_vae2_1._video_vae.__qualname__.startswith("_video_vae_2_1_in.")
         assert wan_vae2_2._video_vae.__qualname__.startswith("_video_vae_2_2_in.")
-        assert wan_vae2_1._video_vae.__module__ == wan_vae2_2._video_vae.__module__ == "ckptkit.shims.wan"
+        assert (
+            wan_vae2_1._video_vae.__module__ == wan_vae2_2._video_vae.__module__ == "ckptkit.shims.wan._vae"
+        )
         # the calls Wan's text2video.py makes, unchanged
         assert_same_module(
             wan_model.WanModel.from_pretrained(root, subfolder="high_noise_model"), reference["dit"]
@@ -202,13 +210,13 @@ def test_install_into_a_vendored_copy_as_live_avatar_ships_it(tiny_wan, wan_rele
         wan_t5_init = vars(wan_t5.T5EncoderModel)["__init__"]
         with shim.installed(package="vendor_pkg.wan_2_2"):
             assert vars(wan_t5.T5EncoderModel)["__init__"] is wan_t5_init  # the wan package itself untouched
-            assert t5.T5EncoderModel.__init__ is shim._t5_init
-            assert vae2_1._video_vae.__module__ == "ckptkit.shims.wan"
+            assert t5.T5EncoderModel.__init__ is shim_t5._t5_init
+            assert vae2_1._video_vae.__module__ == "ckptkit.shims.wan._vae"
             assert_same_module(t5.T5EncoderModel(**t5_kwargs).model, reference_t5)
             # the form of Live Avatar's DiT call (from_pretrained(checkpoint_dir, torch_dtype=, device_map=))
             ours = model.WanModel.from_pretrained(root, torch_dtype=torch.bfloat16, device_map="cpu")
             assert_same_module(ours, reference_dit)
-        assert vars(t5.T5EncoderModel)["__init__"] is not shim._t5_init
+        assert vars(t5.T5EncoderModel)["__init__"] is not shim_t5._t5_init
     finally:
         for name in [n for n in sys.modules if n.startswith("vendor_pkg")]:
             del sys.modules[name]
