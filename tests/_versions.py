@@ -14,6 +14,18 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     return {"dtype" if "dtype" in vars(PretrainedConfig()) else "torch_dtype": dtype}
 
 
+def private_memory_kwarg() -> dict[str, Any]:
+    """transformers' ``from_pretrained`` argument for weights in private memory: ``disable_mmap=True``
+    where it takes one (5.x); 4.x has none (an unknown one would reach the model's ``__init__``).
+    """
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    has = "disable_mmap" in inspect.signature(PreTrainedModel.from_pretrained).parameters
+    return {"disable_mmap": True} if has else {}
+
+
 def accelerate_balances_without_gpus() -> bool:
     """Whether accelerate's ``get_balanced_memory`` takes GPU budgets on a machine without GPUs.
 

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
 from ckptkit import CkptWarning, CorruptCheckpointError, IncompleteCheckpointError, VariantNotFoundError
 from ckptkit.adapters import load_t5
-from tests._versions import dtype_kwarg
+from tests._versions import dtype_kwarg, private_memory_kwarg
 from tests.adapters._compare import assert_same_weights
 
 IDS = torch.tensor([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
@@ -212,5 +212,5 @@ def test_disable_mmap_gives_private_weights_equal_to_from_pretrained(layouts, de
     private = load_t5(layouts["t5_sharded"], device_map=device_map, disable_mmap=True)
     assert all(file_backed(t) for t in default.state_dict().values())
     assert not any(file_backed(t) for t in private.state_dict().values())
-    reference = T5EncoderModel.from_pretrained(layouts["t5_sharded"], disable_mmap=True)
+    reference = T5EncoderModel.from_pretrained(layouts["t5_sharded"], **private_memory_kwarg())
     assert torch.equal(hidden(private), hidden(reference))
