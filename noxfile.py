@@ -12,6 +12,18 @@ TORCH = "torch==2.13.0"
 UPSTREAM = ("ltx-video==0.1.2", "wan22==2.2.11")
 
 
+#: The library stacks the test suite runs under (``nox -s compat``): the newest releases, and pinned
+#: older stacks, each a constraints file that pins huggingface_hub, transformers, diffusers,
+#: accelerate, tokenizers and sentencepiece.
+COMPAT_STACKS = {
+    "newest": None,
+    # what ltx-video pins (huggingface-hub~=0.30, transformers>=4.47.2,<4.52)
+    "ltx": ".ci/compat/ltx.txt",
+    # the floors pyproject.toml declares
+    "floor": ".ci/compat/floor.txt",
+}
+
+
 def _install(session: nox.Session, *extras: str) -> None:
     session.install(TORCH)
     session.install("-e", f".[{','.join(extras)}]" if extras else ".")
@@ -22,6 +34,30 @@ def tests(session: nox.Session) -> None:
     """The test suite (the README's test command)."""
     _install(session, "hf", "dev")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("stack", [nox.param(name, id=name) for name in COMPAT_STACKS])
+def compat(session: nox.Session, stack: str) -> None:
+    """The test suite under one library stack: torch first, then the pinned stack, then ckptkit.
+
+    The pins are constraints for the last step too, so installing ckptkit upgrades none of them.
+    Arguments after ``--`` go to pytest (CI passes ``-x`` and skips the slowest tests).
+    """
+    pins = COMPAT_STACKS[stack]
+    session.install(TORCH)
+    if pins is None:
+        session.install("-e", ".[hf,dev]")
+    else:
+        session.install("-r", pins, "-c", pins)
+        session.install("-c", pins, "-e", ".[hf,dev]")
+    session.run(
+        "python",
+        "-c",
+        "from importlib.metadata import version; print(*(f'{p}=={version(p)}' for p in "
+        "('torch', 'huggingface_hub', 'transformers', 'diffusers', 'accelerate', 'tokenizers')))",
+    )
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session

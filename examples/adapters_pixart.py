@@ -70,7 +70,8 @@ def main() -> int:
                 f"{type(model).__name__:<26} {sum(p.numel() for p in model.parameters()):>7} params  {dtypes}"
             )
 
-        reference = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=torch.float16)
+        # torch_dtype= is the name every transformers takes (dtype= from 4.56 on)
+        reference = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=torch.float16)
         for key, tensor in reference.state_dict().items():
             assert torch.equal(text_encoder.state_dict()[key], tensor), key
         print("T5 'wo' kept in", text_encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype)

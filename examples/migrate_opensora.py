@@ -47,7 +47,12 @@ def save_t5(directory: Path) -> None:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        # what T5's tokenizer returns (transformers 4.x would add token_type_ids otherwise)
+        model_input_names=["input_ids", "attention_mask"],
     )
     config = T5Config(
         vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,

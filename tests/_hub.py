@@ -9,14 +9,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
+from ckptkit.resolve.hub_misses import hf_cli
 from tests._subprocess import REPO, run_cli
 
 __all__ = ["REPO", "run_cli"]  # the runner lives in tests._subprocess; kept importable here
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+#: The download command of the installed huggingface_hub's CLI (``hf download``, before 0.34
+#: ``huggingface-cli download``), as fetch suggestions name it.
+HF_DOWNLOAD = hf_cli("download")
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -71,16 +76,28 @@ def write_tree_listing(folder: Path, files: dict[str, Path]) -> None:
     """Write ``trees/<COMMIT>.json`` under ``folder`` with huggingface_hub's own writer.
 
     LFS files get their sha256 and a pointer blob id (as the hub lists them), others their git blob sha1.
+    huggingface_hub < 1.22 has no writer: the file is then written as a newer client sharing the
+    cache leaves it (format version 1, the format the newest environment checks against the writer).
     """
-    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
-
-    entries = {}
+    entries: dict[str, dict[str, object]] = {}
     for repo_path, file in files.items():
         size = file.stat().st_size
         if file.name.endswith(LFS_SUFFIXES):
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{etag_of(file)}\nsize {size}\n".encode()
             pointer_id = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
-            entries[repo_path] = TreeCacheEntry(size, pointer_id, lfs_sha256=etag_of(file), lfs_size=size)
+            entries[repo_path] = {
+                "size": size,
+                "blob_id": pointer_id,
+                "lfs_sha256": etag_of(file),
+                "lfs_size": size,
+            }
         else:
-            entries[repo_path] = TreeCacheEntry(size, etag_of(file))
-    write_tree_cache(str(folder), COMMIT, entries)
+            entries[repo_path] = {"size": size, "blob_id": etag_of(file)}
+    try:
+        from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+    except ImportError:
+        (folder / "trees").mkdir(parents=True, exist_ok=True)
+        data = {"format_version": 1, "files": {k: entries[k] for k in sorted(entries)}}
+        (folder / "trees" / f"{COMMIT}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+        return
+    write_tree_cache(str(folder), COMMIT, {k: TreeCacheEntry(**v) for k, v in entries.items()})  # type: ignore[arg-type]

@@ -194,7 +194,12 @@ def build_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        # what T5's tokenizers return (transformers 4.x adds token_type_ids for a generic tokenizer)
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from ckptkit import resave
 from ckptkit.format import read_header, read_index
+from tests._versions import dtype_kwarg
 
 T5_INPUT = torch.tensor([[5, 17, 3, 42, 8, 1]])
 
@@ -164,7 +165,7 @@ def test_variant_fp16_from_default_weights_casts_and_names_the_variant(layouts, 
         for param in reference.parameters():
             param.copy_(param.half().float())
         want = reference(T5_INPUT).last_hidden_state
-    got = t5_output(ckpt.path, variant="fp16", dtype=torch.float32)
+    got = t5_output(ckpt.path, variant="fp16", **dtype_kwarg(torch.float32))
     assert torch.equal(got, want)
     assert torch.allclose(got, t5_output(src), atol=1e-2)
 
@@ -184,7 +185,7 @@ def test_dtype_conversion_diffusers(layouts, tmp_path):
     check_shards(ckpt.path, 40_000, "diffusion_pytorch_model")
     default = safetensors_state(src, "diffusion_pytorch_model-*.safetensors")
     assert_same_tensors(safetensors_state(ckpt.path), _rounded(default, torch.float16))
-    got = vae_output(ckpt.path, dtype=torch.float32)
+    got = vae_output(ckpt.path, torch_dtype=torch.float32)
     assert torch.allclose(got, vae_output(src), atol=2e-2)
 
 
@@ -196,7 +197,7 @@ def test_dtype_bf16_with_variant(layouts, tmp_path):
         assert {handle.get_slice(k).get_dtype() for k in handle.keys()}  # noqa: SIM118 (safe_open is no dict) == {"BF16"}
     default = load_file(src / "diffusion_pytorch_model.safetensors")
     assert_same_tensors(safetensors_state(ckpt.path, "*.bf16.safetensors"), _rounded(default, torch.bfloat16))
-    assert pixart_output(ckpt.path, variant="bf16", dtype=torch.float32).shape == (1, 8, 8, 8)
+    assert pixart_output(ckpt.path, variant="bf16", torch_dtype=torch.float32).shape == (1, 8, 8, 8)
 
 
 def test_torch_bin_source_becomes_model_safetensors(layouts, tmp_path):
@@ -266,7 +267,11 @@ def test_pipeline_resaves_every_component(layouts, tmp_path):
     assert torch.equal(
         vae_output(out, subfolder="vae", variant="fp16"), vae_output(src, subfolder="vae", variant="fp16")
     )
-    assert pixart_output(out, subfolder="transformer", variant="fp16", dtype=torch.float32).isfinite().all()
+    assert (
+        pixart_output(out, subfolder="transformer", variant="fp16", torch_dtype=torch.float32)
+        .isfinite()
+        .all()
+    )
     assert checksums(src) == before
 
 

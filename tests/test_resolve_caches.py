@@ -73,11 +73,10 @@ def test_offline_miss_lists_every_place_and_fetches_only_what_is_needed(hub, tmp
     assert "model_index" not in command and "/*" not in command
     assert "'*.fp16*.safetensors'" in command
 
-    hf = Path(sys.executable).with_name("hf")
+    words = shlex.split(command)  # hf download ... (huggingface-cli download ... before 0.34)
+    hf = Path(sys.executable).with_name(words[0])
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    subprocess.run(
-        [str(hf), *shlex.split(command)[1:]], check=True, env=env, capture_output=True, timeout=120
-    )
+    subprocess.run([str(hf), *words[1:]], check=True, env=env, capture_output=True, timeout=120)
     assert not any(".bin" in p or ("fp16" not in p and p.endswith(".safetensors")) for p in hub.downloads())
     hub.reset()
     ckpt = resolve_ckpt_dir("org/t5", variant="fp16", cache_dir=mine, local_files_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ckptkit.cli import main
+from tests._hub import HF_DOWNLOAD
 
 
 def test_prints_only_the_directory(hub, hub_cache, capsys):
@@ -33,7 +34,7 @@ def test_offline_miss_exits_1_with_the_fetch_command(hub, hub_cache, capsys):
     code = main(["resolve", "org/vae", "--cache-dir", str(hub_cache), "--offline"])
     out, err = capsys.readouterr()
     assert code == 1 and out == "" and hub.requests == []
-    assert "CheckpointNotFoundError" in err and "hf download org/vae" in err
+    assert "CheckpointNotFoundError" in err and f"{HF_DOWNLOAD} org/vae" in err
 
 
 def test_local_directory_and_warning_on_stderr(layouts, capsys):

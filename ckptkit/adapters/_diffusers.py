@@ -129,7 +129,22 @@ def load_diffusers_model(
     with init_empty_weights(), no_init_weights():
         model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
+    if not keep and load_dtype not in (None, torch.float32) and device_map is None and _casts_whole_model():
+        model.to(load_dtype)  # buffers too, as that diffusers' from_pretrained does
     model.eval()
     if hasattr(model, "register_to_config"):
         model.register_to_config(_name_or_path=os.fspath(spec))
     return options.result(model, ckpt, as_sets=False)
+
+
+def _casts_whole_model() -> bool:
+    """Whether the installed diffusers' ``from_pretrained`` ends with ``model.to(torch_dtype)``.
+
+    diffusers 0.31 casts the whole model, buffers included (a PixArt ``pos_embed``); 0.33 and later
+    cast only the weights they load. No attribute tells them apart, so the version decides.
+    """
+    import diffusers
+
+    parts = str(getattr(diffusers, "__version__", "1")).split(".")
+    major, minor = (int(p) if p.isdigit() else 0 for p in [*parts, "0"][:2])
+    return (major, minor) < (0, 33)

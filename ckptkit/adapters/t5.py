@@ -149,7 +149,8 @@ def load_t5(
     config, model_kwargs = _model_config(transformers, ckpt, config, overrides, hub)
     cls = getattr(transformers, class_name)
     requested = user_dtype(torch_dtype, dtype)
-    default = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else _stored_dtype(ckpt)
+    auto = _config_dtype(config) or _stored_dtype(ckpt)
+    default = auto if requested == "auto" or _is_v5(transformers) else torch.get_default_dtype()
     load_dtype = choose_dtype(ckpt, requested, default)
 
     # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
@@ -178,9 +179,12 @@ def load_t5(
     )
     model.eval()
     if load_dtype is not None:
-        model.config.dtype = load_dtype
+        # transformers >= 4.56 names it ``dtype`` (``torch_dtype`` is then a deprecated alias property).
+        field = "torch_dtype" if "torch_dtype" in vars(model.config) else "dtype"
+        setattr(model.config, field, load_dtype)
     model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
-    result = options.result(model, ckpt, as_sets=True)
+    # output_loading_info: transformers 5 gives sets of keys, 4.x lists
+    result = options.result(model, ckpt, as_sets=_is_v5(transformers))
     if not with_tokenizer:
         return result
     tokenizer = load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)
@@ -239,6 +243,25 @@ def load_tokenizer(
         path=local,
         fix="pass tokenizer_subfolder= the folder that holds the tokenizer",
     )
+
+
+def _is_v5(transformers: Any) -> bool:
+    """Whether the installed transformers is 5 or later, where ``from_pretrained`` changed.
+
+    transformers 5 defaults to ``dtype="auto"`` (4.x loads in ``torch.get_default_dtype()``, float32,
+    unless asked) and reports loading info as sets (4.x: lists). Neither change has an attribute to
+    detect it by, so the major version decides.
+    """
+    major = str(getattr(transformers, "__version__", "5")).split(".")[0]
+    return not major.isdigit() or int(major) >= 5
+
+
+def _config_dtype(config: Any) -> torch.dtype | None:
+    """The dtype config.json records: ``dtype`` (transformers >= 4.56) or ``torch_dtype`` (older)."""
+    for value in (getattr(config, "dtype", None), vars(config).get("torch_dtype")):
+        if isinstance(value, torch.dtype):
+            return value
+    return None
 
 
 def _stored_dtype(ckpt: CheckpointDir) -> torch.dtype | None:

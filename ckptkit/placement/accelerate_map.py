@@ -12,9 +12,19 @@ from typing import Any
 
 import torch
 
+from ckptkit.errors import CkptError
 from ckptkit.placement.device_map import DEVICE_MAP_MODES, normalize_max_memory
 
-__all__ = ["Device", "complete_device_map", "device_of", "make_device_map", "model_tensors", "tie_weights"]
+__all__ = [
+    "Device",
+    "complete_device_map",
+    "device_of",
+    "dispatch_options",
+    "forget_meta_pointer",
+    "make_device_map",
+    "model_tensors",
+    "tie_weights",
+]
 
 logger = logging.getLogger("ckptkit")
 
@@ -49,13 +59,23 @@ def make_device_map(
     )
     special = {name: str(d).removeprefix("torch.") for name, d in held.items()}
     if device_map != "sequential":
-        budgets = get_balanced_memory(
-            model,
-            max_memory=budgets,
-            no_split_module_classes=classes,
-            special_dtypes=special,
-            low_zero=device_map == "balanced_low_0",
-        )
+        try:
+            budgets = get_balanced_memory(
+                model,
+                max_memory=budgets,
+                no_split_module_classes=classes,
+                special_dtypes=special,
+                low_zero=device_map == "balanced_low_0",
+            )
+        except RuntimeError as exc:
+            if not any(isinstance(d, int) for d in budgets or ()):
+                raise
+            # older accelerate (1.6 at least) resolves GPU indices through torch.device, which fails without one.
+            raise CkptError(
+                f"the installed accelerate cannot balance GPU budgets on a machine without GPUs ({exc})",
+                fix="plan from the headers with ckptkit.plan_device_map (or `ckptkit plan`), which needs "
+                "no GPU, pass device_map='sequential', or upgrade accelerate",
+            ) from None
     placed = infer_auto_device_map(
         model, max_memory=budgets, no_split_module_classes=classes, special_dtypes=special
     )
@@ -108,3 +128,29 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers(remove_duplicate=False))
     return tensors
+
+
+def dispatch_options(placed: Mapping[str, Device]) -> dict[str, Any]:
+    """Extra ``dispatch_model`` arguments a map needs under every supported accelerate.
+
+    Older accelerate (1.1 and 1.6 at least) refuses a map that is all ``"disk"`` unless told to hook
+    it with the CPU as the execution device; newer versions do just that by themselves.
+    """
+    return {"main_device": "cpu", "force_hooks": True} if set(placed.values()) == {"disk"} else {}
+
+
+def forget_meta_pointer(model: torch.nn.Module) -> None:
+    """Stop accelerate's hooks sharing tied weights by pointer when a tied group is left on disk.
+
+    Older accelerate (1.1 and 1.6 at least) keys tied weights by ``data_ptr()``, which is 0 for every
+    meta tensor: the first disk tensor loaded would be handed to every other disk tensor of the model
+    (a layer norm running with the embedding), and some versions then fail to release it. Each tied
+    name has its own offload-index entry, so the hooks read it by name instead, as newer versions do
+    for tied weights on disk (at the cost of reading a shared tensor once per name).
+    """
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for one in [*getattr(hook, "hooks", ()), hook]:
+            if isinstance(getattr(one, "tied_params_map", None), dict):
+                one.tied_params_map = None
+                one.tied_params_names = set()

@@ -28,7 +28,15 @@ from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.io.module_fill import FillPlan, StoredTensor, plan_module_fill
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.io.torch_files import load_torch_file, unwrap_state_dict
-from ckptkit.placement.accelerate_map import Device, device_of, make_device_map, model_tensors, tie_weights
+from ckptkit.placement.accelerate_map import (
+    Device,
+    device_of,
+    dispatch_options,
+    forget_meta_pointer,
+    make_device_map,
+    model_tensors,
+    tie_weights,
+)
 from ckptkit.placement.device_map import DEVICE_MAP_MODES, TensorEntry, checkpoint_tensors
 from ckptkit.placement.offload import convert_once, source_fingerprint, write_offload_index
 from ckptkit.placement.placed import (
@@ -237,7 +245,10 @@ def load_with_device_map(
         offload_index=result.offload_index or None,
         offload_buffers=offload_buffers,
         state_dict=_fill_missing(model, result.missing_keys, placed),
+        **dispatch_options(placed),
     )
+    if any(model.get_parameter(group[0]).is_meta for group in tied if group):
+        forget_meta_pointer(model)
     return result
 
 

@@ -2,7 +2,9 @@
 
 The cache is read and written by huggingface_hub's own functions (``HfApi.resolve_revision``,
 ``get_cached_repo_tree``, ``try_to_load_from_cache``, ``snapshot_download``); which files a component
-needs is decided by :mod:`ckptkit.resolve.repo_files` from the repo's listing.
+needs is decided by :mod:`ckptkit.resolve.repo_files` from the repo's listing. huggingface_hub >= 0.30
+is supported: where the installed version lacks one of those functions, :mod:`ckptkit.resolve.hub_compat`
+gives the fallback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ckptkit.errors import (
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import MODEL_INDEX_NAME
 from ckptkit.format.hub_files import read_ref
-from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, offline_miss, resume_fix
+from ckptkit.format.naming import parse_weight_filename
+from ckptkit.resolve.hub_compat import cached_listing, cached_revision, resolve_online, unreachable_errors
+from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, hf_cli, offline_miss, resume_fix
 from ckptkit.resolve.hub_spec import (
     CACHE_PATH_ENV,
     HubSpec,
@@ -32,6 +36,7 @@ from ckptkit.resolve.hub_spec import (
     is_offline,
 )
 from ckptkit.resolve.local import resolve_local
+from ckptkit.resolve.repo_files import DownloadPlan
 
 __all__ = ["CACHE_PATH_ENV", "HubSpec", "cache_dirs", "default_cache_dir", "is_offline", "resolve_hub"]
 
@@ -44,9 +49,6 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _cached_commit(spec: HubSpec) -> str | None:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RevisionResolutionError
-
     if spec.revision is not None and _COMMIT.match(spec.revision):
         return spec.revision
     # Read refs/<revision> ourselves: capped, a commit hash or a typed error (never a path that
@@ -55,13 +57,9 @@ def _cached_commit(spec: HubSpec) -> str | None:
         commit = read_ref(spec.storage, spec.revision or "main")
         if commit is not None:
             return commit
-    try:
-        resolved = HfApi().resolve_revision(
-            spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir, local_files_only=True
-        )
-        return str(resolved.resolved)
-    except RevisionResolutionError:
-        pass
+    commit = cached_revision(spec.repo_id, spec.revision, spec.cache_dir)
+    if commit is not None:
+        return commit
     snapshots = spec.storage / "snapshots"
     if spec.pick_only_snapshot and spec.revision is None and snapshots.is_dir():
         commits = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
@@ -96,10 +94,15 @@ def _local_listing(snapshot: Path, directory: str) -> list[str]:
     return out
 
 
-def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | CacheMiss:
-    """Resolve from the cache alone (no HTTP); a :class:`CacheMiss` says what is lacking."""
-    from huggingface_hub import get_cached_repo_tree, try_to_load_from_cache
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+def _from_cache(
+    spec: HubSpec, commit: str | None = None, hub_listing: list[str] | None = None
+) -> CheckpointDir | CacheMiss:
+    """Resolve from the cache alone (no HTTP); a :class:`CacheMiss` says what is lacking.
+
+    ``hub_listing`` is the Hub's listing of ``commit`` just fetched, for clients that do not record
+    it in the cache.
+    """
+    from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import filter_repo_objects
 
     commit = commit or _cached_commit(spec)
@@ -110,11 +113,14 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | Cac
     spec.looked.append(str(snapshot / (spec.filename or spec.directory)))
     if not snapshot.is_dir():
         return CacheMiss(commit)
-    try:
-        tree = get_cached_repo_tree(spec.repo_id, revision=commit, cache_dir=spec.cache_dir)
-        listing, listed = [f.path for f in tree], True
-    except CachedRepoTreeNotFoundError:
-        listing, listed = _local_listing(snapshot, spec.directory), False
+    cached = (
+        cached_listing(spec.repo_id, commit, spec.cache_dir, spec.storage)
+        if hub_listing is None
+        else hub_listing
+    )
+    listing, listed = (
+        (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
+    )
     try:
         plan = spec.plan(listing, snapshot)
     except CkptError as exc:
@@ -138,10 +144,34 @@ def _from_cache(spec: HubSpec, commit: str | None = None) -> CheckpointDir | Cac
         none_here = set(missing) == set(needed) and not (plan.components == [] and any(snapshot.iterdir()))
         return CacheMiss(commit, missing, listed=listed, none_here=none_here)
     chosen = plan.selection.weight_set if plan.selection else None
-    if not listed and chosen is not None and chosen.variant != spec.variant and not spec.offline:
+    if (
+        not listed
+        and not spec.offline
+        and (
+            (chosen is not None and chosen.variant != spec.variant)
+            or (spec.variant is not None and not _variant_everywhere(plan, spec.variant))
+        )
+    ):
         # Only the cache was listed: the variant asked for may still exist on the Hub.
         return CacheMiss(commit, [], listed=False)
+    if not listed and not spec.offline:
+        try:
+            return _resolve_snapshot(spec, snapshot, commit)
+        except IncompleteCheckpointError as exc:
+            # Only what is on disk was listed (a shard gone, a link dangling): the Hub's listing says
+            # what to fetch again.
+            return CacheMiss(commit, error=exc, listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
+
+
+def _variant_everywhere(plan: DownloadPlan, variant: str) -> bool:
+    """Whether each pipeline component planned has weights of ``variant`` among its files."""
+    found = {
+        posixpath.dirname(f)
+        for f in plan.files
+        if (parsed := parse_weight_filename(posixpath.basename(f))) and parsed.variant == variant
+    }
+    return all(name in found for name in plan.components or ())
 
 
 def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointDir:
@@ -170,32 +200,27 @@ def _resolve_snapshot(spec: HubSpec, snapshot: Path, commit: str) -> CheckpointD
 # -- download -----------------------------------------------------------------------------------
 
 
-def _download(spec: HubSpec) -> str:
-    """List the repo, plan the component's files, and fetch them with ``snapshot_download``."""
-    import httpx2
+def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
+    """List the repo, plan the component's files, and fetch them with ``snapshot_download``.
+
+    Returns the commit downloaded and the Hub's listing of it (``None`` if the branch moved on
+    between listing and downloading).
+    """
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-        RevisionResolutionError,
-    )
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     api = HfApi(endpoint=spec.endpoint, token=spec.token)
     where = spec.endpoint or api.endpoint
     spec.looked.append(f"{where}/{spec.repo_id} (revision {spec.revision or 'main'})")
     try:
-        revision = api.resolve_revision(spec.repo_id, revision=spec.revision, cache_dir=spec.cache_dir)
-        listing = api.list_repo_files(spec.repo_id, revision=revision.resolved)
-        snapshot = spec.storage / "snapshots" / revision.resolved
+        target, commit, listing = resolve_online(api, spec.repo_id, spec.revision, spec.cache_dir)
+        snapshot = spec.storage / "snapshots" / commit
         plan = spec.plan(listing, snapshot)
         if plan.components == []:  # a pipeline: which components it has is in its model_index.json
             hf_hub_download(
                 spec.repo_id,
                 MODEL_INDEX_NAME,
-                revision=revision.resolved,
+                revision=commit,
                 cache_dir=spec.cache_dir,
                 token=spec.token,
                 endpoint=spec.endpoint,
@@ -204,9 +229,9 @@ def _download(spec: HubSpec) -> str:
         wanted = plan.files + [f for f in plan.optional if f in listing]
         patterns = spec.allow_patterns if spec.allow_patterns is not None else wanted
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
-        snapshot_download(
+        folder = snapshot_download(
             spec.repo_id,
-            revision=revision,
+            revision=target,
             cache_dir=spec.cache_dir,
             allow_patterns=patterns,
             token=spec.token,
@@ -223,22 +248,18 @@ def _download(spec: HubSpec) -> str:
             f"repo {spec.repo_id} was not found on {where} (or it is private/gated and no valid token was "
             f"given); looked in: {'; '.join(spec.looked)}",
             path=spec.label,
-            fix="check the repo id, log in with `hf auth login` or pass token=",
+            fix=f"check the repo id, log in with `{hf_cli('login')}` or pass token=",
         ) from None
-    except (
-        RevisionResolutionError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        httpx2.TransportError,
-        HfHubHTTPError,
-    ) as exc:
+    except unreachable_errors() as exc:
         raise HubUnreachableError(
             f"not in the hub cache and the Hub could not be reached ({type(exc).__name__}: {exc}); "
             f"looked in: {'; '.join(spec.looked)}",
             path=spec.label,
             fix=f"check the network or HF_ENDPOINT, or fetch it with: {fetch_command(spec, None)}",
         ) from None
-    return revision.resolved
+    # The snapshot folder is named by the commit actually downloaded.
+    downloaded = Path(folder).name
+    return downloaded, listing if downloaded == commit else None
 
 
 def _resolve_unlisted_snapshot(spec: HubSpec, miss: CacheMiss) -> None:
@@ -279,12 +300,12 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
         raise offline_miss(spec, found, env_offline=is_offline())
     spec.cache_dir = spec.caches[0]  # downloads go to the first cache
     try:
-        commit = _download(spec)
+        commit, listing = _download(spec)
     except HubUnreachableError:
         spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
         _resolve_unlisted_snapshot(spec, found)
         raise
-    again = _from_cache(spec, commit)
+    again = _from_cache(spec, commit, listing)
     if isinstance(again, CheckpointDir):
         return again
     if again.error is not None:

@@ -5,6 +5,7 @@ Kept apart from :mod:`ckptkit.resolve.hub` (which finds and downloads) so each s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import posixpath
 import shlex
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from ckptkit.errors import CheckpointNotFoundError, CkptError, IncompleteCheckpointError
 from ckptkit.resolve.hub_spec import HubSpec
 
-__all__ = ["CacheMiss", "ckptkit_command", "fetch_command", "offline_miss", "resume_fix"]
+__all__ = ["CacheMiss", "ckptkit_command", "fetch_command", "hf_cli", "offline_miss", "resume_fix"]
 
 
 @dataclass
@@ -38,15 +39,26 @@ def _custom_cache(spec: HubSpec) -> list[str]:
     return ["--cache-dir", str(spec.cache_dir)]
 
 
+def hf_cli(verb: str) -> str:
+    """The installed huggingface_hub's command for ``verb``: ``hf`` (>= 0.34), else ``huggingface-cli``."""
+    if importlib.util.find_spec("huggingface_hub.cli") is not None:
+        return f"hf auth {verb}" if verb == "login" else f"hf {verb}"
+    return f"huggingface-cli {verb}"
+
+
 def fetch_command(spec: HubSpec, files: list[str] | None) -> str:
-    words = ["hf", "download", spec.repo_id]
+    words = [*hf_cli("download").split(), spec.repo_id]
     if files:
         words += files
     elif spec.filename:
         words.append(spec.filename)
     else:
-        for pattern in _guessed_patterns(spec):
-            words += ["--include", pattern]
+        patterns = _guessed_patterns(spec)
+        if words[0] == "hf":
+            for pattern in patterns:
+                words += ["--include", pattern]
+        elif patterns:  # huggingface-cli keeps only the last --include: one flag, several patterns
+            words += ["--include", *patterns]
     if spec.revision:
         words += ["--revision", spec.revision]
     words += _custom_cache(spec)

@@ -54,7 +54,7 @@ def test_dit_from_pipeline_repo_and_single_repo(hub, hub_cache, hub_repos):
     same_weights(
         fp16,
         PixArtTransformer2DModel.from_pretrained(
-            hub_repos / "org" / "pixart", variant="fp16", dtype=torch.float16
+            hub_repos / "org" / "pixart", variant="fp16", torch_dtype=torch.float16
         ),
     )
 

@@ -68,7 +68,8 @@ def test_t5_output_loading_info(layouts, tmp_path):
     with pytest.warns(UserWarning):
         _, info = load_t5(directory, output_loading_info=True)
     _, their_info = T5EncoderModel.from_pretrained(directory, output_loading_info=True)
-    assert info["unexpected_keys"] == their_info["unexpected_keys"] == {"extra.weight"}
+    assert info["unexpected_keys"] == their_info["unexpected_keys"]  # a set (transformers 5) or a list (4.x)
+    assert set(info["unexpected_keys"]) == {"extra.weight"}
 
 
 def test_t5_loading_info_with_tokenizer(layouts, tmp_path):
@@ -76,7 +77,7 @@ def test_t5_loading_info_with_tokenizer(layouts, tmp_path):
     _models.build_tokenizer().save_pretrained(directory)
     model, tokenizer, info = load_t5(directory, with_tokenizer=True, output_loading_info=True)
     assert (
-        isinstance(model, T5EncoderModel) and tokenizer("a cat").input_ids and info["missing_keys"] == set()
+        isinstance(model, T5EncoderModel) and tokenizer("a cat").input_ids and len(info["missing_keys"]) == 0
     )
 
 

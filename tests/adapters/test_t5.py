@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
 from ckptkit import CkptWarning, CorruptCheckpointError, IncompleteCheckpointError, VariantNotFoundError
 from ckptkit.adapters import load_t5
+from tests._versions import dtype_kwarg, private_memory_kwarg
 from tests.adapters._compare import assert_same_weights
 
 IDS = torch.tensor([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
@@ -33,22 +34,28 @@ def test_equals_from_pretrained(layouts, name):
 
 def test_fp16_variant_keeps_wo_in_fp32(layouts):
     ours = load_t5(layouts["t5_variants"], variant="fp16")
-    assert_same_model(ours, T5EncoderModel.from_pretrained(layouts["t5_variants"], variant="fp16"))
+    reference = T5EncoderModel.from_pretrained(layouts["t5_variants"], variant="fp16")
+    assert_same_model(ours, reference)
     assert ours.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
-    assert ours.shared.weight.dtype == torch.float16
+    # fp16 as stored where from_pretrained keeps the stored dtype (transformers 5), else float32
+    assert ours.shared.weight.dtype == reference.shared.weight.dtype
 
 
 @pytest.mark.parametrize("kwargs", [{"dtype": torch.float16}, {"dtype": "fp16"}, {"torch_dtype": "float16"}])
 def test_dtype_forms_and_keep_in_fp32(layouts, kwargs):
     ours = load_t5(layouts["t5_single"], **kwargs)
-    assert_same_model(ours, T5EncoderModel.from_pretrained(layouts["t5_single"], dtype=torch.float16))
+    assert_same_model(
+        ours, T5EncoderModel.from_pretrained(layouts["t5_single"], **dtype_kwarg(torch.float16))
+    )
     assert ours.encoder.block[1].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
 
 
 def test_bf16_casts_everything(layouts):
     # transformers keeps `wo` in fp32 only under fp16
     ours = load_t5(layouts["t5_sharded"], dtype="bf16")
-    assert_same_model(ours, T5EncoderModel.from_pretrained(layouts["t5_sharded"], dtype=torch.bfloat16))
+    assert_same_model(
+        ours, T5EncoderModel.from_pretrained(layouts["t5_sharded"], **dtype_kwarg(torch.bfloat16))
+    )
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
 
 
@@ -66,7 +73,9 @@ def test_only_fp16_files_loads_them_with_a_warning(layouts):
 def test_missing_variant_falls_back_and_casts(layouts):
     with pytest.warns(CkptWarning, match="variant 'fp16' was requested"):
         ours = load_t5(layouts["t5_sharded"], variant="fp16")
-    assert_same_model(ours, T5EncoderModel.from_pretrained(layouts["t5_sharded"], dtype=torch.float16))
+    assert_same_model(
+        ours, T5EncoderModel.from_pretrained(layouts["t5_sharded"], **dtype_kwarg(torch.float16))
+    )
 
 
 def test_missing_variant_error_policy(layouts):
@@ -203,5 +212,5 @@ def test_disable_mmap_gives_private_weights_equal_to_from_pretrained(layouts, de
     private = load_t5(layouts["t5_sharded"], device_map=device_map, disable_mmap=True)
     assert all(file_backed(t) for t in default.state_dict().values())
     assert not any(file_backed(t) for t in private.state_dict().values())
-    reference = T5EncoderModel.from_pretrained(layouts["t5_sharded"], disable_mmap=True)
+    reference = T5EncoderModel.from_pretrained(layouts["t5_sharded"], **private_memory_kwarg())
     assert torch.equal(hidden(private), hidden(reference))

@@ -9,13 +9,14 @@ import torch
 from safetensors.torch import save_file
 
 from tests import _models
+from tests._versions import Layouts, has_diffusers_classes
 
 
 @pytest.fixture(scope="session")
 def shim_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The projects' native layouts, built from real models' state dicts (read-only use)."""
     root = tmp_path_factory.mktemp("shim_layouts")
-    out: dict[str, Path] = {}
+    out = Layouts()
     tokenizer = _models.build_tokenizer()
 
     # Open-Sora: a T5 directory with its tokenizer (as DeepFloyd/t5-v1_1-xxl is laid out)
@@ -27,6 +28,24 @@ def shim_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     out["pixart_repo"] = root / "PixArt-XL-2-1024-MS"
     shutil.copytree(layouts["pipeline"], out["pixart_repo"])
     tokenizer.save_pretrained(out["pixart_repo"] / "tokenizer")
+    ltx, wan = (
+        ("LTXVideoTransformer3DModel", "AutoencoderKLLTXVideo"),
+        ("WanTransformer3DModel", "AutoencoderKLWan"),
+    )
+    if has_diffusers_classes(*ltx):
+        _ltx_single_files(root, out)
+    else:
+        out.unbuilt |= dict.fromkeys(
+            ("ltx_single", "ltx_single_bf16", "ltx_no_config"), f"diffusers has no {ltx}"
+        )
+    if has_diffusers_classes(*wan):
+        _wan_roots(root, out, tokenizer)
+    else:
+        out.unbuilt |= dict.fromkeys(("wan21", "wan22"), f"diffusers has no {wan}")
+    return out
+
+
+def _ltx_single_files(root: Path, out: dict[str, Path]) -> None:
     dit, vae = _models.build_ltx_dit(), _models.build_ltx_vae()
     config = {
         "transformer": dict(dit.config),
@@ -46,6 +65,8 @@ def shim_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     out["ltx_no_config"] = root / "ltxv-no-config.safetensors"
     save_file(state, out["ltx_no_config"], metadata={"format": "pt"})
 
+
+def _wan_roots(root: Path, out: dict[str, Path], tokenizer) -> None:
     # Wan2.1: one DiT in the root; Wan2.2 A14B: two experts in subfolders
     out["wan21"] = wan21 = root / "Wan2.1-T2V-tiny"
     wan21.mkdir()
@@ -64,7 +85,6 @@ def shim_layouts(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     _models.build_wan_dit(seed=3).to(torch.bfloat16).save_pretrained(
         wan22 / "high_noise_model", max_shard_size="30KB"
     )
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +101,10 @@ def hub_repos(shim_layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     org = root / "org"
     shutil.copytree(shim_layouts["t5_with_tokenizer"], org / "t5")
     shutil.copytree(shim_layouts["pixart_repo"], org / "PixArt-XL-2-1024-MS")
-    (org / "LTX-Video").mkdir(parents=True)
-    shutil.copy(shim_layouts["ltx_single"], org / "LTX-Video" / "ltxv-tiny.safetensors")
-    shutil.copy(shim_layouts["ltx_single_bf16"], org / "LTX-Video" / "ltxv-tiny-bf16.safetensors")
+    if "ltx_single" in shim_layouts:  # built where diffusers has the LTX-Video classes
+        (org / "LTX-Video").mkdir(parents=True)
+        shutil.copy(shim_layouts["ltx_single"], org / "LTX-Video" / "ltxv-tiny.safetensors")
+        shutil.copy(shim_layouts["ltx_single_bf16"], org / "LTX-Video" / "ltxv-tiny-bf16.safetensors")
     (org / "OpenSora-STDiT").mkdir()
     save_file(trained_state(), org / "OpenSora-STDiT" / "model.safetensors")
     return root

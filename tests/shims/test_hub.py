@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from diffusers import LTXVideoTransformer3DModel
 
 from ckptkit.shims.ltx import create_transformer, load_text_encoder, read_single_file
 from ckptkit.shims.opensora import T5Encoder, load_checkpoint
+from tests._versions import diffusers_class
 from tests.shims.test_opensora import TinySTDiT, assert_loaded, trained_state
 
 
@@ -37,13 +37,14 @@ def test_ltx_text_encoder_fetches_only_its_folders(hub, hub_cache):
 
 
 def test_ltx_single_file_from_repo(hub, hub_cache):
+    model_class = diffusers_class("LTXVideoTransformer3DModel")
     single = read_single_file("org/LTX-Video/ltxv-tiny-bf16.safetensors", cache_dir=hub_cache)
     assert single.ckpt.repo_id == "org/LTX-Video"
     assert hub.downloads() == {"org/LTX-Video/ltxv-tiny-bf16.safetensors"}
     model = create_transformer(
         "org/LTX-Video/ltxv-tiny-bf16.safetensors",
         "keep",
-        model_class=LTXVideoTransformer3DModel,
+        model_class=model_class,
         cache_dir=hub_cache,
     )
     assert model.proj_in.weight.dtype == torch.bfloat16

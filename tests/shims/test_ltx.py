@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, T5EncoderModel
@@ -17,6 +16,7 @@ from ckptkit.shims.ltx import (
     load_text_encoder,
     read_single_file,
 )
+from tests._versions import diffusers_class
 
 
 def ltx_reference(path, component, model_class, prefix):
@@ -67,6 +67,7 @@ def test_single_file_configs_and_state_dicts(shim_layouts):
     [("ltx_single", "bfloat16"), ("ltx_single", "float32"), ("ltx_single_bf16", "mixed")],
 )
 def test_create_transformer_matches_ltx(shim_layouts, name, precision):
+    LTXVideoTransformer3DModel = diffusers_class("LTXVideoTransformer3DModel")
     path = shim_layouts[name]
     ours = create_transformer(str(path), precision, model_class=LTXVideoTransformer3DModel)
     reference = ltx_reference(path, "transformer", LTXVideoTransformer3DModel, "model.diffusion_model.")
@@ -80,6 +81,7 @@ def test_create_transformer_matches_ltx(shim_layouts, name, precision):
 
 
 def test_vae_component(shim_layouts):
+    AutoencoderKLLTXVideo = diffusers_class("AutoencoderKLLTXVideo")
     path = shim_layouts["ltx_single"]
     ours = load_component(path, "vae", AutoencoderKLLTXVideo)
     reference = ltx_reference(path, "vae", AutoencoderKLLTXVideo, "vae.")
@@ -115,7 +117,7 @@ def test_missing_config_and_component_are_typed_errors(shim_layouts, tmp_path):
 
 def test_weights_that_do_not_fit_the_class(shim_layouts):
     with pytest.raises(CorruptCheckpointError):
-        load_component(shim_layouts["ltx_single"], "transformer", AutoencoderKLLTXVideo)
+        load_component(shim_layouts["ltx_single"], "transformer", diffusers_class("AutoencoderKLLTXVideo"))
 
 
 def test_bare_file_name_is_looked_up_in_the_ltx_repo(monkeypatch, tmp_path):
@@ -126,6 +128,7 @@ def test_bare_file_name_is_looked_up_in_the_ltx_repo(monkeypatch, tmp_path):
 
 
 def test_options_are_honoured_or_refused(shim_layouts, tmp_path):
+    LTXVideoTransformer3DModel = diffusers_class("LTXVideoTransformer3DModel")
     with pytest.raises(UnsafeCheckpointError, match="trust_remote_code"):
         create_ltx_video_pipeline(shim_layouts["ltx_single"], "bfloat16", "PixArt", enhance_prompt=True)
     with pytest.raises(TypeError, match="revision"):

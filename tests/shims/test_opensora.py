@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, T5EncoderModel
 
 from ckptkit import CheckpointNotFoundError, UnsafeCheckpointError
 from ckptkit.shims.opensora import T5Encoder, VideoAutoencoderKL, load_checkpoint
+from tests._versions import dtype_kwarg
 
 CAPTIONS = ["a red cat sits on the mat", "a dog"]
 
@@ -19,7 +20,7 @@ CAPTIONS = ["a red cat sits on the mat", "a dog"]
 def reference_encode(directory, dtype, max_length):
     """What Open-Sora's T5Encoder computes: T5Embedder tokenization, the model cast with .to(dtype)."""
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = T5EncoderModel.from_pretrained(directory, dtype=dtype).eval().to(dtype)
+    model = T5EncoderModel.from_pretrained(directory, **dtype_kwarg(dtype)).eval().to(dtype)
     for tensor in model.parameters():
         tensor.data = tensor.data.clone()  # aligned memory, as ckptkit reads (see tests/adapters)
     tokens = tokenizer(
