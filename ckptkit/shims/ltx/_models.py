@@ -269,19 +269,11 @@ def load_text_encoder(
     Example:
         >>> text_encoder, tokenizer = load_text_encoder(dtype="bf16")  # doctest: +SKIP
     """
-    if not with_tokenizer:
-        model = load_t5(
-            text_encoder_model_name_or_path,
-            subfolder=subfolder,
-            dtype=dtype,
-            device_map=device_map,
-            cache_dir=cache_dir,
-            revision=revision,
-            local_files_only=local_files_only,
-            token=token,
-        )
-        return model, None
-    model, tokenizer = load_t5(
+    # load_t5 refuses tokenizer options without with_tokenizer=True: pass them only then.
+    tokenizer_options: dict[str, Any] = (
+        {"with_tokenizer": True, "tokenizer_subfolder": tokenizer_subfolder} if with_tokenizer else {}
+    )
+    loaded = load_t5(
         text_encoder_model_name_or_path,
         subfolder=subfolder,
         dtype=dtype,
@@ -290,7 +282,6 @@ def load_text_encoder(
         revision=revision,
         local_files_only=local_files_only,
         token=token,
-        with_tokenizer=True,
-        tokenizer_subfolder=tokenizer_subfolder,
+        **tokenizer_options,
     )
-    return model, tokenizer
+    return loaded if with_tokenizer else (loaded, None)
