@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def resave(
     variant: str | None = None,
     dtype: object = None,
     subfolder: str | None = None,
+    components: Sequence[str] | str | None = None,
     weights_name: str | None = None,
     overwrite: bool = False,
     copy_other_files: bool = True,
@@ -93,6 +95,9 @@ def resave(
             source's variant.
         dtype: cast floating tensors to this dtype (``"bf16"``, ``torch.float16``).
         subfolder: the component of a pipeline to resave.
+        components: for a whole pipeline, resave only these components (``["transformer", "vae"]``;
+            a hub pipeline downloads only them); with ``copy_other_files`` the other files of their
+            folders and the pipeline's top-level files travel, other components' folders do not.
         weights_name: the name the output files get (``"model"`` writes ``model.safetensors``,
             ``"diffusion_pytorch_model"`` ...); default: the source's (``pytorch_model`` becomes
             ``model``, as the output is safetensors). It never filters the source: to pick one of
@@ -142,7 +147,13 @@ def resave(
         raise ValueError("max_shard_size must be positive (or None for a single file)")
     cast = canonical_dtype(dtype) if dtype is not None else None
     source_root, jobs = _plan_jobs(
-        src, subfolder=subfolder, variant=variant, weights_name=weights_name, dtype=cast, confine=confine
+        src,
+        subfolder=subfolder,
+        components=[components] if isinstance(components, str) else components,
+        variant=variant,
+        weights_name=weights_name,
+        dtype=cast,
+        confine=confine,
     )
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     if source_root is not None:
@@ -167,7 +178,9 @@ def resave(
                 dst_path
             )
             if copy_other_files and source_root is not None and not same_place:
-                _copy_other_files(source_root, staging.path, jobs, fsync=fsync)
+                _copy_other_files(
+                    source_root, staging.path, jobs, fsync=fsync, only_components=components is not None
+                )
             written = [
                 _write_job(job, staging.path, limit, fsync=fsync, bar=bar, unwrap=unwrap) for job in jobs
             ]
@@ -181,6 +194,7 @@ def _plan_jobs(
     src: str | os.PathLike[str] | CheckpointDir,
     *,
     subfolder: str | None,
+    components: Sequence[str] | None = None,
     variant: str | None,
     weights_name: str | None,
     dtype: str | None,
@@ -188,15 +202,17 @@ def _plan_jobs(
 ) -> tuple[Path | None, list[_Job]]:
     """The weight sets to write, and the directory whose other files travel with them.
 
-    A pipeline gives one job per component (into its folder) and one per weights file at its root.
+    A pipeline gives one job per component (into its folder) and one per weights file at its root
+    (only the chosen components, and no root file, with ``components``).
     """
-    if isinstance(src, CheckpointDir) and subfolder is not None:
+    if isinstance(src, CheckpointDir) and (subfolder is not None or components is not None):
         src = src.path
     single_file = not isinstance(src, CheckpointDir) and Path(os.path.expanduser(os.fspath(src))).is_file()
     if not isinstance(src, CheckpointDir):
         src = resolve_ckpt_dir(
             src,
             subfolder=subfolder,
+            components=list(components) if components is not None else None,
             variant=variant,
             variant_fallback="allow",
             confine=confine,
@@ -269,6 +285,11 @@ def _job_of(rel: str, jobs: list[_Job]) -> list[_Job]:
     return [job for job in jobs if job.rel == directory]
 
 
+def _job_of_folder(rel: str, jobs: list[_Job]) -> bool:
+    """Whether ``rel`` lies in the folder of one of ``jobs`` (a component's, at any depth)."""
+    return any(job.rel and rel.startswith(job.rel.rstrip("/") + "/") for job in jobs)
+
+
 def _keep_existing(staging: Staging, jobs: list[_Job], *, fsync: bool) -> None:
     """Hard-link the files of the existing ``dst`` into the new one, leaving out the stale set."""
     assert staging.existing is not None
@@ -281,14 +302,19 @@ def _keep_existing(staging: Staging, jobs: list[_Job], *, fsync: bool) -> None:
         link_or_copy(path, target, fsync=fsync)
 
 
-def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsync: bool) -> None:
+def _copy_other_files(
+    source_root: Path, staging: Path, jobs: list[_Job], *, fsync: bool, only_components: bool = False
+) -> None:
     """Copy the non-weight files: a pipeline's whole tree, a model directory's own files.
 
-    A model directory's subfolders are left out: a repo root can hold whole other models there.
+    A model directory's subfolders are left out: a repo root can hold whole other models there. With
+    ``only_components``, so are a pipeline's folders other than those of the components written.
     """
     pipeline = any(job.rel for job in jobs)
     for rel, path in walk_files(source_root, exclude=IGNORED_DIRS):
         if not pipeline and "/" in rel:
+            continue
+        if only_components and "/" in rel and not _job_of_folder(rel, jobs):
             continue
         weights = _is_weights_file(rel.rpartition("/")[2])
         if weights and (_job_of(rel, jobs) or (pipeline and "/" not in rel)):
