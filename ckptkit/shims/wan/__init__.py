@@ -30,13 +30,16 @@ from ckptkit.shims.wan._checkpoint import (
     WanCheckpoint,
     wan_checkpoint,
 )
+from ckptkit.shims.wan._clip import CLIPModel
 from ckptkit.shims.wan._dit import load_dit
+from ckptkit.shims.wan._fsdp import meta_dit, shard_model
 from ckptkit.shims.wan._install import install, installed, uninstall
 from ckptkit.shims.wan._t5 import T5EncoderModel
 from ckptkit.shims.wan._vae import Wan2_1_VAE, Wan2_2_VAE, WanVAE, video_vae_2_1, video_vae_2_2
 
 __all__ = [
     "DIT_SUBFOLDERS",
+    "CLIPModel",
     "T5_CHECKPOINT",
     "T5_TOKENIZER",
     "VAE_CHECKPOINTS",
@@ -48,6 +51,8 @@ __all__ = [
     "install",
     "installed",
     "load_dit",
+    "meta_dit",
+    "shard_model",
     "uninstall",
     "video_vae_2_1",
     "video_vae_2_2",
