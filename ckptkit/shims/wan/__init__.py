@@ -13,12 +13,15 @@ be installed for its model classes)::
 
     # from wan.modules.t5 import T5EncoderModel
     # from wan.modules.vae2_1 import Wan2_1_VAE
+    # from wan.modules.clip import CLIPModel  (wan.modules.animate.clip in Wan2.2)
     # from wan.modules.model import WanModel; WanModel.from_pretrained(ckpt_dir, subfolder=...)
-    from ckptkit.shims.wan import T5EncoderModel, Wan2_1_VAE, load_dit
+    # from wan.distributed.fsdp import shard_model
+    from ckptkit.shims.wan import CLIPModel, T5EncoderModel, Wan2_1_VAE, load_dit, shard_model
 
-or, leaving Wan's ``generate.py`` unchanged, call :func:`install` first: ``WanModel.from_pretrained``,
-``T5EncoderModel`` and the VAEs' ``_video_vae`` then load through ckptkit (:func:`uninstall`
-restores them). Wan's ``.pth`` files are read with ``weights_only`` (a pickle that needs more than
+``shard_model`` is Wan's on FSDP2; given a DiT from :func:`meta_dit` it fills it after sharding, each
+rank reading only its own shards. Or, leaving Wan's ``generate.py`` unchanged, call :func:`install`
+first: ``from_pretrained`` of Wan's DiT classes, ``T5EncoderModel``, ``CLIPModel`` and the VAEs'
+``_video_vae`` then load through ckptkit (:func:`uninstall` restores them). Wan's ``.pth`` files are read with ``weights_only`` (a pickle that needs more than
 tensors is refused with :class:`~ckptkit.UnsafeCheckpointError`, never executed).
 """
 
