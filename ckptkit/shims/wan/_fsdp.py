@@ -42,8 +42,10 @@ def meta_dit(
         model_class: default Wan's ``WanModel``; ``WanModel_S2V``, ``WanAnimateModel``...
         subfolder: ``None`` (root), ``"low_noise_model"`` or ``"high_noise_model"``.
         torch_dtype: the dtype the weights are kept at (default float32, as ``from_pretrained``).
+            Every parameter, even of a class's ``_keep_in_fp32_modules`` (diffusers'
+            ``WanTransformer3DModel``; Wan's own classes have none): FSDP shards one dtype per group.
     """
-    from accelerate import init_empty_weights  # the hf extra; keeps torch-free imports of the shim cheap
+    from accelerate import init_empty_weights  # accelerate comes with the hf extra: imported on use
 
     cls: Any = model_class if model_class is not None else _wan("wan.modules.model").WanModel
     parts = checkpoint_dir if isinstance(checkpoint_dir, WanCheckpoint) else wan_checkpoint(checkpoint_dir)
@@ -129,5 +131,6 @@ def shard_model(
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     if source is not None:
         ckpt, dtype = source
-        load_sharded_distributed(ckpt, model, dtype=dtype, device=device)
+        # FSDP shards one dtype per group (FSDP1 flattens them, FSDP2 asserts it): no float32 islands
+        load_sharded_distributed(ckpt, model, dtype=dtype, device=device, keep_in_fp32_modules=[])
     return model
