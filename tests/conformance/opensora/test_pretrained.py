@@ -300,3 +300,23 @@ def test_install_replaces_hf_embedder(opensora_package, text_encoders):
     assert_same_module(ours.hf_module, theirs.hf_module)
     shim.uninstall()
     assert conditioner.HFEmbedder is upstream_class
+
+
+@pytest.mark.parametrize("encoder", ["t5", "clip"])
+def test_hf_embedder_from_a_hub_id(hub, hub_repos, text_encoders, tmp_path, encoder):
+    import shutil
+
+    repo_id = {"t5": "google/t5-tiny", "clip": "openai/clip-tiny"}[encoder]
+    if not (hub_repos / repo_id).exists():
+        shutil.copytree(text_encoders[encoder], hub_repos / repo_id)
+        (hub_repos / repo_id / "flax_model.msgpack").write_bytes(b"never fetched")
+    hub.reset()
+    theirs = upstream_text.HFEmbedder(repo_id, 8, cache_dir=str(tmp_path / "theirs"))
+    hub.reset()
+    ours = shim.HFEmbedder(repo_id, 8, cache_dir=str(tmp_path / "ours"))
+    fetched = hub.downloads()
+    assert f"{repo_id}/config.json" in fetched and f"{repo_id}/model.safetensors" in fetched
+    assert f"{repo_id}/flax_model.msgpack" not in fetched
+    assert type(ours.tokenizer) is type(theirs.tokenizer)
+    assert_same_module(ours.hf_module, theirs.hf_module)
+    assert torch.equal(ours(["a red cat"]), theirs(["a red cat"]))
