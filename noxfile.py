@@ -116,6 +116,11 @@ def conformance(session: nox.Session) -> None:
       Wan's own ``attention`` (its scaled-dot-product fallback).
 
     tests/conformance/opensora/ needs no upstream package and also runs in the main suite.
+
+    The docs' blocks that need LTX-Video or Wan (``conformance=`` in tests/test_docs_snippets.py's
+    ``SETUP``) run here as written, in tests/conformance/{ltx,wan}/test_guide.py, on tiny checkpoints
+    in the upstream formats. Open-Sora does not install: its guide's blocks run in the main suite in
+    a stand-in checkout whose loaders are the vendored upstream copies (tests/_opensora_repo.py).
     """
     _install(session, "conformance")
     session.install("--no-deps", *UPSTREAM)
