@@ -119,7 +119,7 @@ def test_dit_unknown_keyword_is_a_type_error(shim_layouts):
     assert model.config.rope_max_seq_len == 64
 
 
-def test_meta_dit_then_shard_model_fills_each_rank_from_the_checkpoint(shim_layouts, tmp_path):
+def test_meta_dit_then_shard_model_fills_each_rank_from_the_checkpoint(shim_layouts, tmp_path, caplog):
     import torch.distributed as dist
     from torch.distributed.fsdp import ShardingStrategy
 
@@ -135,7 +135,9 @@ def test_meta_dit_then_shard_model_fills_each_rank_from_the_checkpoint(shim_layo
     bf16 = meta_dit(root, WanTransformer3DModel, torch_dtype=torch.bfloat16)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        assert shard_model(model, torch.device("cpu"), param_dtype=torch.float32) is model
+        with caplog.at_level("INFO", logger="ckptkit"):
+            assert shard_model(model, torch.device("cpu"), param_dtype=torch.float32) is model
+        assert "shard_model: rank 0 read" in caplog.text  # one rank: all of it
         reference = WanTransformer3DModel.from_pretrained(root)  # float32
         state = {k: v.full_tensor() for k, v in model.state_dict().items()}
         assert state.keys() == reference.state_dict().keys()

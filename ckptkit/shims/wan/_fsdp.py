@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from typing import Any
@@ -17,6 +18,8 @@ from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.shims.wan._checkpoint import WanCheckpoint, _wan, wan_checkpoint
 
 __all__ = ["meta_dit", "shard_model"]
+
+logger = logging.getLogger("ckptkit")
 
 #: meta-built DiTs -> (their checkpoint, the dtype their weights are read at)
 _SOURCES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[CheckpointDir, torch.dtype | None]] = (
@@ -132,5 +135,11 @@ def shard_model(
     if source is not None:
         ckpt, dtype = source
         # FSDP shards one dtype per group (FSDP1 flattens them, FSDP2 asserts it): no float32 islands
-        load_sharded_distributed(ckpt, model, dtype=dtype, device=device, keep_in_fp32_modules=[])
+        result = load_sharded_distributed(ckpt, model, dtype=dtype, device=device, keep_in_fp32_modules=[])
+        logger.info(
+            "shard_model: rank %d read %d of the checkpoint's %d bytes",
+            dist.get_rank(),
+            result.bytes_read,
+            result.bytes_total,
+        )
     return model

@@ -2,14 +2,18 @@
 
 Wan's ``shard_model`` runs on CPU with gloo when given ``device_id=torch.device("cpu")`` and
 ``sync_module_states=False`` (FSDP1 refuses to sync CPU states and needs a device otherwise); its
-call sites pass ``device_id=<rank>`` (CUDA). Both shard the same ``WanModel`` from the same release
-files; the full state dicts they gather and one mixed-precision forward pass must be equal.
+call sites pass ``device_id=<rank>`` (CUDA). Both shard the same ``WanModel`` (and the T5 encoder,
+through ``T5EncoderModel(shard_fn=)``) from the same release files; the full state dicts they
+gather and one forward pass must be equal.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,15 +47,25 @@ def _forward(model: torch.nn.Module) -> torch.Tensor:
         )[0]
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def _worker(rank: int, world: int, root: str, store: str) -> None:
     from ckptkit.shims import wan as shim
     from tests.conformance._upstream import cpu_attention
-    from tests.conformance.wan.conftest import wan_model
+    from tests.conformance.wan.conftest import tiny_umt5_xxl, wan_model, wan_t5
 
     import wan.distributed.fsdp as wan_fsdp  # isort: skip
 
     torch.set_num_threads(1)
     wan_model.flash_attention = cpu_attention()
+    wan_t5.umt5_xxl = tiny_umt5_xxl  # the checkpoint's tiny sizes (the tiny_wan fixture)
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
     )
@@ -60,7 +74,12 @@ def _worker(rank: int, world: int, root: str, store: str) -> None:
             wan_model.WanModel.from_pretrained(root), device_id=CPU, sync_module_states=False
         )
         # the ckptkit way: built on meta, each rank reads only its shards
+        reads = _Records()
+        logging.getLogger("ckptkit").addHandler(reads)
+        logging.getLogger("ckptkit").setLevel(logging.INFO)
         ours = shim.shard_model(shim.meta_dit(root), device_id=CPU)
+        (_, read, total) = next(r.args for r in reads.records if r.msg.startswith("shard_model: rank"))
+        assert 0 < read < total * 0.75, (read, total)  # about half of the DiT's bytes on each of 2 ranks
         # a model that holds its weights (Wan's own from_pretrained, or the T5 via shard_fn) is sharded as it is
         loaded = shim.shard_model(wan_model.WanModel.from_pretrained(root), device_id=CPU)
         q = ours.blocks[0].self_attn.q.weight
@@ -84,6 +103,22 @@ def _worker(rank: int, world: int, root: str, store: str) -> None:
         )
         out = _forward(shim.shard_model(shim.meta_dit(root), device_id=CPU, param_dtype=torch.float32))
         assert torch.equal(out, expected), (out - expected).abs().max()
+        # the T5 encoder's shard_fn (T5EncoderModel calls it with sync_module_states=False)
+        t5_kwargs = {
+            "text_len": 8,
+            "dtype": torch.bfloat16,
+            "device": CPU,
+            "checkpoint_path": str(Path(root) / "models_t5_umt5-xxl-enc-bf16.pth"),
+            "tokenizer_path": str(Path(root) / "google" / "umt5-xxl"),
+        }
+        their_t5 = wan_t5.T5EncoderModel(shard_fn=partial(wan_fsdp.shard_model, device_id=CPU), **t5_kwargs)
+        our_t5 = shim.T5EncoderModel(shard_fn=partial(shim.shard_model, device_id=CPU), **t5_kwargs)
+        reference, state = _full_state(their_t5.model), _full_state(our_t5.model)
+        assert state.keys() == reference.keys()
+        assert all(state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in reference.items())
+        ids, mask = our_t5.tokenizer(["a red cat", "dog"], return_mask=True, add_special_tokens=True)
+        with torch.no_grad():
+            assert torch.equal(our_t5.model(ids, mask), their_t5.model(ids, mask))
         dist.barrier()
     finally:
         dist.destroy_process_group()
