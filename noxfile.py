@@ -112,8 +112,11 @@ def conformance(session: nox.Session) -> None:
     - the modules ``torchvision`` (the registry's wheel links CUDA builds of torch), ``cv2``, ``av``,
       ``decord``, ``librosa``, ``peft``: imported by ``wan/__init__`` and ``ltx_video.inference``
       for video I/O, audio and LoRA, never called on a loading path (calling them raises);
-    - the CUDA-only ``flash_attention`` kernel Wan's DiT calls, replaced in forward-pass checks by
-      Wan's own ``attention`` (its scaled-dot-product fallback).
+    - the CUDA-only ``flash_attention`` kernel Wan's DiT and CLIP call, replaced in forward-pass
+      checks by Wan's own ``attention`` (its scaled-dot-product fallback), and ``flash_attn_func`` of
+      Wan-Animate's face blocks by torch's SDPA;
+    - ``torchvision.transforms`` inside Wan's CLIP module, by records of the transforms it builds
+      (loading builds them; only ``CLIPModel.visual`` would run them).
 
     tests/conformance/opensora/ needs no upstream package and also runs in the main suite.
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptkit.resolve.hub_misses import hf_cli
 from tests._hub import COMMIT, make_hub_cache
 from tests._opensora_repo import PRELUDE as OPENSORA
 from tests._opensora_repo import build_opensora_repo
@@ -79,9 +80,11 @@ SETUP: dict[tuple[str, int], Setup] = {
     ("docs/index.md", 0): Setup('pip install ".[hf]"', ci=True),
     ("docs/index.md", 1): Setup('pip install "torch==2.13.0" -e ".[hf,dev]"', ci=True),
     ("docs/index.md", 4): Setup("snapshots/<commit>", replace={"<commit>": COMMIT}),
-    # /export/hub stands for the cache to export: the stand-in cache is that cache (offline, it is all there is)
+    # /export/hub stands for the cache to export: the stand-in cache is that cache (offline, it is all there is);
+    # before huggingface_hub 0.34 (no `hf`) the same commands run as the page's comment says: huggingface-cli
     ("docs/guides/air-gapped.md", 0): Setup(
-        "hf download", replace={"/export/hub": "$HOME/.cache/huggingface/hub"}
+        "huggingface-cli download",
+        replace={"/export/hub": "$HOME/.cache/huggingface/hub", "hf download": hf_cli("download")},
     ),
     ("docs/guides/air-gapped.md", 2): Setup("rsync", replace=_CLUSTER),
     ("docs/guides/air-gapped.md", 4): Setup(
@@ -352,9 +355,9 @@ def world(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     (bin_dir / "ckptkit").chmod(0o755)
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # keeps the venv
     (bin_dir / "python").chmod(0o755)
-    hf = Path(sys.executable).parent / "hf"
-    if hf.exists():
-        (bin_dir / "hf").symlink_to(hf)
+    for cli in ("hf", "huggingface-cli"):  # the installed huggingface_hub's command-line tools
+        if (Path(sys.executable).parent / cli).exists():
+            (bin_dir / cli).symlink_to(Path(sys.executable).parent / cli)
     return root
 
 

@@ -259,6 +259,53 @@ def test_pipeline_repo_resaves_and_loads_with_diffusers_giving_the_same_images(h
     assert _images(tmp_path / "bf16").shape == (1, 3, 16, 16)
 
 
+def test_resave_components_downloads_and_writes_only_those(hub, hub_repos, tmp_path):
+    out = resave(PIXART, tmp_path / "two", components=["vae", "transformer"])
+
+    assert list(out.components) == ["transformer", "vae"]
+    served = _files(hub_repos / "acme" / "tiny-pixart")
+    expected = {f for f in served if f.startswith(("transformer/", "vae/")) and ".fp16" not in f}
+    assert {p.split("/", 2)[2] for p in hub.downloads()} == expected | {"model_index.json"}
+    files = _files(tmp_path / "two")
+    assert {f.split("/")[0] for f in files if "/" in f} == {"transformer", "vae"}
+    assert "model_index.json" in files and not any(f.endswith(".pth") for f in files)
+    for name in ("transformer", "vae"):
+        source = resolve_ckpt_dir(hub_repos / "acme" / "tiny-pixart", subfolder=name)
+        want = {k: v for f in source.weight_files for k, v in load_file(f).items()}
+        got = {k: v for f in out.components[name].weight_files for k, v in load_file(f).items()}
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), name
+
+    # The CLI flag; a local pipeline with a root single file writes the chosen component only.
+    sdxl = hub_repos / "acme" / "tiny-sdxl"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ckptkit",
+            "resave",
+            str(sdxl),
+            str(tmp_path / "vae-only"),
+            "--components",
+            "vae",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    files = _files(tmp_path / "vae-only")
+    assert {f.split("/")[0] for f in files if "/" in f} == {"vae"}
+    assert "sd_xl_base_1.0.safetensors" not in files and "model_index.json" in files
+
+    # Not a pipeline, or with subfolder=: refused, nothing written.
+    with pytest.raises(CheckpointNotFoundError, match="not a pipeline"):
+        resave(hub_repos / "org" / "t5", tmp_path / "t5", components=["vae"])
+    with pytest.raises(ValueError, match="not both"):
+        resave(sdxl, tmp_path / "both", subfolder="vae", components=["vae"])
+    assert not (tmp_path / "t5").exists() and not (tmp_path / "both").exists()
+
+
 def test_pipeline_repo_materializes_and_verifies_by_repo_id(hub, tmp_path):
     from huggingface_hub import constants
 

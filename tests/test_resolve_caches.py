@@ -37,6 +37,37 @@ def test_model_in_hf_hub_cache_is_found_when_cache_dir_names_another_empty_cache
     assert list(empty.iterdir()) == []  # used in place, not copied
 
 
+@pytest.mark.parametrize("symlinks", [True, False], ids=["links", "no-links"])
+def test_model_partly_in_another_cache_downloads_only_the_missing_files(hub, tmp_path, symlinks):
+    from huggingface_hub import constants
+    from safetensors.torch import load_file
+
+    default = Path(constants.HF_HUB_CACHE)
+    first = resolve_ckpt_dir("org/t5")  # into HF_HUB_CACHE
+    shards = sorted(p for p in first.weight_files)
+    assert len(shards) > 2
+    if not symlinks:  # a cache written with HF_HUB_DISABLE_SYMLINKS: real files in the snapshot
+        for pointer in first.path.iterdir():
+            blob = pointer.resolve()
+            pointer.unlink()
+            blob.rename(pointer)
+    # An interrupted download: one shard is not there.
+    gone = shards[-1]
+    gone.unlink(missing_ok=True)
+    hub.reset()
+
+    project = tmp_path / "project-cache"
+    ckpt = resolve_ckpt_dir("org/t5", cache_dir=project)
+
+    assert hub.downloads() == {f"org/t5/{gone.name}"}
+    assert ckpt.cache_dir == project and [p.name for p in ckpt.weight_files] == [p.name for p in shards]
+    for path in ckpt.weight_files[:-1]:  # linked into the project cache: the same file, not a copy
+        assert path.resolve().stat().st_ino == (first.path / path.name).resolve().stat().st_ino
+    for path in ckpt.weight_files:
+        assert load_file(path).keys()
+    assert not any(default.rglob(gone.name))  # the other cache is left as it was
+
+
 def test_ckptkit_cache_path_and_a_list_of_caches(hub, tmp_path, monkeypatch):
     other = tmp_path / "team-cache"
     resolve_ckpt_dir("org/vae", cache_dir=other)

@@ -35,6 +35,9 @@ def add_resave(sub: Any) -> None:
     parser.add_argument("--dtype", help="cast floating tensors: fp16, bf16, fp32, ...")
     parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
     parser.add_argument(
+        "--components", help="resave only these pipeline components (comma-separated: transformer,vae)"
+    )
+    parser.add_argument(
         "--weights-name",
         help="the name the output files get (model, diffusion_pytorch_model); never filters SRC",
     )
@@ -75,6 +78,7 @@ def _run_resave(args: argparse.Namespace) -> int:
         variant=args.variant,
         dtype=args.dtype,
         subfolder=args.subfolder,
+        components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
         weights_name=args.weights_name,
         overwrite=args.overwrite,
         fsync=not args.no_fsync,

@@ -28,6 +28,7 @@ from ckptkit.format.hub_files import read_ref
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.resolve.hub_compat import cached_listing, cached_revision, resolve_online, unreachable_errors
 from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, hf_cli, offline_miss, resume_fix
+from ckptkit.resolve.hub_reuse import link_cached_files
 from ckptkit.resolve.hub_spec import (
     CACHE_PATH_ENV,
     HubSpec,
@@ -217,6 +218,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
         snapshot = spec.storage / "snapshots" / commit
         plan = spec.plan(listing, snapshot)
         if plan.components == []:  # a pipeline: which components it has is in its model_index.json
+            link_cached_files(spec, commit, [MODEL_INDEX_NAME])
             hf_hub_download(
                 spec.repo_id,
                 MODEL_INDEX_NAME,
@@ -227,6 +229,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
             )
             plan = spec.plan(listing, snapshot)
         wanted = plan.files + [f for f in plan.optional if f in listing]
+        link_cached_files(spec, commit, wanted)  # what another cache holds is not fetched again
         patterns = spec.allow_patterns if spec.allow_patterns is not None else wanted
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
         folder = snapshot_download(

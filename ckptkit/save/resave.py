@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def resave(
     variant: str | None = None,
     dtype: object = None,
     subfolder: str | None = None,
+    components: Sequence[str] | str | None = None,
     weights_name: str | None = None,
     overwrite: bool = False,
     copy_other_files: bool = True,
@@ -99,6 +101,9 @@ def resave(
             source's variant.
         dtype: cast floating tensors to this dtype (``"bf16"``, ``torch.float16``).
         subfolder: the component of a pipeline to resave.
+        components: for a whole pipeline, resave only these components (``["transformer", "vae"]``;
+            a hub pipeline downloads only them); with ``copy_other_files`` the other files of their
+            folders and the pipeline's top-level files travel, other components' folders do not.
         weights_name: the name the output files get (``"model"`` writes ``model.safetensors``,
             ``"diffusion_pytorch_model"`` ...); default: the source's (``pytorch_model`` becomes
             ``model``, as the output is safetensors). It never filters the source: to pick one of
@@ -152,6 +157,7 @@ def resave(
     source_root, jobs = _plan_jobs(
         src,
         subfolder=subfolder,
+        components=[components] if isinstance(components, str) else components,
         variant=variant,
         weights_name=weights_name,
         dtype=cast,
@@ -181,7 +187,9 @@ def resave(
                 dst_path
             )
             if copy_other_files and source_root is not None and not same_place:
-                _copy_other_files(source_root, staging.path, jobs, fsync=fsync)
+                _copy_other_files(
+                    source_root, staging.path, jobs, fsync=fsync, only_components=components is not None
+                )
             written = [
                 _write_job(job, staging.path, limit, fsync=fsync, bar=bar, unwrap=unwrap) for job in jobs
             ]
@@ -195,6 +203,7 @@ def _plan_jobs(
     src: str | os.PathLike[str] | CheckpointDir | DcpCheckpoint,
     *,
     subfolder: str | None,
+    components: Sequence[str] | None = None,
     variant: str | None,
     weights_name: str | None,
     dtype: str | None,
@@ -203,14 +212,15 @@ def _plan_jobs(
 ) -> tuple[Path | None, list[_Job]]:
     """The weight sets to write, and the directory whose other files travel with them.
 
-    A pipeline gives one job per component (into its folder) and one per weights file at its root.
+    A pipeline gives one job per component (into its folder) and one per weights file at its root
+    (only the chosen components, and no root file, with ``components``).
     """
     if not isinstance(src, (CheckpointDir, DcpCheckpoint)):
         path = Path(os.path.abspath(os.path.expanduser(os.fspath(src))))
         if path.is_dir() and is_dcp_directory(path):
             src = DcpCheckpoint(path)
     if isinstance(src, DcpCheckpoint):
-        for option, value in (("subfolder", subfolder), ("unwrap", unwrap)):
+        for option, value in (("subfolder", subfolder), ("components", components), ("unwrap", unwrap)):
             if value is not None:
                 raise ValueError(
                     f"{src.path}: {option}= does not apply to a DCP directory (it has no components and "
@@ -218,13 +228,14 @@ def _plan_jobs(
                 )
         cast = dtype if dtype is not None else variant_dtype(variant)
         return src.path, [_Job("", src, weights_name or TRANSFORMERS_WEIGHTS_NAME, variant, cast)]
-    if isinstance(src, CheckpointDir) and subfolder is not None:
+    if isinstance(src, CheckpointDir) and (subfolder is not None or components is not None):
         src = src.path
     single_file = not isinstance(src, CheckpointDir) and Path(os.path.expanduser(os.fspath(src))).is_file()
     if not isinstance(src, CheckpointDir):
         src = resolve_ckpt_dir(
             src,
             subfolder=subfolder,
+            components=list(components) if components is not None else None,
             variant=variant,
             variant_fallback="allow",
             confine=confine,
@@ -299,6 +310,11 @@ def _job_of(rel: str, jobs: list[_Job]) -> list[_Job]:
     return [job for job in jobs if job.rel == directory]
 
 
+def _job_of_folder(rel: str, jobs: list[_Job]) -> bool:
+    """Whether ``rel`` lies in the folder of one of ``jobs`` (a component's, at any depth)."""
+    return any(job.rel and rel.startswith(job.rel.rstrip("/") + "/") for job in jobs)
+
+
 def _keep_existing(staging: Staging, jobs: list[_Job], *, fsync: bool) -> None:
     """Hard-link the files of the existing ``dst`` into the new one, leaving out the stale set."""
     assert staging.existing is not None
@@ -311,10 +327,13 @@ def _keep_existing(staging: Staging, jobs: list[_Job], *, fsync: bool) -> None:
         link_or_copy(path, target, fsync=fsync)
 
 
-def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsync: bool) -> None:
+def _copy_other_files(
+    source_root: Path, staging: Path, jobs: list[_Job], *, fsync: bool, only_components: bool = False
+) -> None:
     """Copy the non-weight files: a pipeline's whole tree, a model directory's own files.
 
-    A model directory's subfolders are left out: a repo root can hold whole other models there.
+    A model directory's subfolders are left out: a repo root can hold whole other models there. With
+    ``only_components``, so are a pipeline's folders other than those of the components written.
     """
     pipeline = any(job.rel for job in jobs)
     dcp = any(isinstance(job.ckpt, DcpCheckpoint) for job in jobs)
@@ -323,6 +342,8 @@ def _copy_other_files(source_root: Path, staging: Path, jobs: list[_Job], *, fsy
             continue
         if dcp and (rel == DCP_METADATA_NAME or rel.endswith(".distcp")):
             continue  # the source's own files: what is written from them is the output
+        if only_components and "/" in rel and not _job_of_folder(rel, jobs):
+            continue
         weights = _is_weights_file(rel.rpartition("/")[2])
         if weights and (_job_of(rel, jobs) or (pipeline and "/" not in rel)):
             # The sets being written, and a pipeline's root weights not rewritten (a training .pth).
