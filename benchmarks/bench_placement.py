@@ -279,7 +279,9 @@ def write_docs(section: str) -> Path:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section.rstrip("\n") + "\n\n" + (text[following + 1 :] if following >= 0 else "")
+        text = (
+            text[:start] + section.rstrip("\n") + "\n\n" + (text[following + 1 :] if following >= 0 else "")
+        )
     path.write_text(text)
     return path
 
