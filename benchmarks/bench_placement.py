@@ -256,7 +256,8 @@ def summarize(report: dict, args: argparse.Namespace) -> str:
         f"--cpu-budget {args.cpu_budget}`",
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"`nproc` = {os.cpu_count()} (cores shared with other engineers' jobs while this ran, so "
+        f"`nproc` = {os.cpu_count()}, load average (1, 5, 15 min) when written: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores shared with other jobs while this ran, so "
         "absolute times are noisy; compare rows of the same run), torch "
         f"{torch.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}, "
         f"ckptkit {ckptkit.__version__}.",
@@ -278,7 +279,9 @@ def write_docs(section: str) -> Path:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[following + 1 :] if following >= 0 else "")
+        text = (
+            text[:start] + section.rstrip("\n") + "\n\n" + (text[following + 1 :] if following >= 0 else "")
+        )
     path.write_text(text)
     return path
 

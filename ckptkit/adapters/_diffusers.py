@@ -21,6 +21,7 @@ from ckptkit.adapters._options import pop_loading_options
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
+from ckptkit.io.gc_pause import gc_paused
 
 __all__ = ["diffusers_class", "load_diffusers_model"]
 
@@ -126,7 +127,8 @@ def load_diffusers_model(
         )
     # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
     # from_pretrained does; on meta tensors it would only cost time.
-    with init_empty_weights(), no_init_weights():
+    # gc_paused: building a model makes many objects and no cycles (see ckptkit.io.gc_pause).
+    with init_empty_weights(), no_init_weights(), gc_paused():
         model = cls.from_config(config, **overrides)  # type: ignore[attr-defined]
     load_weights(model, ckpt, dtype=load_dtype, keep_fp32_modules=keep, device_map=device_map, loader=loader)
     if not keep and load_dtype not in (None, torch.float32) and device_map is None and _casts_whole_model():

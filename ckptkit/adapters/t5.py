@@ -22,6 +22,7 @@ from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
 from ckptkit.format.safetensors_header import read_header
+from ckptkit.io.gc_pause import gc_paused
 from ckptkit.io.tensors import to_torch_dtype
 
 if TYPE_CHECKING:
@@ -155,7 +156,8 @@ def load_t5(
 
     # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
     # from_pretrained does; on meta tensors it would only cost time.
-    with init_empty_weights(), no_init_weights():
+    # gc_paused: building a model makes many objects and no cycles (see ckptkit.io.gc_pause).
+    with init_empty_weights(), no_init_weights(), gc_paused():
         # from_pretrained's cls(config, *model_args, **model_kwargs): extra arguments reach the class.
         model = (
             cls(config, *model_args, **model_kwargs)

@@ -31,6 +31,7 @@ from ckptkit.format.confine import confine_enabled
 from ckptkit.format.keys import KeySelection
 from ckptkit.format.safe_files import confinement
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
+from ckptkit.io.gc_pause import gc_paused
 from ckptkit.io.module_fill import FillPlan, LoadResult, StoredTensor, plan_module_fill
 from ckptkit.io.progress import progress_bar
 from ckptkit.io.reader import FileMaps, TensorRead, read_tensors
@@ -178,7 +179,7 @@ def load_sharded(
     confined_root = (
         (checkpoint.root or checkpoint.path) if confine_enabled(resolve_kwargs.get("confine")) else None
     )
-    with confinement(confined_root):
+    with confinement(confined_root), gc_paused():
         result = _load(
             checkpoint,
             model=model,
