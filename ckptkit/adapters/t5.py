@@ -9,21 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ckptkit.adapters._build import (
-    PLACEMENT_KWARGS,
-    choose_dtype,
-    config_kwargs,
-    load_weights,
-    user_dtype,
-)
+from ckptkit.adapters._build import PLACEMENT_KWARGS, config_kwargs, user_dtype
 from ckptkit.adapters._component import ComponentRequest, read_config, resolve_component
 from ckptkit.adapters._options import pop_loading_options
+from ckptkit.adapters._transformers import build_and_fill, is_v5
 from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import CONFIG_NAME
-from ckptkit.format.safetensors_header import read_header
-from ckptkit.io.gc_pause import gc_paused
-from ckptkit.io.tensors import to_torch_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -112,12 +104,6 @@ def load_t5(
         'T5EncoderModel'
     """
     import transformers
-    from accelerate import init_empty_weights
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined,no-redef]
 
     options = pop_loading_options(kwargs, caller="load_t5")
     hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only, "token": token}
@@ -149,44 +135,20 @@ def load_t5(
     loader |= {k: overrides.pop(k) for k in PLACEMENT_KWARGS if k in overrides}
     config, model_kwargs = _model_config(transformers, ckpt, config, overrides, hub)
     cls = getattr(transformers, class_name)
-    requested = user_dtype(torch_dtype, dtype)
-    auto = _config_dtype(config) or _stored_dtype(ckpt)
-    default = auto if requested == "auto" or _is_v5(transformers) else torch.get_default_dtype()
-    load_dtype = choose_dtype(ckpt, requested, default)
-
-    # Every weight comes from the checkpoint (a missing one raises): skip the random init, as
-    # from_pretrained does; on meta tensors it would only cost time.
-    # gc_paused: building a model makes many objects and no cycles (see ckptkit.io.gc_pause).
-    with init_empty_weights(), no_init_weights(), gc_paused():
-        # from_pretrained's cls(config, *model_args, **model_kwargs): extra arguments reach the class.
-        model = (
-            cls(config, *model_args, **model_kwargs)
-            if model_args or model_kwargs
-            else cls._from_config(config)
-        )
-    keep = set()
-    if load_dtype == torch.float16:
-        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    if load_dtype in (torch.float16, torch.bfloat16):
-        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
-    tied = getattr(model, "_tied_weights_keys", None)
-    load_weights(
-        model,
+    model = build_and_fill(
+        transformers,
+        cls,
+        config,
         ckpt,
-        dtype=load_dtype,
-        keep_fp32_modules=keep,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+        requested=user_dtype(torch_dtype, dtype),
         device_map=device_map,
         loader=loader,
-        tied=tied if isinstance(tied, dict) else None,
+        name_or_path=pretrained_model_name_or_path,
     )
-    model.eval()
-    if load_dtype is not None:
-        # transformers >= 4.56 names it ``dtype`` (``torch_dtype`` is then a deprecated alias property).
-        field = "torch_dtype" if "torch_dtype" in vars(model.config) else "dtype"
-        setattr(model.config, field, load_dtype)
-    model.config.name_or_path = os.fspath(pretrained_model_name_or_path)
     # output_loading_info: transformers 5 gives sets of keys, 4.x lists
-    result = options.result(model, ckpt, as_sets=_is_v5(transformers))
+    result = options.result(model, ckpt, as_sets=is_v5(transformers))
     if not with_tokenizer:
         return result
     tokenizer = load_tokenizer(ckpt, subfolder=tokenizer_subfolder, hub=hub)
@@ -245,34 +207,3 @@ def load_tokenizer(
         path=local,
         fix="pass tokenizer_subfolder= the folder that holds the tokenizer",
     )
-
-
-def _is_v5(transformers: Any) -> bool:
-    """Whether the installed transformers is 5 or later, where ``from_pretrained`` changed.
-
-    transformers 5 defaults to ``dtype="auto"`` (4.x loads in ``torch.get_default_dtype()``, float32,
-    unless asked) and reports loading info as sets (4.x: lists). Neither change has an attribute to
-    detect it by, so the major version decides.
-    """
-    major = str(getattr(transformers, "__version__", "5")).split(".")[0]
-    return not major.isdigit() or int(major) >= 5
-
-
-def _config_dtype(config: Any) -> torch.dtype | None:
-    """The dtype config.json records: ``dtype`` (transformers >= 4.56) or ``torch_dtype`` (older)."""
-    for value in (getattr(config, "dtype", None), vars(config).get("torch_dtype")):
-        if isinstance(value, torch.dtype):
-            return value
-    return None
-
-
-def _stored_dtype(ckpt: CheckpointDir) -> torch.dtype | None:
-    """The dtype of the first floating tensor stored (transformers' ``dtype="auto"`` fallback)."""
-
-    if ckpt.format != "safetensors" or not ckpt.weight_files:
-        return None
-    for info in read_header(ckpt.weight_files[0]).tensors.values():
-        dtype = to_torch_dtype(info.dtype)
-        if dtype.is_floating_point:
-            return dtype
-    return None

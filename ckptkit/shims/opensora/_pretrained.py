@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckptkit.adapters._build import PLACEMENT_KWARGS, choose_dtype, config_kwargs, load_weights, user_dtype
+from ckptkit.adapters._build import PLACEMENT_KWARGS, config_kwargs, user_dtype
 from ckptkit.adapters._options import pop_loading_options
-from ckptkit.adapters.t5 import _config_dtype, _is_v5, _stored_dtype, load_t5
+from ckptkit.adapters._transformers import build_and_fill, is_v5
+from ckptkit.adapters.t5 import load_t5
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
@@ -50,12 +51,6 @@ def from_pretrained(
             that do not fit the config.
     """
     import transformers
-    from accelerate import init_empty_weights
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined,no-redef]
 
     options = pop_loading_options(kwargs, caller=f"{model_class.__name__}.from_pretrained")
     ckpt = resolve_ckpt_dir(
@@ -74,39 +69,19 @@ def from_pretrained(
             f"{model_class.__name__} has no config_class: it is not a transformers PreTrainedModel"
         )
     config, model_kwargs = config_class.from_pretrained(ckpt.path, return_unused_kwargs=True, **overrides)
-    requested = user_dtype(torch_dtype, dtype)
-    auto = _config_dtype(config) or _stored_dtype(ckpt)
-    default = auto if requested == "auto" or _is_v5(transformers) else torch.get_default_dtype()
-    load_dtype = choose_dtype(ckpt, requested, default)
-    # built under the load dtype as transformers does: buffers the constructor makes are in it too
-    previous = torch.get_default_dtype()
-    if load_dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        torch.set_default_dtype(load_dtype)
-    try:
-        with init_empty_weights(), no_init_weights():
-            model = model_class(config, *model_args, **model_kwargs)
-    finally:
-        torch.set_default_dtype(previous)
-    keep = set()
-    if load_dtype == torch.float16:
-        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    tied = getattr(model, "_tied_weights_keys", None)
-    load_weights(
-        model,
+    model = build_and_fill(
+        transformers,
+        model_class,
+        config,
         ckpt,
-        dtype=load_dtype,
-        keep_fp32_modules=keep,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+        requested=user_dtype(torch_dtype, dtype),
         device_map=device_map,
         loader=loader,
-        tied=tied if isinstance(tied, dict) else None,
+        name_or_path=pretrained_model_name_or_path,
     )
-    model.eval()
-    model.config.name_or_path = os.fspath(
-        pretrained_model_name_or_path.path
-        if isinstance(pretrained_model_name_or_path, CheckpointDir)
-        else pretrained_model_name_or_path
-    )
-    return options.result(model, ckpt, as_sets=_is_v5(transformers))
+    return options.result(model, ckpt, as_sets=is_v5(transformers))
 
 
 #: :func:`from_pretrained` under a name ``HFEmbedder``'s ``from_pretrained`` argument does not hide.
