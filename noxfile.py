@@ -112,10 +112,18 @@ def conformance(session: nox.Session) -> None:
     - the modules ``torchvision`` (the registry's wheel links CUDA builds of torch), ``cv2``, ``av``,
       ``decord``, ``librosa``, ``peft``: imported by ``wan/__init__`` and ``ltx_video.inference``
       for video I/O, audio and LoRA, never called on a loading path (calling them raises);
-    - the CUDA-only ``flash_attention`` kernel Wan's DiT calls, replaced in forward-pass checks by
-      Wan's own ``attention`` (its scaled-dot-product fallback).
+    - the CUDA-only ``flash_attention`` kernel Wan's DiT and CLIP call, replaced in forward-pass
+      checks by Wan's own ``attention`` (its scaled-dot-product fallback), and ``flash_attn_func`` of
+      Wan-Animate's face blocks by torch's SDPA;
+    - ``torchvision.transforms`` inside Wan's CLIP module, by records of the transforms it builds
+      (loading builds them; only ``CLIPModel.visual`` would run them).
 
     tests/conformance/opensora/ needs no upstream package and also runs in the main suite.
+
+    The docs' blocks that need LTX-Video or Wan (``conformance=`` in tests/test_docs_snippets.py's
+    ``SETUP``) run here as written, in tests/conformance/{ltx,wan}/test_guide.py, on tiny checkpoints
+    in the upstream formats. Open-Sora does not install: its guide's blocks run in the main suite in
+    a stand-in checkout whose loaders are the vendored upstream copies (tests/_opensora_repo.py).
     """
     _install(session, "conformance")
     session.install("--no-deps", *UPSTREAM)

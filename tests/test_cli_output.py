@@ -28,12 +28,42 @@ from ckptkit import (
     verify_checkpoint,
 )
 from tests._hub import make_hub_cache
-from tests._subprocess import ENV, REPO, run_cli
+from tests._subprocess import ENV, REPO, run_cli, run_python
 
 
 def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"ckptkit {__version__}"
+
+
+# What starting the CLI may load: the parser (cli/*), sizes and display of format/, errors, version.
+CLI_START_MODULES = 15
+
+
+def test_cli_loads_only_the_verb_it_runs(layouts) -> None:
+    # Building the parser loads no verb; `inspect` then loads its own (torch-free) verb and no other.
+    code = (
+        "import sys\n"
+        "from ckptkit.cli import main\n"
+        "def ours(): return sorted(m for m in sys.modules if m.startswith('ckptkit'))\n"
+        "assert main(['--version']) == 0\n"
+        "start = ours()\n"
+        f"assert len(start) <= {CLI_START_MODULES}, start\n"
+        "verbs = ('ckptkit.check', 'ckptkit.resolve', 'ckptkit.save', 'ckptkit.placement', 'ckptkit.load',\n"
+        "         'ckptkit.distributed', 'ckptkit.io')\n"
+        "assert not [m for m in start if m.startswith(verbs)], start\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert main(['inspect', sys.argv[1], '--json']) == 0\n"
+        "assert 'ckptkit.check.inspect' in sys.modules\n"
+        "others = ('ckptkit.save', 'ckptkit.placement', 'ckptkit.load', 'ckptkit.distributed')\n"
+        "assert not [m for m in ours() if m.startswith(others)], ours()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = run_python(code, str(layouts["t5_sharded"]))
+    assert result.returncode == 0, result.stderr
+    helped = run_cli("--help")
+    assert helped.returncode == 0
+    assert all(f" {name} " in helped.stdout for name in ("inspect", "verify", "plan", "resave", "demo"))
 
 
 def test_inspect_pipeline_summary_first_files_on_request(layouts) -> None:

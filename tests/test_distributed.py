@@ -155,6 +155,40 @@ def test_strict_mismatch_raises_before_reading(tmp_path):
     assert torch.equal(model.weight, load_reference(ckpt)["lm_head.weight"])
 
 
+def test_dtensor_model_refuses_mmap_true_naming_it(tmp_path):
+    """Local shards are the model's own memory, never views of the files: ``mmap=True`` raises."""
+    from tests._subprocess import run_python
+
+    code = """
+import os, sys, torch, torch.distributed as dist
+from safetensors.torch import save_file
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from ckptkit import load_sharded
+
+root = sys.argv[1]
+dist.init_process_group("gloo", init_method="file://" + os.path.join(root, "store"), rank=0, world_size=1)
+save_file({"weight": torch.arange(12.0).reshape(4, 3)}, os.path.join(root, "model.safetensors"))
+mesh = init_device_mesh("cpu", (1,))
+module = torch.nn.Module()
+module.weight = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 3), mesh, [Shard(0)]))
+try:
+    load_sharded(root, model=module, mmap=True)
+except TypeError as exc:
+    print("refused:", exc)
+assert torch.count_nonzero(module.weight.to_local()) == 0  # refused before reading
+load_sharded(root, model=module, mmap=False)  # private copies: what this path does anyway
+print("loaded:", module.weight.to_local().flatten().tolist())
+dist.destroy_process_group()
+"""
+    done = run_python(code, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "refused: load_sharded: mmap=True cannot be used for a model with DTensor parameters" in done.stdout
+    )
+    assert f"loaded: {[float(v) for v in range(12)]}" in done.stdout
+
+
 def test_save_refuses_non_empty_destination_and_leaves_nothing(tmp_path):
     (tmp_path / "dst").mkdir()
     (tmp_path / "dst" / "keep.txt").write_text("x")

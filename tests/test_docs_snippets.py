@@ -12,9 +12,13 @@ number, with what the block must contain (so a stale entry fails): text replacem
 placeholders (a host name, ``<commit>``, an absolute path), a ``prelude`` that defines what the
 page's prose says the reader has (``model``, ``ckpt_path``), ``torchrun`` for a multi-process block,
 ``ci`` for install commands (``.ci/run`` runs them on a clean clone: the test checks it does),
-and ``compile_only`` for a block that needs another project installed (Open-Sora, LTX-Video, Wan:
-the "before" of a migration, a patch of that package, its own scripts): it must still compile
-(``bash -n`` for shell).
+and ``conformance`` for a block that needs LTX-Video or Wan installed (the "before" of a migration,
+a patch of that package): ``tests/conformance/<name>/test_guide.py`` runs it in ``nox -s conformance``,
+against tiny checkpoints in the upstream formats; here it must compile. Open-Sora does not install:
+its guide's blocks run here, in a stand-in Open-Sora checkout whose loaders are the vendored upstream
+copies (``tests/_opensora_repo.py``). A block that runs nowhere says why in ``not_run`` (the one
+place that lists them) and must still compile (``bash -n`` for shell); ``test_every_block_runs``
+fails on any other kind of block that is not run.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +37,8 @@ import torch
 
 from ckptkit.resolve.hub_misses import hf_cli
 from tests._hub import COMMIT, make_hub_cache
+from tests._opensora_repo import PRELUDE as OPENSORA
+from tests._opensora_repo import build_opensora_repo
 from tests._subprocess import REPO
 from tests._versions import has_diffusers_classes
 
@@ -47,7 +53,11 @@ class Setup:
     prelude: str = ""
     torchrun: bool = False
     ci: bool = False
-    compile_only: str = ""
+    conformance: str = ""  # "ltx" / "wan": run by tests/conformance/<name>/test_guide.py instead
+    not_run: str = ""  # why the block runs nowhere (it is compiled only)
+
+    def runs_here(self) -> bool:
+        return not (self.ci or self.conformance or self.not_run)
 
 
 _ARGS = "import argparse\nargs = argparse.Namespace(ckpt_dir='./Wan2.1-T2V-14B')"
@@ -56,6 +66,13 @@ _CLUSTER = {
     "rsync -a ./pixart cluster:/models/": 'cp -a ./pixart "$CLUSTER/models/"',
     "ssh cluster ckptkit verify /models/pixart": 'ckptkit verify "$CLUSTER/models/pixart"',
 }
+
+_CPU = {'device="cuda"': 'device="cpu"'}
+#: what Wan's text2video.py has when it loads (the A14B text-to-video config, on the CPU)
+_WAN_CONFIG = (
+    "import argparse, os, torch\nfrom wan.configs import WAN_CONFIGS\n"
+    "config = WAN_CONFIGS['t2v-A14B']\ncheckpoint_dir = './Wan2.2-T2V-A14B'\ndevice = torch.device('cpu')"
+)
 
 SETUP: dict[tuple[str, int], Setup] = {
     ("README.md", 0): Setup('pip install ".[hf]"', ci=True),
@@ -76,28 +93,40 @@ SETUP: dict[tuple[str, int], Setup] = {
     ("docs/guides/sagemaker.md", 0): Setup("<commit>", replace={"<commit>": COMMIT}),
     ("docs/guides/sagemaker.md", 3): Setup("/opt/ml/model", replace={'"/opt/ml/model"': '"./model-dir"'}),
     ("docs/distributed.md", 0): Setup("load_sharded_distributed", torchrun=True),
-    ("docs/guides/ltx-video.md", 1): Setup("from ltx_video.inference", compile_only="LTX-Video's own code"),
-    ("docs/guides/ltx-video.md", 2): Setup(
-        "ckptkit.shims.ltx.install()", compile_only="patches the installed LTX-Video package"
+    # LTX-Video and Wan installed: nox -s conformance (no GPU there: "cuda" is the CPU)
+    ("docs/guides/ltx-video.md", 1): Setup("from ltx_video.inference", conformance="ltx", replace=_CPU),
+    ("docs/guides/ltx-video.md", 2): Setup("ckptkit.shims.ltx.install()", conformance="ltx", replace=_CPU),
+    ("docs/guides/wan.md", 1): Setup("from wan.modules.t5", conformance="wan", prelude=_WAN_CONFIG),
+    ("docs/guides/wan.md", 2): Setup(
+        "wan.WanT2V(",
+        not_run="wan.WanT2V puts its VAE on cuda:<device_id> (Wan has no CPU path) and CI has no GPU; "
+        "the loads WanT2V makes run under install() in tests/conformance/wan/test_wan.py "
+        "(test_install_runs_wans_own_code_on_ckptkit), on Wan's own classes",
     ),
+    ("docs/guides/wan.md", 3): Setup("liveavatar", conformance="wan"),
+    # in the stand-in Open-Sora checkout (tests/_opensora_repo.py), with the names its prose gives
     ("docs/guides/open-sora.md", 1): Setup(
-        "ColossalAI booster dir", compile_only="Open-Sora's models and its released checkpoints"
+        "ColossalAI booster dir",
+        replace=_CPU,
+        prelude=OPENSORA + "from ckptkit.shims.opensora import T5Encoder, load_checkpoint",
     ),
     ("docs/guides/open-sora.md", 2): Setup(
-        "install()", compile_only="patches the installed Open-Sora package"
+        'device_map="cuda"',
+        replace={'device_map="cuda"': 'device_map="cpu"'},
+        prelude=OPENSORA + "from ckptkit.shims.opensora import load_checkpoint_v2 as load_checkpoint",
     ),
     ("docs/guides/open-sora.md", 3): Setup(
-        "scripts/inference.py", compile_only="runs Open-Sora's own script"
+        "build_module(cfg.model, MODELS)",
+        prelude="from types import SimpleNamespace\nfrom opensora.registry import MODELS, build_module\n"
+        "cfg = SimpleNamespace(model=dict(type='STDiT3-XL/2', from_pretrained='./stdit3-4ch.pt', "
+        "adapt_16ch=True, in_channels=16))",
     ),
-    ("docs/guides/open-sora.md", 4): Setup(
+    ("docs/guides/open-sora.md", 5): Setup(
         "cache_dir=cache_dir",
         prelude="import os\nfrom tests._models import build_t5\n"
         "cache_dir = os.path.expanduser('~/.cache/huggingface/hub')\nmodel = build_t5()\nckpt_path = './t5'",
     ),
     ("docs/guides/wan.md", 0): Setup("args.ckpt_dir", prelude=_ARGS),
-    ("docs/guides/wan.md", 1): Setup("from wan.modules.t5", compile_only="Wan's own modules and its config"),
-    ("docs/guides/wan.md", 2): Setup("wan.WanT2V(", compile_only="patches the installed Wan package"),
-    ("docs/guides/wan.md", 3): Setup("liveavatar", compile_only="patches Live Avatar's vendored Wan"),
     ("docs/guides/wan.md", 4): Setup(
         "meta_model",
         prelude="from accelerate import init_empty_weights\nfrom diffusers import WanTransformer3DModel\n"
@@ -148,6 +177,41 @@ def test_setup_entries_name_existing_blocks() -> None:
         )
         for old in setup.replace:
             assert old in found[number].code, f"{page} block {number}: nothing to replace for {old!r}"
+
+
+def test_every_block_runs() -> None:
+    """Each block runs here, in .ci/run (``ci``) or in nox -s conformance, or ``not_run`` says why."""
+    for (page, number), setup in SETUP.items():
+        kinds = [kind for kind in (setup.ci, setup.conformance, setup.not_run) if kind]
+        assert len(kinds) <= 1, f"{page} block {number}: one of ci, conformance, not_run"
+        if setup.conformance:
+            runner = REPO / "tests" / "conformance" / setup.conformance / "test_guide.py"
+            assert runner.is_file(), f"{page} block {number}: no {runner.relative_to(REPO)} runs it"
+            assert "conformance_blocks(" in runner.read_text(), f"{runner} does not run SETUP's blocks"
+        assert not setup.not_run or len(setup.not_run.split()) >= 3, f"{page} block {number}: say why"
+
+
+def conformance_blocks(name: str) -> list[tuple[Snippet, Setup]]:
+    """The blocks ``tests/conformance/<name>/test_guide.py`` runs (upstream installed)."""
+    return [
+        (snippets(page)[number], setup)
+        for (page, number), setup in SETUP.items()
+        if setup.conformance == name
+    ]
+
+
+def run_block(
+    snippet: Snippet, setup: Setup, root: Path, cwd: Path, prelude: str = "", checks: str = ""
+) -> None:
+    """Runs one block as the page test does (``root/home`` is HOME), after ``prelude``, then ``checks``."""
+    where = f"{snippet.page} block {snippet.number}"
+    code = f"{snippet.code}\n# -- checks of {where} --\n{checks}" if checks else snippet.code
+    result = _run(
+        replace(snippet, code=code), replace(setup, prelude=prelude + setup.prelude), cwd, _env(root, cwd)
+    )
+    assert result.returncode == 0, (
+        f"{where} failed:\n{snippet.code}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    )
 
 
 def test_install_commands_are_what_ci_runs() -> None:
@@ -236,6 +300,8 @@ def world(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         _wan(wan)
 
     cache = home / ".cache" / "huggingface" / "hub"
+    for repo_id, source in build_opensora_repo(root / "open-sora").items():
+        make_hub_cache(source, cache, repo_id=repo_id)
     for repo_id, source in {
         "PixArt-alpha/PixArt-XL-2-1024-MS": pipeline,
         "org/name": pipeline,
@@ -351,12 +417,14 @@ def test_page_snippets_run(page: str, world: Path, tmp_path: Path) -> None:
     cwd = tmp_path / "work"
     shutil.copytree(world / "work", cwd, symlinks=True)
     (cwd / "cluster" / "models").mkdir(parents=True)
+    if page == "docs/guides/open-sora.md":  # the reader is in an Open-Sora checkout
+        shutil.copytree(world / "open-sora", cwd, dirs_exist_ok=True)
     env = _env(world, cwd)
     missing = _missing_families()
     for snippet in blocks:
         setup = SETUP.get((page, snippet.number), Setup(""))
         needs = sorted(name for name in missing if FAMILIES[name][0].search(snippet.code))
-        if needs and not setup.compile_only and not setup.ci:
+        if needs and setup.runs_here():
             import diffusers
 
             pytest.skip(
@@ -365,7 +433,7 @@ def test_page_snippets_run(page: str, world: Path, tmp_path: Path) -> None:
             )
         if setup.ci:
             continue  # checked against .ci/run above
-        if setup.compile_only:
+        if setup.conformance or setup.not_run:  # run by nox -s conformance / run nowhere: compiled
             if snippet.language == "python":
                 compile(snippet.code, f"{page} block {snippet.number}", "exec")
             else:

@@ -105,6 +105,26 @@ def test_find_blocks_patterns() -> None:
     }
 
 
+def test_plan_memory_and_the_device_map_share_one_block_rule() -> None:
+    from ckptkit.placement.greedy import ModuleTree, TensorEntry
+
+    # Where the two rules used to disagree: numbered modules under names that do not say "block"
+    # (an LDM VAE's `up.0`, diffusers' `mid_block.resnets.0`, a Sequential embedder's `mlp.0`) and
+    # a block list nested in another numbered module (`up.0.block.1` is inside `up.0`).
+    names = [
+        "decoder.up.0.block.1.conv.weight",
+        "mid_block.resnets.0.norm.weight",
+        "t_embedder.mlp.0.weight",
+        "blocks.2.attn.weight",
+        "scales.0",  # a ParameterList entry: its number ends the name, no block
+        "head.weight",
+    ]
+    blocks = {b.name for b in find_blocks(dict.fromkeys(names, 4))}
+    assert blocks == {"decoder.up.0", "mid_block.resnets.0", "t_embedder.mlp.0", "blocks.2"}
+    tree = ModuleTree.from_entries([TensorEntry(n, "float32", (1,), 0) for n in names], None, None)
+    assert tree.no_split == blocks
+
+
 def test_variant_fallback_casts_and_errors(layouts) -> None:
     fp16 = plan_memory(layouts["pixart"], device_memory="1GB", variant="fp16")
     default = plan_memory(layouts["pixart"], device_memory="1GB")

@@ -242,7 +242,15 @@ def load_weights(
 
 
 def _raise_missing(model: torch.nn.Module, where: str | os.PathLike[str]) -> None:
-    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    # One walk over the modules (named_parameters and named_buffers would make two).
+    missing, seen = [], set()
+    for prefix, module in model.named_modules():
+        head = f"{prefix}." if prefix else ""
+        for tensors in (module._parameters, module._buffers):
+            for name, tensor in tensors.items():
+                if tensor is not None and tensor.is_meta and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    missing.append(head + name)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CorruptCheckpointError(

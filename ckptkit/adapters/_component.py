@@ -10,7 +10,7 @@ from typing import Any
 
 from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import CONFIG_NAME, read_json_object, read_model_index
+from ckptkit.format.components import CONFIG_NAME, pipeline_components, read_json_object
 from ckptkit.format.validate import check_weight_set
 from ckptkit.resolve.resolve import resolve_ckpt_dir
 
@@ -52,7 +52,7 @@ def resolve_component(request: ComponentRequest) -> CheckpointDir:
     """
     subfolder = request.subfolder
     local = _local_path(request.spec)
-    if subfolder is None and local is not None and local.is_dir() and not (local / CONFIG_NAME).exists():
+    if subfolder is None and local is not None and local.is_dir():
         subfolder = _pipeline_component(local, request.component, request.classes)
     if subfolder is None and local is None:
         # A hub repo named without subfolder may be a pipeline: fetch only this adapter's component.
@@ -91,10 +91,9 @@ def _local_path(spec: object) -> Path | None:
 
 
 def _pipeline_component(directory: Path, default: str, classes: Collection[str]) -> str | None:
-    components = read_model_index(directory)
-    if not components:
+    present = [c for c in pipeline_components(directory) or [] if (directory / c.name).is_dir()]
+    if not present:  # not a pipeline, or one none of whose components is here: the root is the model
         return None
-    present = [c for c in components if (directory / c.name).is_dir()]
     by_class = [c.name for c in present if c.class_name in classes]
     if by_class:
         return default if default in by_class else by_class[0]

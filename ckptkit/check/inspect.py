@@ -12,7 +12,7 @@ from typing import Any
 
 from ckptkit.check.info import CheckpointInfo, FileEntry, Problem, WeightSetInfo
 from ckptkit.errors import CkptError
-from ckptkit.format.components import check_component_name, read_model_index
+from ckptkit.format.components import check_component_name, pipeline_components
 from ckptkit.format.confine import confine_enabled, enforce_confinement, is_outside
 from ckptkit.format.dtypes import DTYPES, torch_itemsize
 from ckptkit.format.file_kinds import refuse_non_checkpoint
@@ -107,7 +107,7 @@ def _inspect_dir(
         return info
     info.files = _list_files(directory, root, info.problems)
     try:
-        components = read_model_index(directory)
+        components = pipeline_components(directory)
     except CkptError as exc:
         info.problems.append(Problem.from_error(exc))
         components = None

@@ -97,21 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except CkptError as exc:
-        if args.debug:
-            traceback.print_exc()
-        message = cli_wording(str(exc))
-        if args.json:
-            print_json({"ok": False, "error": type(exc).__name__, "message": message})
-        print(f"ckptkit {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
-        return EXIT_PROBLEMS
+        return _failed(args, exc, f"{type(exc).__name__}: ", EXIT_PROBLEMS)
     except (ValueError, OSError, OverflowError, RecursionError, UnicodeError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        message = cli_wording(str(exc))
-        if args.json:
-            print_json({"ok": False, "error": type(exc).__name__, "message": message})
-        print(f"ckptkit {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_PROBLEMS
+        return _failed(args, exc, "error: ", EXIT_USAGE if isinstance(exc, ValueError) else EXIT_PROBLEMS)
+
+
+def _failed(args: argparse.Namespace, exc: Exception, label: str, code: int) -> int:
+    """Report an error of the verb: its traceback with --debug, a JSON object with --json, one line."""
+    if args.debug:
+        traceback.print_exc()
+    message = cli_wording(str(exc))
+    if args.json:
+        print_json({"ok": False, "error": type(exc).__name__, "message": message})
+    print(f"ckptkit {args.command}: {label}{message}", file=sys.stderr)
+    return code
 
 
 def _quiet_broken_pipe() -> int:

@@ -1,4 +1,9 @@
-"""What every subcommand shares: exit codes, JSON printing, argument types."""
+"""What every subcommand shares: exit codes, JSON printing, argument types, the common options.
+
+A subcommand's module imports its verb inside its ``_run_*`` function, when that subcommand runs:
+building the parser (``ckptkit --version``, ``ckptkit --help``) then loads no verb, and a torch-free
+command (``inspect``, ``verify``, ``plan``) loads only its own verb, never another's imports.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,30 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def add_command(
+    sub: Any, name: str, *, help: str, description: str, examples: list[str]
+) -> argparse.ArgumentParser:
+    """One subcommand's parser: its one-line help, its description and its examples (one a line)."""
+    return sub.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help,
+        description=description,
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_component_options(parser: argparse.ArgumentParser, *, variant: str) -> None:
+    """--subfolder and --variant: which component of a pipeline, which variant (``variant``: its help)."""
+    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, text_encoder, ...)")
+    parser.add_argument("--variant", help=variant)
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``--components transformer,vae`` as a list; ``None`` when the flag is absent."""
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
 def size_argument(text: str) -> int:

@@ -19,13 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ckptkit.check.inspect import inspect_checkpoint
-from ckptkit.check.verify import verify_checkpoint
-from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS
+from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, add_command
 from ckptkit.errors import CkptError
 from ckptkit.format.sizes import format_size
-from ckptkit.resolve.resolve import resolve_ckpt_dir
-from ckptkit.save.resave import resave
 
 REPO_ID = "demo/tiny-pipeline"
 COMMIT = "d" * 40
@@ -33,15 +29,15 @@ _LFS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def add_demo(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "demo",
         help="see the whole job on a tiny pipeline built on the spot (offline, seconds)",
         description="Build a tiny real pipeline with diffusers and transformers (a sharded transformer "
         "with an fp16 variant, a VAE, a text encoder) in a hub-cache layout, then resolve, inspect, load "
         "it into a meta-device model, resave it to one file and verify the copy, printing each step. "
         "Needs the [hf] extra; makes no network request.",
-        epilog="examples:\n  ckptkit demo\n  ckptkit demo --dir ./ckptkit-demo   # keep the files to look at",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["ckptkit demo", "ckptkit demo --dir ./ckptkit-demo   # keep the files to look at"],
     )
     parser.add_argument("--dir", help="work in this directory and keep it (default: a temporary one)")
     parser.set_defaults(run=_run_demo)
@@ -70,8 +66,13 @@ def run_demo(directory: Path, write: Callable[[str], None] = print) -> int:
             fix='pip install "ckptkit[hf]" (keeps the torch you have)',
         ) from None
 
-    # Imported here, after the check above, to keep torch out of the torch-free `ckptkit` CLI start.
-    from ckptkit.load.sharded import LoadResult, load_sharded
+    # Imported here, after the check above (and the verbs out of every other command: see
+    # cli._common), to keep torch out of the torch-free `ckptkit` CLI start.
+    from ckptkit.check.inspect import inspect_checkpoint
+    from ckptkit.check.verify import verify_checkpoint  # the same: torch-free start
+    from ckptkit.load.sharded import LoadResult, load_sharded  # the same: torch-free start
+    from ckptkit.resolve.resolve import resolve_ckpt_dir  # the same: torch-free start
+    from ckptkit.save.resave import resave  # the same: torch-free start
 
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()

@@ -6,41 +6,47 @@ import argparse
 import sys
 from typing import Any
 
-from ckptkit.check.inspect import inspect_checkpoint
 from ckptkit.cli._common import (
     EXIT_OK,
     EXIT_PROBLEMS,
+    add_command,
+    add_component_options,
     add_source_options,
     bool_or_none,
+    comma_list,
     print_json,
     source_kwargs,
 )
 from ckptkit.format.display import dtype_text
 from ckptkit.format.sizes import format_size
-from ckptkit.resolve.resolve import resolve_ckpt_dir
 
 # -- inspect -----------------------------------------------------------------------------------
 
 
 def add_inspect(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "inspect",
         help="what a checkpoint holds: components, weight sets, parameters, dtypes, variants, problems",
         description="Describe a checkpoint from its headers alone (torch is not imported): a summary "
         "per component, then problems; every file with --files.",
-        epilog="examples:\n  ckptkit inspect ./pixart/transformer\n  ckptkit inspect ./pixart --files\n"
-        "  ckptkit inspect ./pixart --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "ckptkit inspect ./pixart/transformer",
+            "ckptkit inspect ./pixart --files",
+            "ckptkit inspect ./pixart --json",
+        ],
     )
     parser.add_argument("spec", help="a checkpoint directory, weights file, hub cache folder or repo id")
-    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
-    parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
+    add_component_options(parser, variant="the variant a load would ask for (fp16, ...)")
     parser.add_argument("--files", action="store_true", help="also list every file, with sizes and links")
     add_source_options(parser)
     parser.set_defaults(run=_run_inspect)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    # Imported when the subcommand runs (see cli._common): keeps the torch-free command to its verb.
+    from ckptkit.check.inspect import inspect_checkpoint
+
     info = inspect_checkpoint(
         args.spec, subfolder=args.subfolder, variant=args.variant, **source_kwargs(args)
     )
@@ -103,19 +109,21 @@ def _print_files(info: Any, indent: str) -> None:
 
 
 def add_resolve(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "resolve",
         help="print the local directory that holds a checkpoint (downloading only what it needs)",
         description="Resolve a path, hub cache folder, snapshot or repo id to one local directory; "
         'prints only that directory, so it can be used as --ckpt_dir "$(ckptkit resolve ...)".',
-        epilog="examples:\n  ckptkit resolve PixArt-alpha/PixArt-XL-2-1024-MS --subfolder vae\n"
-        "  ckptkit resolve org/name --variant fp16 --offline --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "ckptkit resolve PixArt-alpha/PixArt-XL-2-1024-MS --subfolder vae",
+            "ckptkit resolve org/name --variant fp16 --offline --json",
+        ],
     )
     parser.add_argument(
         "spec", help="a directory, weights file, models--org--name folder, snapshot or repo id"
     )
-    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, text_encoder, ...)")
+    add_component_options(parser, variant="the variant wanted (fp16, bf16, ...)")
     parser.add_argument("--revision", help="branch, tag or commit (hub forms)")
     parser.add_argument(
         "--cache-dir",
@@ -123,7 +131,6 @@ def add_resolve(sub: Any) -> None:
         help="hub cache to download into and look in first; repeat to look in several "
         "(HF_HUB_CACHE and CKPTKIT_CACHE_PATH are searched after them)",
     )
-    parser.add_argument("--variant", help="the variant wanted (fp16, bf16, ...)")
     parser.add_argument(
         "--components", help="for a whole pipeline, only these components (comma-separated: transformer,vae)"
     )
@@ -154,6 +161,9 @@ def add_resolve(sub: Any) -> None:
 def _run_resolve(args: argparse.Namespace) -> int:
     import warnings
 
+    # Imported when the subcommand runs (see cli._common): keeps the torch-free command to its verb.
+    from ckptkit.resolve.resolve import resolve_ckpt_dir
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ckpt = resolve_ckpt_dir(
@@ -169,9 +179,7 @@ def _run_resolve(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             token=args.token,
             confine=bool_or_none(args.confine),
-            components=[c.strip() for c in args.components.split(",") if c.strip()]
-            if args.components
-            else None,
+            components=comma_list(args.components),
         )
     for warning in caught:
         print(f"ckptkit resolve: warning: {warning.message}", file=sys.stderr)

@@ -8,6 +8,8 @@ from typing import Any
 from ckptkit.cli._common import (
     EXIT_OK,
     EXIT_PROBLEMS,
+    add_command,
+    add_component_options,
     add_source_options,
     positive_int,
     print_json,
@@ -15,12 +17,11 @@ from ckptkit.cli._common import (
     source_kwargs,
 )
 from ckptkit.format.sizes import format_size
-from ckptkit.placement.device_map import plan_device_map
-from ckptkit.placement.memory import plan_memory
 
 
 def add_plan(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "plan",
         help="per-device memory for the weights (replicate / FSDP / offload), from headers alone",
         description=(
@@ -30,12 +31,10 @@ def add_plan(sub: Any) -> None:
             "transformer_blocks.N.), whether it fits and the headroom left for activations. "
             "Exit 0 when the chosen strategy fits, 1 when it does not."
         ),
-        epilog=(
-            "examples:\n"
-            "  ckptkit plan ./Wan2.1-T2V-14B --devices 5 --device-memory 24GiB --dtype bf16\n"
-            "  ckptkit plan ./pixart --subfolder transformer --devices 1 --device-memory 80GB --json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "ckptkit plan ./Wan2.1-T2V-14B --devices 5 --device-memory 24GiB --dtype bf16",
+            "ckptkit plan ./pixart --subfolder transformer --devices 1 --device-memory 80GB --json",
+        ],
     )
     parser.add_argument("spec", help="a checkpoint directory or weights file")
     parser.add_argument("--devices", type=positive_int, default=1, help="number of devices (default 1)")
@@ -47,8 +46,7 @@ def add_plan(sub: Any) -> None:
         help="decides the exit code (default: fsdp for several devices, else replicate; "
         "when that does not fit, the first that does)",
     )
-    parser.add_argument("--subfolder", help="component of a pipeline (transformer, ...)")
-    parser.add_argument("--variant", help="the variant a load would use (fp16, ...)")
+    add_component_options(parser, variant="the variant a load would use (fp16, ...)")
     parser.add_argument(
         "--weights-name", help="plan the weights of this name when a folder holds several (model, ...)"
     )
@@ -70,49 +68,50 @@ def add_plan(sub: Any) -> None:
     parser.set_defaults(run=_run_plan)
 
 
-def _run_plan_device_map(args: argparse.Namespace) -> int:
-
-    if not args.max_memory:
-        raise ValueError("plan --device-map needs --max-memory, e.g. --max-memory 0=20GiB,cpu=64GiB")
-    plan = plan_device_map(
-        args.spec,
-        max_memory=args.max_memory,
-        device_map=args.device_map,
-        dtype=args.dtype,
-        no_split_prefixes=args.no_split,
-        subfolder=args.subfolder,
-        variant=args.variant,
-        weights_name=args.weights_name,
-        **source_kwargs(args),
-    )
-    if args.json:
-        print_json(plan.to_dict())
-    else:
-        print(plan.format())
-    return EXIT_OK
-
-
 def _run_plan(args: argparse.Namespace) -> int:
+    # Imported when the subcommand runs (see cli._common): keeps the torch-free command to its verb.
+    from ckptkit.placement.device_map import plan_device_map
+    from ckptkit.placement.memory import plan_memory  # the same: a torch-free verb, loaded here
 
-    if args.device_map:
-        return _run_plan_device_map(args)
-    if args.device_memory is None:
-        raise ValueError("plan needs --device-memory (or --device-map with --max-memory)")
-
-    plan = plan_memory(
-        args.spec,
-        devices=args.devices,
-        device_memory=args.device_memory,
-        dtype=args.dtype,
-        strategy=args.strategy,
-        subfolder=args.subfolder,
-        variant=args.variant,
-        weights_name=args.weights_name,
+    checkpoint: dict[str, Any] = {
+        "dtype": args.dtype,
+        "subfolder": args.subfolder,
+        "variant": args.variant,
+        "weights_name": args.weights_name,
         **source_kwargs(args),
+    }
+    if args.device_map and not args.max_memory:
+        raise ValueError("plan --device-map needs --max-memory, e.g. --max-memory 0=20GiB,cpu=64GiB")
+    if not args.device_map and args.device_memory is None:
+        raise ValueError("plan needs --device-memory (or --device-map with --max-memory)")
+    planned: Any = (
+        plan_device_map(
+            args.spec,
+            max_memory=args.max_memory,
+            device_map=args.device_map,
+            no_split_prefixes=args.no_split,
+            **checkpoint,
+        )
+        if args.device_map
+        else plan_memory(
+            args.spec,
+            devices=args.devices,
+            device_memory=args.device_memory,
+            strategy=args.strategy,
+            **checkpoint,
+        )
     )
+    code = EXIT_OK if args.device_map or planned.fits else EXIT_PROBLEMS
     if args.json:
-        print_json(plan.to_dict())
-        return EXIT_OK if plan.fits else EXIT_PROBLEMS
+        print_json(planned.to_dict())
+    elif args.device_map:
+        print(planned.format())
+    else:
+        _print_memory_plan(planned)
+    return code
+
+
+def _print_memory_plan(plan: Any) -> None:
     block = plan.largest_block
     print(f"{plan.path}")
     print(f"  weight set {plan.weight_set}")
@@ -153,4 +152,3 @@ def _run_plan(args: argparse.Namespace) -> int:
                 else "no strategy fits: more devices or memory"
             )
         )
-    return EXIT_OK if plan.fits else EXIT_PROBLEMS

@@ -5,24 +5,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ckptkit.cli._common import EXIT_OK, bool_or_none, print_json
+from ckptkit.cli._common import EXIT_OK, add_command, bool_or_none, comma_list, print_json
 from ckptkit.format.sizes import format_size
-from ckptkit.save.materialize import materialize
-from ckptkit.save.resave import resave
 
 # -- resave ------------------------------------------------------------------------------------
 
 
 def add_resave(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "resave",
         help="rewrite a checkpoint as safetensors shards (or one file), streaming and atomically",
         description="Rewrite a checkpoint as safetensors: re-shard, make one file, convert the dtype, "
         "write a variant. Tensor bytes are copied file-to-file; the output appears atomically.",
-        epilog="examples:\n  ckptkit resave ./sdxl/unet ./unet-single --max-shard-size none\n"
-        "  ckptkit resave ./t5 ./t5 --variant fp16 --overwrite\n"
-        "  ckptkit resave ./pixart ./pixart-bf16 --dtype bf16",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "ckptkit resave ./sdxl/unet ./unet-single --max-shard-size none",
+            "ckptkit resave ./t5 ./t5 --variant fp16 --overwrite",
+            "ckptkit resave ./pixart ./pixart-bf16 --dtype bf16",
+        ],
     )
     parser.add_argument("src", help="a checkpoint directory, weights file, pipeline directory or hub form")
     parser.add_argument("dst", help="the output directory (may be SRC itself with --overwrite)")
@@ -67,6 +67,9 @@ def add_resave(sub: Any) -> None:
 
 
 def _run_resave(args: argparse.Namespace) -> int:
+    # Imported when the subcommand runs (see cli._common): keeps other commands torch-free of it.
+    from ckptkit.save.resave import resave
+
     size = None if args.max_shard_size.strip().lower() in ("none", "inf") else args.max_shard_size
     ckpt = resave(
         args.src,
@@ -100,14 +103,16 @@ def _run_resave(args: argparse.Namespace) -> int:
 
 
 def add_materialize(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "materialize",
         help="a symlink-free copy of a checkpoint or hub snapshot, or a model.tar.gz",
         description="Copy a checkpoint with every symlink replaced by its file (.cache/ left out), "
         "or write a tarball with the files at its root, as SageMaker expects model.tar.gz.",
-        epilog="examples:\n  ckptkit materialize ~/.cache/huggingface/hub/models--org--name ./model\n"
-        "  ckptkit materialize ./snapshot model.tar.gz --archive tar.gz",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "ckptkit materialize ~/.cache/huggingface/hub/models--org--name ./model",
+            "ckptkit materialize ./snapshot model.tar.gz --archive tar.gz",
+        ],
     )
     parser.add_argument("src", help="a checkpoint directory, hub snapshot or hub cache repo folder")
     parser.add_argument("dst", help="the output directory, or the archive file with --archive")
@@ -151,6 +156,9 @@ def add_materialize(sub: Any) -> None:
 
 
 def _run_materialize(args: argparse.Namespace) -> int:
+    # Imported when the subcommand runs (see cli._common): keeps other commands torch-free of it.
+    from ckptkit.save.materialize import materialize
+
     path = materialize(
         args.src,
         args.dst,
@@ -162,7 +170,7 @@ def _run_materialize(args: argparse.Namespace) -> int:
         confine=bool_or_none(args.confine),
         include=args.include,
         exclude=args.exclude,
-        components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
+        components=comma_list(args.components),
         weight_sets="selected" if args.selected else "all",
         variant=args.variant,
         manifest=not args.no_manifest,

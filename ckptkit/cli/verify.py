@@ -6,15 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from ckptkit.check.verify import verify_checkpoint
-from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, print_json
+from ckptkit.cli._common import EXIT_OK, EXIT_PROBLEMS, add_command, add_component_options, print_json
 from ckptkit.format.sizes import format_size
 
 # -- verify ------------------------------------------------------------------------------------
 
 
 def add_verify(sub: Any) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "verify",
         help="check structure and content (hub blob hashes, download metadata, SHA256SUMS), offline",
         description=(
@@ -23,21 +23,18 @@ def add_verify(sub: Any) -> None:
             "metadata of snapshot_download(local_dir=...), and SHA256SUMS manifests. "
             "Exit 0 when nothing is wrong, 1 when a problem is found (one line each, naming the file)."
         ),
-        epilog=(
-            "examples:\n"
-            "  ckptkit verify ~/.cache/huggingface/hub/models--org--name/snapshots/<commit>\n"
-            "  ckptkit verify ./pixart --no-checksums         # structure only, in milliseconds\n"
-            "  ckptkit verify ./pixart --write-manifest       # then copy it anywhere and verify again\n"
-            "  ckptkit verify ./pixart/transformer --json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "ckptkit verify ~/.cache/huggingface/hub/models--org--name/snapshots/<commit>",
+            "ckptkit verify ./pixart --no-checksums         # structure only, in milliseconds",
+            "ckptkit verify ./pixart --write-manifest       # then copy it anywhere and verify again",
+            "ckptkit verify ./pixart/transformer --json",
+        ],
     )
     parser.add_argument(
         "spec",
         help="a checkpoint directory, weights file, hub snapshot or hub cache folder (models--org--name)",
     )
-    parser.add_argument("--subfolder", help="component of a pipeline (vae, transformer, ...)")
-    parser.add_argument("--variant", help="the variant a load would ask for (fp16, ...)")
+    add_component_options(parser, variant="the variant a load would ask for (fp16, ...)")
     parser.add_argument("--revision", help="for a hub cache folder: the ref or commit (default main)")
     parser.add_argument("--cache-dir", help="hub cache for a repo id (default: HF_HUB_CACHE or $HF_HOME/hub)")
     parser.add_argument("--offline", action="store_true", help="never download (like HF_HUB_OFFLINE=1)")
@@ -63,6 +60,8 @@ _MANIFEST = "SHA256SUMS"
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    # Imported when the subcommand runs (see cli._common): keeps the torch-free command to its verb.
+    from ckptkit.check.verify import verify_checkpoint
 
     report = verify_checkpoint(
         args.spec,

@@ -7,8 +7,9 @@ hold at most a bounded part of the model in memory:
 - safetensors -> DCP: ``dcp.save`` plans from meta tensors and a planner whose ``resolve_data`` reads
   each tensor from the safetensors file only when DCP writes it (one file per tensor), so one tensor is
   in memory at a time. Under an initialized process group the keys are split over the ranks.
-- DCP -> safetensors: the shard layout comes from DCP's metadata (shapes and dtypes); the tensors are
-  loaded with ``dcp.load`` in batches of ``batch_size`` bytes and written at their final offsets.
+- DCP -> safetensors: a DCP directory is a source of :func:`~ckptkit.resave` (``save/sources.py``),
+  written by its one writer; the tensors are loaded with ``dcp.load`` in batches of ``batch_size``
+  bytes, in the order the writer needs them.
 """
 
 from __future__ import annotations
@@ -16,25 +17,23 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ckptkit.distributed.layout import TensorSpec, plan_layout
 from ckptkit.distributed.load import CheckpointEntry, index_checkpoint
 from ckptkit.distributed.ranks import RankGroup
-from ckptkit.distributed.save import dtype_code, finish_staging, write_blank_files
-from ckptkit.errors import CheckpointNotFoundError, CkptWarning, CorruptCheckpointError
+from ckptkit.errors import CheckpointNotFoundError
 from ckptkit.format.checkpoint import CheckpointDir
+from ckptkit.format.file_kinds import is_dcp_directory
 from ckptkit.format.naming import TRANSFORMERS_WEIGHTS_NAME
 from ckptkit.format.safe_files import open_regular
 from ckptkit.format.sizes import parse_size
-from ckptkit.io.atomic import staged_directory
-from ckptkit.io.byte_copy import pwrite_all
-from ckptkit.io.tensors import read_tensor, to_torch_dtype
-from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
+from ckptkit.io.tensors import read_tensor
+from ckptkit.resolve.resolve import resolve_ckpt_dir
+from ckptkit.save.resave import resave
+from ckptkit.save.sources import DcpCheckpoint
 
 __all__ = ["dcp_to_safetensors", "safetensors_to_dcp"]
 
@@ -163,12 +162,15 @@ def dcp_to_safetensors(
     prefix: str | None = None,
     overwrite: bool = False,
     batch_size: int | str = "1GiB",
+    progress: bool | None = None,
+    fsync: bool = True,
 ) -> CheckpointDir:
     """Write the tensors of a DCP directory as a sharded safetensors checkpoint, a batch at a time.
 
-    The layout follows transformers' rules (see :func:`~ckptkit.distributed.save_sharded`); the
-    tensors are loaded with ``dcp.load`` in batches of at most ``batch_size`` bytes (a larger tensor
-    alone) and written at their final offsets; the directory appears atomically. Non-tensor entries
+    The DCP directory is a source of :func:`~ckptkit.resave` (the one writer: streaming, published
+    atomically, ``max_shard_size``/``dtype``/``variant`` as there); this function adds the options
+    only a DCP source has. The tensors are loaded with ``dcp.load`` in batches of at most
+    ``batch_size`` bytes (a larger tensor alone), just ahead of the writer. Non-tensor entries
     (step counters, RNG states) are skipped with a warning. Runs in one process.
 
     Args:
@@ -176,12 +178,15 @@ def dcp_to_safetensors(
         dst: the directory to create.
         max_shard_size: shard size (``"10GB"``) or ``None`` for one file.
         weights_name: ``"model"`` or ``"diffusion_pytorch_model"``.
-        variant: variant in the file names.
+        variant: variant in the file names; as for ``resave``, without ``dtype`` a dtype variant
+            (``"fp16"``, ``"bf16"``, ``"fp32"``) also casts floating tensors to that dtype.
         dtype: cast floating tensors to this dtype.
         prefix: keep only keys under this prefix and strip it (``"model."`` for a
             ``{"model": ..., "optim": ...}`` training state).
         overwrite: replace an existing non-empty ``dst``.
         batch_size: most bytes of tensors held at once.
+        progress: show a progress bar; ``None``: when stderr is a terminal.
+        fsync: flush files and directories to disk before the swap.
 
     Returns:
         The :class:`~ckptkit.CheckpointDir` of the written checkpoint.
@@ -189,109 +194,27 @@ def dcp_to_safetensors(
     Raises:
         CheckpointNotFoundError: ``dcp_dir`` holds no DCP metadata.
         CorruptCheckpointError: the metadata cannot be read, or no tensor is under ``prefix``.
-        FileExistsError: ``dst`` exists and is not empty, and ``overwrite`` is false.
+        DestinationExistsError: ``dst`` exists and is not empty, and ``overwrite`` is false.
 
     Example:
         >>> dcp_to_safetensors("step-1000/", "export/", prefix="model.", max_shard_size="5GB")  # doctest: +SKIP
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    dcp_dir = Path(dcp_dir)
-    metadata = _read_dcp_metadata(dcp_dir)
-    cast = to_torch_dtype(dtype) if dtype is not None else None
-    keys: dict[str, str] = {}  # output name -> DCP key
-    skipped = []
-    for key, item in metadata.state_dict_metadata.items():
-        if prefix and not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :] if prefix else key
-        if isinstance(item, TensorStorageMetadata):
-            keys[name] = key
-        else:
-            skipped.append(key)
-    if skipped:
-        warnings.warn(
-            f"{dcp_dir}: skipped {len(skipped)} non-tensor entries {skipped[:5]}", CkptWarning, stacklevel=2
-        )
-    if not keys:
-        raise CorruptCheckpointError(
-            f"no tensors{f' under prefix {prefix!r}' if prefix else ''}",
-            path=dcp_dir,
-            fix="pass prefix= one of: " + ", ".join(_top_prefixes(metadata.state_dict_metadata)),
-        )
-    stored = {n: metadata.state_dict_metadata[k].properties.dtype for n, k in keys.items()}  # type: ignore[union-attr]
-    out = {n: cast if cast is not None and d.is_floating_point else d for n, d in stored.items()}
-    shapes = {n: tuple(metadata.state_dict_metadata[k].size) for n, k in keys.items()}  # type: ignore[union-attr]
-    layout = plan_layout(
-        [TensorSpec(n, dtype_code(out[n]), shapes[n]) for n in keys],
-        weights_name=weights_name,
-        max_shard_size=max_shard_size,
-        variant=variant,
-    )
-    dst = Path(os.path.abspath(os.fspath(dst)))
-    limit = parse_size(batch_size)
-    with staged_directory(dst, overwrite=overwrite) as staging:
-        write_blank_files(staging.path, layout)
-        fds: dict[str, int] = {}
-        try:
-            for batch in _batches(list(keys), lambda n: layout.location[n].tensors[n].nbytes, limit):
-                state = {keys[n]: torch.empty(shapes[n], dtype=stored[n]) for n in batch}
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-                    dcp.load(
-                        state,
-                        storage_reader=dcp.FileSystemReader(os.fspath(dcp_dir)),
-                        planner=DefaultLoadPlanner(allow_partial_load=True),
-                        no_dist=True,
-                    )
-                for n in batch:
-                    shard = layout.location[n]
-                    fd = fds.get(shard.filename)
-                    if fd is None:
-                        fd = fds[shard.filename] = os.open(staging.path / shard.filename, os.O_WRONLY)
-                    data = state.pop(keys[n]).to(out[n]).contiguous()
-                    raw = memoryview(data.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
-                    pwrite_all(fd, raw, shard.file_offset(n))
-            for fd in fds.values():
-                os.fsync(fd)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-        finish_staging(staging.path, layout, None)
-    return resolve_local(dst, variant=variant, variant_fallback="allow", weights_name=weights_name)
-
-
-def _read_dcp_metadata(dcp_dir: Path) -> Any:
-    import torch.distributed.checkpoint as dcp
-
-    if not (dcp_dir / ".metadata").is_file():
+    source = DcpCheckpoint(Path(os.path.abspath(os.fspath(dcp_dir))), prefix, parse_size(batch_size))
+    if not is_dcp_directory(source.path):
         raise CheckpointNotFoundError(
             "no DCP .metadata file in this directory",
-            path=dcp_dir,
+            path=source.path,
             fix="point at the directory dcp.save wrote (the one holding .metadata and *.distcp files)",
         )
-    try:
-        return dcp.FileSystemReader(os.fspath(dcp_dir)).read_metadata()
-    except Exception as exc:
-        raise CorruptCheckpointError(
-            f"cannot read the DCP metadata ({type(exc).__name__}: {exc})", path=dcp_dir
-        ) from None
-
-
-def _top_prefixes(keys: Iterable[str]) -> list[str]:
-    return sorted({k.split(".", 1)[0] + "." for k in keys if "." in k})[:10]
-
-
-def _batches(names: list[str], nbytes: Any, limit: int) -> Iterable[list[str]]:
-    batch: list[str] = []
-    size = 0
-    for name in names:
-        if batch and size + nbytes(name) > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(name)
-        size += nbytes(name)
-    if batch:
-        yield batch
+    return resave(
+        source,
+        dst,
+        max_shard_size=max_shard_size,
+        weights_name=weights_name,
+        variant=variant,
+        dtype=dtype,
+        overwrite=overwrite,
+        copy_other_files=False,
+        progress=progress,
+        fsync=fsync,
+    )

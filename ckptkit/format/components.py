@@ -16,6 +16,7 @@ __all__ = [
     "check_component_name",
     "check_subfolder",
     "choose_components",
+    "pipeline_components",
     "read_json_object",
     "read_model_index",
 ]
@@ -81,11 +82,24 @@ def check_subfolder(subfolder: str, where: str | os.PathLike[str]) -> None:
         )
 
 
-def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | None:
-    """The components a pipeline directory names, or ``None`` when it has no ``model_index.json``.
+def pipeline_components(directory: str | os.PathLike[str]) -> list[Component] | None:
+    """The one answer to "is this directory a pipeline?": the components its ``model_index.json``
+    names, or ``None`` when it is not a pipeline.
+
+    A directory is a pipeline when it holds an entry named ``model_index.json`` -- a file, or a link
+    (a dangling one is a pipeline whose index is missing, not a plain model); a hub repo is one when
+    its root lists that file. Every caller asks here: resolution (local directories and downloaded
+    snapshots, so ``load``, ``resave``, ``plan`` and ``materialize``), ``inspect``/``verify``, the
+    adapters choosing their component, and the hints that say "this is a pipeline; pass subfolder=".
+    The components are the entries naming ``[library, class]``, in name order; whether each is a
+    plain folder name is :func:`choose_components`' and :func:`check_component_name`'s to judge.
+
+    Raises:
+        IncompleteCheckpointError: ``model_index.json`` is a dangling link.
+        CorruptCheckpointError: it is not a JSON object (or not a file).
 
     Example:
-        >>> [c.name for c in read_model_index("pixart")]  # doctest: +SKIP
+        >>> [c.name for c in pipeline_components("pixart")]  # doctest: +SKIP
         ['scheduler', 'text_encoder', 'tokenizer', 'transformer', 'vae']
     """
     path = Path(directory) / MODEL_INDEX_NAME
@@ -106,6 +120,10 @@ def read_model_index(directory: str | os.PathLike[str]) -> list[Component] | Non
                 )
             )
     return components
+
+
+#: The name this helper had; kept for ``ckptkit.format.read_model_index`` (deprecated).
+read_model_index = pipeline_components
 
 
 def _is_plain_name(name: str) -> bool:

@@ -12,7 +12,10 @@ from ckptkit.errors import CheckpointNotFoundError, IncompleteCheckpointError
 from ckptkit.format.naming import parse_index_filename, parse_weight_filename
 from ckptkit.format.safe_files import open_regular_file
 
-__all__ = ["refuse_non_checkpoint"]
+__all__ = ["DCP_METADATA_NAME", "is_dcp_directory", "refuse_non_checkpoint"]
+
+#: The file ``torch.distributed.checkpoint`` writes beside its ``*.distcp`` files.
+DCP_METADATA_NAME = ".metadata"
 
 _MAGIC = (
     (b"\x1f\x8b", "a gzip file (a tarball such as model.tar.gz?)", "extract it first (tar -xzf FILE -C DIR)"),
@@ -57,3 +60,13 @@ def refuse_non_checkpoint(path: str | os.PathLike[str]) -> None:
         path=path,
         fix=fix.replace("FILE", str(path)),
     )
+
+
+def is_dcp_directory(path: str | os.PathLike[str]) -> bool:
+    """A directory ``torch.distributed.checkpoint`` wrote: it holds a ``.metadata`` file.
+
+    Example:
+        >>> is_dcp_directory("step-1000/")  # doctest: +SKIP
+        True
+    """
+    return (Path(path) / DCP_METADATA_NAME).is_file()

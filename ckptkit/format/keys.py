@@ -7,10 +7,31 @@ from collections.abc import Iterable, Sequence
 
 from ckptkit.errors import AmbiguousCheckpointError
 
-__all__ = ["WRAPPER_PREFIXES", "KeySelection", "in_modules", "select_keys"]
+__all__ = ["WRAPPER_PREFIXES", "KeySelection", "block_of", "in_modules", "select_keys"]
 
 #: Prefixes training wrappers add: DDP/DataParallel, ``torch.compile``, FSDP.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def block_of(name: str) -> str | None:
+    """The repeated block a tensor lies in: its name up to the first numbered part, or ``None``.
+
+    The one rule for "which block": the outermost numbered module (a child of a ``ModuleList`` or
+    ``Sequential``) -- ``transformer_blocks.3``, ``model.layers.7``, ``encoder.block.0``,
+    ``down_blocks.1``, GPT-style ``h.5``. :func:`~ckptkit.placement.memory.find_blocks` (the
+    largest wrapped block of ``plan_memory``) and the modules the header-only device map keeps
+    whole by default both use it. A number that ends the name is a tensor's own index in a
+    ``ParameterList``, not a block.
+
+    Example:
+        >>> block_of("transformer_blocks.3.attn.to_q.weight"), block_of("lm_head.weight")
+        ('transformer_blocks.3', None)
+    """
+    parts = name.split(".")
+    for index, part in enumerate(parts[:-1]):
+        if part.isascii() and part.isdigit():
+            return ".".join(parts[: index + 1])
+    return None
 
 
 class KeySelection(dict[str, str]):

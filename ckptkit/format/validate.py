@@ -89,9 +89,12 @@ def _check_keys(check: WeightSetCheck) -> None:
     index = weight_set.index
     if index is None:
         return
+    # One header lookup per shard, not per key (hashing a Path costs more than the check itself).
+    shard_headers = {
+        shard: check.headers.get(index.directory / shard) for shard in set(index.weight_map.values())
+    }
     for name, shard in index.weight_map.items():
-        shard_path = index.directory / shard
-        shard_header = check.headers.get(shard_path)
+        shard_header = shard_headers[shard]
         if shard_header is not None and name not in shard_header.tensors:
             check.errors.append(
                 CorruptCheckpointError(

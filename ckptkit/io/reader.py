@@ -18,6 +18,7 @@ file), and writing to such a tensor copies the page privately: the file is never
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -44,12 +45,27 @@ MAX_IOVECS = 512
 
 
 def default_num_threads() -> int:
-    """Reader threads when the caller does not say: the CPUs this process may use, 2 to 8."""
+    """Reader threads when the caller does not say: the CPUs this process may use, 8 to 16.
+
+    At least 8 even on a 2-core machine: a cold read waits on the disk, not the CPU (``preadv``
+    releases the GIL), and more reads in flight keep the device's queue full — on a 2-core VM,
+    8 threads read a cold 785 MiB checkpoint faster than ``dd``, 2 threads at half its speed — while
+    a hot read is no slower with them (it is bound by page faults in the destination).
+    """
+    return max(8, min(16, _cpus()))
+
+
+def _cpus() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        cpus = os.cpu_count() or 2
-    return max(2, min(8, cpus))
+        return os.cpu_count() or 2
+
+
+def _staging_threads() -> int:
+    """Reader threads when some tensors go through staging (a cast, another device): each thread
+    holds its own 16 MiB buffer (two pinned ones for CUDA), so as many as the CPUs, 2 to 8."""
+    return max(2, min(8, _cpus()))
 
 
 @dataclass
@@ -86,19 +102,29 @@ class FileMaps:
         self._bases: dict[Path, torch.Tensor] = {}
         self._last_header: SafetensorsHeader | None = None
         self._last_base = torch.empty(0, dtype=torch.uint8)
+        # The last file's map viewed as each dtype met in it (a whole-map view, made once).
+        self._typed: dict[torch.dtype, torch.Tensor] = {}
 
     def tensor(self, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor | None:
         """A file-backed tensor of ``info`` in its stored dtype and shape, or ``None`` when it
         cannot be one (no bytes, or an offset not aligned for its dtype): read it instead."""
         dtype = to_torch_dtype(info.dtype)
+        size = dtype.itemsize
         start = header.data_start + info.begin
-        if not info.nbytes or start % dtype.itemsize or dtype.itemsize * info.numel != info.nbytes:
+        nbytes = info.end - info.begin
+        if not nbytes or start % size or nbytes % size or size * math.prod(info.shape) != nbytes:
             return None
         if header is not self._last_header:  # tensors come file by file: skip hashing the path
             self._last_header = header
             base = self._bases.get(header.path)
             self._last_base = base if base is not None else self._map(header)
-        return self._last_base[start : start + info.nbytes].view(dtype).view(info.shape)
+            self._typed = {}
+        typed = self._typed.get(dtype)
+        if typed is None:
+            base = self._last_base
+            typed = self._typed[dtype] = base[: base.numel() - base.numel() % size].view(dtype)
+        # One strided view of the typed map per tensor (cheaper than slicing then viewing twice).
+        return typed.as_strided(info.shape, _contiguous_strides(info.shape), start // size)
 
     def _map(self, header: SafetensorsHeader) -> torch.Tensor:
         path = header.path
@@ -122,6 +148,15 @@ class FileMaps:
         base = torch.empty(0, dtype=torch.uint8).set_(storage)  # type: ignore[arg-type]  # from_file's stub says _StorageBase
         self._bases[path] = base
         return base
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
 
 
 @dataclass
@@ -162,7 +197,12 @@ def read_tensors(
     """
     for item in reads:
         _check_target(item)
-    threads = num_threads or default_num_threads()
+    if num_threads:
+        threads = num_threads
+    elif not all(item.direct for item in reads):
+        threads = _staging_threads()  # each thread holds its staging buffers: keep them few
+    else:
+        threads = default_num_threads()
     lock = threading.Lock()
     local = threading.local()
     pipelines: list[StagingPipeline] = []

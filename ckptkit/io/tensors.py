@@ -23,12 +23,21 @@ def to_torch_dtype(value: object) -> torch.dtype:
     """
     if isinstance(value, torch.dtype):
         return value
+    known = _BY_NAME.get(value) if isinstance(value, str) else None
+    if known is not None:  # the hot path: one dict lookup per tensor of a header
+        return known
     text = str(value)
     name = DTYPES[text].name if text in DTYPES else canonical_dtype(text)
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"this torch ({torch.__version__}) has no dtype {name!r}")
+    if isinstance(value, str) and len(_BY_NAME) < 256:
+        _BY_NAME[value] = dtype
     return dtype
+
+
+#: Names already converted by :func:`to_torch_dtype` (safetensors codes and user strings).
+_BY_NAME: dict[str, torch.dtype] = {}
 
 
 def read_into(fd: int, offset: int, target: memoryview, path: str | os.PathLike[str]) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "plan_shards",
     "preallocate",
     "write_all",
+    "write_order",
 ]
 
 #: The reference writer's ``Dtype`` enum, in increasing alignment order; written descending.
@@ -144,6 +145,17 @@ def plan_shards(
 
 def _order(tensors: Sequence[PlannedTensor]) -> list[PlannedTensor]:
     return sorted(tensors, key=lambda t: (-_RANK.get(t.dtype, -1), t.name))
+
+
+def write_order(shards: Sequence[PlannedShard]) -> list[PlannedTensor]:
+    """The order :class:`ShardWriter` writes (and produces) the tensors of ``shards`` in.
+
+    Example:
+        >>> shard = PlannedShard("m.safetensors", [PlannedTensor("b", "U8", (1,), 1), PlannedTensor("a", "F32", (1,), 4)])
+        >>> [t.name for t in write_order([shard])]
+        ['a', 'b']
+    """
+    return [tensor for shard in shards for tensor in _order(shard.tensors)]
 
 
 def build_header(

@@ -99,7 +99,8 @@ def load_sharded(
             and the files must not be truncated in place while the tensors live. ``False``: every
             tensor is private memory (read in parallel). A cast, another device or a misaligned
             tensor is private either way.
-        num_threads: parallel readers (default: the CPUs available, 2 to 8).
+        num_threads: parallel readers (default: the CPUs available, 8 to 16, since cold reads wait
+            on the disk; 2 to 8 when some tensors are cast or go to another device).
         progress: show a tqdm bar; ``None``: when stderr is a terminal and
             ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         unwrap: torch files only: the key a state dict is nested under (``"state_dict"``,
@@ -123,9 +124,10 @@ def load_sharded(
     plan (:func:`ckptkit.io.module_fill.plan_module_fill`): the same keys, shapes, dtypes and
     errors. Options the path taken cannot honour raise ``TypeError`` naming them: with
     ``device_map``, ``device``/``num_threads``/``progress``/``unwrap``; with DTensor parameters,
-    ``num_threads``/``progress``/``unwrap`` and the placement options (``device`` only says where a
-    model built on meta is allocated; ``mmap`` has no effect there: local shards are always the
-    model's own memory, filled in place); without ``device_map``, ``max_memory``/
+    ``num_threads``/``progress``/``unwrap``, ``mmap=True`` and the placement options (``device``
+    only says where a model built on meta is allocated; local shards are always the model's own
+    memory, filled in place, so they cannot be views of the files and ``mmap=False`` changes
+    nothing); without ``device_map``, ``max_memory``/
     ``offload_folder``/``no_split_module_classes``.
 
     Returns:
@@ -166,6 +168,7 @@ def load_sharded(
         offload_folder=offload_folder,
         no_split_module_classes=no_split_module_classes,
         keep_in_fp32_modules=keep_in_fp32_modules,
+        mmap=True if mmap else None,  # mmap=False (private copies) every path honours
     )
     checkpoint = resolve_ckpt_dir(
         ckpt, subfolder=subfolder, variant=variant, variant_fallback=variant_fallback, **resolve_kwargs
@@ -239,11 +242,6 @@ def _load(
             keep_in_fp32_modules=keep_in_fp32_modules,
         )
     if model is not None and has_dtensor_params(model):
-        if mmap:
-            raise ValueError(
-                "mmap=True: a model with DTensor parameters is filled with private shard copies; "
-                "leave mmap unset"
-            )
         return load_sharded_distributed(
             checkpoint,
             model,
@@ -309,7 +307,8 @@ def _refuse_unused_options(model: nn.Module | None, *, device_map: object, **opt
     elif model is not None and has_dtensor_params(model):
         # Local shards are filled in place on their own devices (device= only says where a model
         # built on meta is allocated), by one reader per rank.
-        refused = given & ({"num_threads", "progress", "unwrap"} | placement_only)
+        # mmap=True asks for views of the files, which local shards can never be.
+        refused = given & ({"num_threads", "progress", "unwrap", "mmap"} | placement_only)
         why = "for a model with DTensor parameters (each rank fills its local shards in place)"
     else:
         refused = given & placement_only
@@ -318,7 +317,8 @@ def _refuse_unused_options(model: nn.Module | None, *, device_map: object, **opt
             refused.add("keep_in_fp32_modules")
             why = "without model="
     if refused:
-        raise TypeError(f"load_sharded: {', '.join(sorted(refused))} cannot be used {why}")
+        names = ("mmap=True" if name == "mmap" else name for name in sorted(refused))
+        raise TypeError(f"load_sharded: {', '.join(names)} cannot be used {why}")
 
 
 @dataclasses.dataclass
@@ -352,7 +352,7 @@ def _load_safetensors(
     for path in files.files:
         header = files.headers[path]
         for name, info in header.tensors.items():
-            if any(dim >= 2**63 for dim in info.shape):  # valid safetensors, but no torch size
+            if max(info.shape, default=0) >= 2**63:  # valid safetensors, but no torch size
                 raise CorruptCheckpointError(
                     f"tensor {name!r} has a dimension of 2**63 or more, which torch cannot represent",
                     path=path,
@@ -379,10 +379,11 @@ def _safetensors_to_dict(
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
         want = _want_dtype(stored, options.dtype)
-        view = maps.tensor(header, info) if maps is not None and want == stored else None
-        if view is not None:
-            out[name] = view  # zero-copy: a copy-on-write view of the file
-            continue
+        if maps is not None and want is stored:
+            view = maps.tensor(header, info)
+            if view is not None:
+                out[name] = view  # zero-copy: a copy-on-write view of the file
+                continue
         out[name] = torch.empty(info.shape, dtype=want, device=device)
         reads.append(TensorRead(header, info, out[name]))
     _read(reads, options)
@@ -409,6 +410,16 @@ def _safetensors_to_module(
     for name, source in chosen.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
+        if (
+            maps is not None
+            and plan.slots.current(name).is_meta
+            and plan.cast(name, stored) in (None, stored)
+        ):
+            # A meta tensor in its stored dtype: a view of the file, without allocating a target first.
+            view = maps.tensor(header, info)
+            if view is not None:
+                assigns.append((name, view))
+                continue
         placement = plan.slots.placement(
             name, dtype=plan.cast(name, stored), device=options.device, stored=stored
         )

@@ -9,7 +9,7 @@ weights read. Two things a file does not say are guessed:
   shard leads; inside a shard, embedding-like names come first and head/output-like names last;
 - which modules must stay whole: by default every outermost numbered block (``layers.3``,
   ``transformer_blocks.0``), which is what ``_no_split_modules`` names in transformers and
-  diffusers models.
+  diffusers models (:func:`~ckptkit.format.keys.block_of`: the rule ``plan_memory`` counts by too).
 
 Where both guesses match the model (most transformers and DiT checkpoints), the map equals the one
 :func:`ckptkit.placement.dispatch.infer_device_map` builds from the real model, so it can be printed by the

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckptkit.format.dtypes import nbytes_of
+from ckptkit.format.keys import block_of
 
 __all__ = [
     "ModuleTree",
@@ -109,7 +110,7 @@ class ModuleTree:
 
         for siblings in children.values():
             siblings.sort(key=order)
-        return cls(sizes, children, tensors, _no_split_modules(sizes, children, no_split_prefixes))
+        return cls(sizes, children, tensors, _no_split_modules(children, tensors, no_split_prefixes))
 
     def is_layer(self, name: str) -> bool:
         """No submodules (only tensors), or kept whole: what ``get_max_layer_size`` counts."""
@@ -128,17 +129,11 @@ class ModuleTree:
 
 
 def _no_split_modules(
-    sizes: Mapping[str, int], children: Mapping[str, list[str]], prefixes: Sequence[str] | None
+    children: Mapping[str, list[str]], tensors: set[str], prefixes: Sequence[str] | None
 ) -> set[str]:
+    if prefixes is None:  # every outermost numbered module: the one block rule
+        return {block for block in map(block_of, tensors) if block is not None}
     modules = set(children) - {""}
-    if prefixes is None:
-        blocks = set()
-        for name in modules:
-            parts = name.split(".")
-            numbered = [i for i, p in enumerate(parts) if p.isdigit()]
-            if numbered:
-                blocks.add(".".join(parts[: numbered[0] + 1]))
-        return blocks
     wanted = [p.rstrip(".") for p in prefixes]
     out = set()
     for name in modules:

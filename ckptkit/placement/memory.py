@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 
 from ckptkit.errors import CkptError
 from ckptkit.format.display import html_table, summary_line, text_table
 from ckptkit.format.dtypes import DTYPES, canonical_dtype, nbytes_of
+from ckptkit.format.keys import block_of
 from ckptkit.format.safetensors_header import TensorInfo
 from ckptkit.format.sizes import format_size, parse_size
 from ckptkit.format.validate import check_weight_set
@@ -37,9 +37,6 @@ from ckptkit.resolve.resolve import resolve_ckpt_dir
 __all__ = ["STRATEGIES", "BlockSize", "MemoryPlan", "StrategyEstimate", "find_blocks", "plan_memory"]
 
 STRATEGIES = ("replicate", "fsdp", "offload")
-# The outermost repeated block of a key: `blocks.3.`, `transformer_blocks.12.`, `encoder.block.0.`,
-# `model.layers.7.`, `down_blocks.1.`, GPT-style `h.5.`.
-_BLOCK = re.compile(r"(?:^|\.)([A-Za-z0-9_]*(?:blocks|layers|block|layer)|h)\.(\d+)\.")
 
 
 @dataclass
@@ -281,7 +278,8 @@ def plan_memory(
 
 
 def find_blocks(sizes: dict[str, int]) -> list[BlockSize]:
-    """Group tensor bytes by their outermost repeated block (``blocks.N.``, ``layers.N.``, ...).
+    """Group tensor bytes by their outermost repeated block (``blocks.N``, ``layers.N``, ...; see
+    :func:`~ckptkit.format.keys.block_of`, the rule the header-only device map uses too).
 
     Args:
         sizes: tensor name -> bytes.
@@ -295,10 +293,9 @@ def find_blocks(sizes: dict[str, int]) -> list[BlockSize]:
     """
     blocks: dict[str, BlockSize] = {}
     for name, nbytes in sizes.items():
-        match = _BLOCK.search(name)
-        if match is None:
+        prefix = block_of(name)
+        if prefix is None:
             continue
-        prefix = name[: match.end() - 1]
         block = blocks.setdefault(prefix, BlockSize(prefix, 0, 0))
         block.tensors += 1
         block.bytes += nbytes

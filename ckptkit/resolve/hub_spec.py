@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.errors import CheckpointNotFoundError
-from ckptkit.format.components import MODEL_INDEX_NAME, read_model_index
+from ckptkit.format.components import MODEL_INDEX_NAME, pipeline_components
 from ckptkit.resolve.repo_files import DownloadPlan, plan_files, plan_pipeline
 
 __all__ = ["CACHE_PATH_ENV", "REPO_FOLDER_PREFIX", "HubSpec", "cache_dirs", "default_cache_dir", "is_offline"]
@@ -71,12 +71,13 @@ class HubSpec:
         For a repo whose root has ``model_index.json`` (a pipeline), that file is read from the
         snapshot first: until it is there, the plan is that file alone.
         """
+        # The listing form of pipeline_components' rule: the repo's root lists model_index.json.
         if self.whole_repo and MODEL_INDEX_NAME in listing:
             if not (snapshot / MODEL_INDEX_NAME).is_file():
                 return DownloadPlan([MODEL_INDEX_NAME], components=[])
             pipeline = plan_pipeline(
                 listing,
-                names=[c.name for c in read_model_index(snapshot) or []],
+                names=[c.name for c in pipeline_components(snapshot) or []],
                 components=self.components,
                 snapshot=snapshot,
                 variant=self.variant,

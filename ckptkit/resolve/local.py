@@ -13,7 +13,14 @@ from typing import Any
 
 from ckptkit.errors import CheckpointNotFoundError, CkptError, CkptWarning, IncompleteCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
-from ckptkit.format.components import MODEL_INDEX_NAME, check_subfolder, choose_components, read_model_index
+from ckptkit.format.components import (
+    MODEL_INDEX_NAME,
+    Component,
+    check_subfolder,
+    choose_components,
+    pipeline_components,
+)
+from ckptkit.format.file_kinds import is_dcp_directory
 from ckptkit.format.hub_paths import dangling_link_fix, hub_repo_root
 from ckptkit.format.layout import Selection, WeightSet, discover_weight_sets, select_weight_set
 from ckptkit.format.naming import parse_weight_filename
@@ -55,9 +62,11 @@ def resolve_local(
             )
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
         return _resolve_file(path, variant=variant, root=root, subfolder=subfolder, **origin)
-    if (components is not None or weights_name is None) and (path / MODEL_INDEX_NAME).is_file():
+    index = pipeline_components(path) if components is not None or weights_name is None else None
+    if index is not None:
         pipeline = _resolve_pipeline(
             path,
+            index,
             components=components,
             variant=variant,
             variant_fallback=variant_fallback,
@@ -75,6 +84,8 @@ def resolve_local(
     sets = discover_weight_sets(path)
     if not sets:
         hint = _components_hint(path)
+        if is_dcp_directory(path):
+            hint = "this is a torch.distributed.checkpoint directory: write it as safetensors first (resave)"
         raise CheckpointNotFoundError(
             "no weights files (*.safetensors, *.bin, *.pt, *.pth, *.ckpt) in this directory",
             path=path,
@@ -114,6 +125,7 @@ def _resolve_file(path: Path, *, variant: str | None, root: Path | None, **origi
 
 def _resolve_pipeline(
     path: Path,
+    index: list[Component],
     *,
     components: list[str] | str | None,
     variant: str | None,
@@ -126,7 +138,6 @@ def _resolve_pipeline(
     ``None`` when no component folder holds weights but the root does (a single-file checkpoint that
     also carries a ``model_index.json``): the caller resolves the root as one model.
     """
-    index = read_model_index(path) or []
     named = [c.name for c in index]
     chosen = choose_components(named, components, where=path)
     found: dict[str, CheckpointDir] = {}
@@ -211,7 +222,7 @@ def _raise_if_dangling(weight_set: WeightSet) -> None:
 
 def _components_hint(directory: Path) -> str | None:
     try:
-        components = read_model_index(directory) if directory.is_dir() else None
+        components = pipeline_components(directory) if directory.is_dir() else None
     except CkptError:
         return None
     if not components:

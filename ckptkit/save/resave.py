@@ -18,9 +18,11 @@ from typing import Any
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import check_subfolder
 from ckptkit.format.confine import checkpoint_root, confine_enabled, enforce_confinement
-from ckptkit.format.dtypes import canonical_dtype
+from ckptkit.format.dtypes import canonical_dtype, variant_dtype
+from ckptkit.format.file_kinds import DCP_METADATA_NAME, is_dcp_directory
 from ckptkit.format.layout import IGNORED_DIRS
 from ckptkit.format.naming import (
+    TRANSFORMERS_WEIGHTS_NAME,
     check_output_names,
     parse_index_filename,
     parse_weight_filename,
@@ -38,7 +40,7 @@ from ckptkit.io.atomic import (
 from ckptkit.io.progress import progress_enabled
 from ckptkit.io.writer import ShardWriter, index_bytes, index_name_for, plan_shards, write_all
 from ckptkit.resolve.resolve import resolve_ckpt_dir, resolve_local
-from ckptkit.save.sources import plan_source_tensors
+from ckptkit.save.sources import DcpCheckpoint, plan_source_tensors
 
 __all__ = ["resave"]
 
@@ -50,14 +52,14 @@ class _Job:
     """One weight set to rewrite: ``ckpt`` goes to ``<dst>/<rel>``."""
 
     rel: str
-    ckpt: CheckpointDir
+    ckpt: CheckpointDir | DcpCheckpoint
     name: str
     variant: str | None
     dtype: str | None
 
 
 def resave(
-    src: str | os.PathLike[str] | CheckpointDir,
+    src: str | os.PathLike[str] | CheckpointDir | DcpCheckpoint,
     dst: str | os.PathLike[str],
     *,
     max_shard_size: int | str | None = "10GB",
@@ -84,7 +86,11 @@ def resave(
             (``model_index.json``) without ``subfolder`` resaves every component holding weights,
             each into its folder, and each safetensors weights file at its root (SDXL's single
             file) beside them; the scheduler, tokenizers and configs are copied. Atomic as a whole:
-            ``dst`` is the old pipeline or the complete new one, never a mix.
+            ``dst`` is the old pipeline or the complete new one, never a mix. A
+            ``torch.distributed.checkpoint`` directory (one holding ``.metadata``), or a
+            :class:`~ckptkit.save.sources.DcpCheckpoint` naming one, is read with ``dcp.load``, a
+            batch at a time (see :func:`~ckptkit.dcp_to_safetensors`); its output is named
+            ``model`` unless ``weights_name`` says otherwise.
         dst: the output directory (for ``subfolder=``, the component's directory). May be ``src``
             itself (re-shard in place); must not lie inside it otherwise.
         max_shard_size: an int (bytes) or a size string (``"10GB"``, ``"500MiB"``); ``None`` writes
@@ -114,7 +120,8 @@ def resave(
         progress: show a tqdm progress bar; ``None``: when stderr is a terminal.
         fsync: flush files and directories to disk before the swap (off: faster, still atomic
             against a crash of the process, not against a power loss).
-        unwrap: for torch files, the key the state dict is nested under (``"state_dict"``).
+        unwrap: for torch files, the key the state dict is nested under (``"state_dict"``); not
+            for a DCP directory (choose its keys with ``DcpCheckpoint(prefix=)``).
         confine: refuse source files whose real path lies outside the checkpoint (default: the
             ``CKPTKIT_CONFINE`` environment variable).
 
@@ -131,7 +138,8 @@ def resave(
             needs more than ``weights_only`` allows.
         ValueError: a bad size or dtype, a ``variant``/``weights_name``/``subfolder`` that would
             not make plain names inside ``dst`` (``"x/../f"``, ``"../escaped"``, ``""``), ``dst``
-            inside ``src``, or ``weights_name`` for a pipeline.
+            inside ``src``, ``weights_name`` for a pipeline, or ``subfolder``/``unwrap`` for a DCP
+            directory.
 
     Example:
         >>> ckpt = resave("./sdxl/unet", "./unet-single", max_shard_size=None)  # doctest: +SKIP
@@ -154,6 +162,7 @@ def resave(
         weights_name=weights_name,
         dtype=cast,
         confine=confine,
+        unwrap=unwrap,
     )
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     if source_root is not None:
@@ -161,9 +170,9 @@ def resave(
     confined_root = None
     if confine_enabled(confine):
         _check_sources_confined(source_root, jobs)
-        confined_root = (
-            checkpoint_root(source_root) if source_root else jobs[0].ckpt.root or jobs[0].ckpt.path
-        )
+        first = jobs[0].ckpt
+        root = first.root if isinstance(first, CheckpointDir) else None
+        confined_root = checkpoint_root(source_root) if source_root else root or first.path
 
     bar = _progress_bar(jobs, progress)
     try:
@@ -191,7 +200,7 @@ def resave(
 
 
 def _plan_jobs(
-    src: str | os.PathLike[str] | CheckpointDir,
+    src: str | os.PathLike[str] | CheckpointDir | DcpCheckpoint,
     *,
     subfolder: str | None,
     components: Sequence[str] | None = None,
@@ -199,12 +208,26 @@ def _plan_jobs(
     weights_name: str | None,
     dtype: str | None,
     confine: bool | None = None,
+    unwrap: str | bool | None = None,
 ) -> tuple[Path | None, list[_Job]]:
     """The weight sets to write, and the directory whose other files travel with them.
 
     A pipeline gives one job per component (into its folder) and one per weights file at its root
     (only the chosen components, and no root file, with ``components``).
     """
+    if not isinstance(src, (CheckpointDir, DcpCheckpoint)):
+        path = Path(os.path.abspath(os.path.expanduser(os.fspath(src))))
+        if path.is_dir() and is_dcp_directory(path):
+            src = DcpCheckpoint(path)
+    if isinstance(src, DcpCheckpoint):
+        for option, value in (("subfolder", subfolder), ("components", components), ("unwrap", unwrap)):
+            if value is not None:
+                raise ValueError(
+                    f"{src.path}: {option}= does not apply to a DCP directory (it has no components and "
+                    "no nesting); choose its keys with DcpCheckpoint(prefix=) or dcp_to_safetensors(prefix=)"
+                )
+        cast = dtype if dtype is not None else variant_dtype(variant)
+        return src.path, [_Job("", src, weights_name or TRANSFORMERS_WEIGHTS_NAME, variant, cast)]
     if isinstance(src, CheckpointDir) and (subfolder is not None or components is not None):
         src = src.path
     single_file = not isinstance(src, CheckpointDir) and Path(os.path.expanduser(os.fspath(src))).is_file()
@@ -256,6 +279,8 @@ def _check_not_nested(source_root: Path, dst: Path) -> None:
 
 def _check_sources_confined(source_root: Path | None, jobs: list[_Job]) -> None:
     for job in jobs:
+        if isinstance(job.ckpt, DcpCheckpoint):
+            continue  # its files are all under source_root, checked below
         root = job.ckpt.root or checkpoint_root(job.ckpt.path)
         for path in [*job.ckpt.weight_files, *([job.ckpt.index_file] if job.ckpt.index_file else [])]:
             enforce_confinement([path], root, confine=True)
@@ -311,9 +336,12 @@ def _copy_other_files(
     ``only_components``, so are a pipeline's folders other than those of the components written.
     """
     pipeline = any(job.rel for job in jobs)
+    dcp = any(isinstance(job.ckpt, DcpCheckpoint) for job in jobs)
     for rel, path in walk_files(source_root, exclude=IGNORED_DIRS):
         if not pipeline and "/" in rel:
             continue
+        if dcp and (rel == DCP_METADATA_NAME or rel.endswith(".distcp")):
+            continue  # the source's own files: what is written from them is the output
         if only_components and "/" in rel and not _job_of_folder(rel, jobs):
             continue
         weights = _is_weights_file(rel.rpartition("/")[2])
@@ -334,8 +362,9 @@ def _write_job(
     directory = staging / job.rel if job.rel else staging
     directory.mkdir(parents=True, exist_ok=True)
     logger.info("resaving %s -> %s (%s, variant=%s)", job.ckpt.path, directory, job.name, job.variant)
-    with plan_source_tensors(job.ckpt, dtype=job.dtype, unwrap=unwrap) as tensors:
-        shards = plan_shards(tensors, max_shard_size=limit, weights_name=job.name, variant=job.variant)
+    with plan_source_tensors(job.ckpt, dtype=job.dtype, unwrap=unwrap) as source:
+        shards = plan_shards(source.tensors, max_shard_size=limit, weights_name=job.name, variant=job.variant)
+        source.written_as(shards)
         if bar is not None:
             bar.total += sum(s.nbytes for s in shards)
             bar.refresh()

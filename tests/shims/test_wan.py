@@ -117,3 +117,43 @@ def test_dit_unknown_keyword_is_a_type_error(shim_layouts):
         load_dit(shim_layouts["wan21"], WanTransformer3DModel, low_cpu_mem_usage=False)
     model = load_dit(shim_layouts["wan21"], WanTransformer3DModel, rope_max_seq_len=64)  # a config field
     assert model.config.rope_max_seq_len == 64
+
+
+def test_meta_dit_then_shard_model_fills_each_rank_from_the_checkpoint(shim_layouts, tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from ckptkit.shims.wan import meta_dit, shard_model
+
+    root = shim_layouts["wan21"]
+    model = meta_dit(root, WanTransformer3DModel)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    with pytest.raises(ValueError, match="HYBRID_SHARD"):  # FSDP2 has no hybrid strategy here: refused
+        shard_model(model, torch.device("cpu"), sharding_strategy=ShardingStrategy.HYBRID_SHARD)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        shard_model(model, torch.device("cpu"))
+    bf16 = meta_dit(root, WanTransformer3DModel, torch_dtype=torch.bfloat16)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert shard_model(model, torch.device("cpu"), param_dtype=torch.float32) is model
+        reference = WanTransformer3DModel.from_pretrained(root)  # float32
+        state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+        assert state.keys() == reference.state_dict().keys()
+        assert all(
+            state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in reference.state_dict().items()
+        )
+        generator = torch.Generator().manual_seed(0)
+        inputs = (
+            torch.randn(1, 4, 2, 8, 8, generator=generator),
+            torch.tensor([10]),
+            torch.randn(1, 5, 16, generator=generator),
+        )
+        with torch.no_grad():
+            assert torch.equal(model(*inputs).sample, reference(*inputs).sample)
+        # torch_dtype: every parameter at it (FSDP shards one dtype per group), the class's fp32 modules too
+        shard_model(bf16, torch.device("cpu"))
+        assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+        with torch.no_grad():
+            assert bf16(*inputs).sample.shape == reference(*inputs).sample.shape
+    finally:
+        dist.destroy_process_group()

@@ -6,8 +6,8 @@ LTX-Video ships one ``.safetensors`` file per release: its metadata holds a ``co
 ``vae.per_channel_statistics.``). The text encoder is the T5 of ``PixArt-alpha/PixArt-XL-2-1024-MS``
 (``subfolder="text_encoder"``). Swap the import::
 
-    # from ltx_video.inference import create_ltx_video_pipeline, create_transformer
-    from ckptkit.shims.ltx import create_ltx_video_pipeline, create_transformer
+    # from ltx_video.inference import create_latent_upsampler, create_ltx_video_pipeline, create_transformer
+    from ckptkit.shims.ltx import create_latent_upsampler, create_ltx_video_pipeline, create_transformer
 
 or leave LTX-Video's code as it is and call :func:`install` first: its ``inference.py`` then loads
 through ckptkit (:func:`uninstall` puts LTX-Video's loaders back).
@@ -34,17 +34,21 @@ from ckptkit.shims.ltx._single_file import (
     LTXSingleFile,
     read_single_file,
 )
+from ckptkit.shims.ltx._upsampler import create_latent_upsampler, hf_hub_download, load_latent_upsampler
 
 __all__ = [
     "COMPONENT_PREFIXES",
     "DEFAULT_REPO",
     "DEFAULT_TEXT_ENCODER",
     "LTXSingleFile",
+    "create_latent_upsampler",
     "create_ltx_video_pipeline",
     "create_transformer",
+    "hf_hub_download",
     "install",
     "installed",
     "load_component",
+    "load_latent_upsampler",
     "load_scheduler",
     "load_text_encoder",
     "load_vae",

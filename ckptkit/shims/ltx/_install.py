@@ -18,6 +18,7 @@ from ckptkit.shims.ltx._models import (
     load_vae,
 )
 from ckptkit.shims.ltx._pipeline import create_ltx_video_pipeline
+from ckptkit.shims.ltx._upsampler import create_latent_upsampler, hf_hub_download, load_latent_upsampler
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -58,14 +59,27 @@ def _vae_from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: A
     return load_vae(pretrained_model_name_or_path, torch_dtype=torch_dtype, model_class=cls)
 
 
+def _upsampler_from_pretrained(cls: type, pretrained_model_path: Any, *args: Any, **kwargs: Any) -> Any:
+    if args or kwargs:
+        raise TypeError(
+            f"LatentUpsampler.from_pretrained (ckptkit) got unsupported arguments: "
+            f"{[*map(repr, args), *sorted(kwargs)]}"
+        )
+    return load_latent_upsampler(pretrained_model_path, model_class=cls)
+
+
 def _targets() -> list[tuple[Any, str, Any]]:
     inference = _ltx("ltx_video.inference")
     transformer = _ltx("ltx_video.models.transformers.transformer3d.Transformer3DModel")
     vae = _ltx("ltx_video.models.autoencoders.causal_video_autoencoder.CausalVideoAutoencoder")
     scheduler = _ltx("ltx_video.schedulers.rf.RectifiedFlowScheduler")
+    upsampler = _ltx("ltx_video.models.autoencoders.latent_upsampler.LatentUpsampler")
     return [
+        (inference, "hf_hub_download", hf_hub_download),
         (inference, "create_transformer", create_transformer),
         (inference, "create_ltx_video_pipeline", create_ltx_video_pipeline),
+        (inference, "create_latent_upsampler", create_latent_upsampler),
+        (upsampler, "from_pretrained", classmethod(_upsampler_from_pretrained)),
         (transformer, "from_pretrained", classmethod(_transformer_from_pretrained)),
         (vae, "from_pretrained", classmethod(_vae_from_pretrained)),
         (scheduler, "from_pretrained", staticmethod(load_scheduler)),
@@ -75,9 +89,11 @@ def _targets() -> list[tuple[Any, str, Any]]:
 def install() -> None:
     """Make the installed LTX-Video load through ckptkit, its own code unchanged.
 
-    Patches ``ltx_video.inference.create_transformer`` and ``create_ltx_video_pipeline``, and the
-    ``from_pretrained`` of ``Transformer3DModel``, ``CausalVideoAutoencoder`` and
-    ``RectifiedFlowScheduler``; ``inference.py``'s ``infer()`` then runs on ckptkit. Installing twice
+    Patches ``ltx_video.inference``'s ``hf_hub_download`` (the checkpoint and upscaler downloads),
+    ``create_transformer``, ``create_ltx_video_pipeline`` and ``create_latent_upsampler``, and the
+    ``from_pretrained`` of ``Transformer3DModel``, ``CausalVideoAutoencoder``,
+    ``RectifiedFlowScheduler`` and ``LatentUpsampler``; ``inference.py``'s ``infer()`` then runs on
+    ckptkit. Installing twice
     is a no-op; :func:`uninstall` restores the originals.
 
     Raises:

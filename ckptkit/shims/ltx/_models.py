@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,16 @@ import torch
 
 from ckptkit.adapters._build import fill_model, read_weights
 from ckptkit.adapters.t5 import load_t5
-from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, ModelMismatchError
+from ckptkit.errors import ModelMismatchError
 from ckptkit.io.tensors import to_torch_dtype
 from ckptkit.resolve.resolve import resolve_ckpt_dir
+from ckptkit.shims.ltx._directories import (
+    diffusers_config,
+    rename_keys,
+    scheduler_directory_config,
+    vae_directory_state,
+)
+from ckptkit.shims.ltx._package import ltx as _ltx
 from ckptkit.shims.ltx._single_file import COMPONENT_PREFIXES, LTXSingleFile, read_single_file
 
 __all__ = [
@@ -62,7 +68,7 @@ def load_component(
     if prefix is None:
         raise ValueError(f"component must be one of {sorted(COMPONENT_PREFIXES)}, not {component!r}")
     with init_empty_weights():
-        model = model_class.from_config(config)  # type: ignore[attr-defined]
+        model = model_class.from_config(config)  # type: ignore[attr-defined,union-attr]
     fill_model(
         model,
         single.ckpt,
@@ -72,20 +78,6 @@ def load_component(
         prefix=prefix,
     )
     return model.eval()
-
-
-def _ltx(name: str) -> Any:
-    """An attribute of the installed LTX-Video package (its model classes and config mappings)."""
-    import importlib
-
-    module_name, _, attr = name.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(
-            f"{name} comes from LTX-Video ({exc}); install it (`pip install ltx-video`) or pass model_class="
-        ) from None
-    return getattr(module, attr)
 
 
 def _local_directory(path: str | os.PathLike[str]) -> Path | None:
@@ -100,31 +92,12 @@ def _diffusers_transformer(directory: Path, model_class: type) -> torch.nn.Modul
     known to it), the keys renamed with its ``TRANSFORMER_KEYS_RENAME_DICT`` and the model built on
     meta and filled with ``assign=True`` (the stored dtype is kept), strictly.
     """
-    mapping = _ltx("ltx_video.utils.diffusers_config_mapping.diffusers_and_ours_config_mapping")
-    hashable = _ltx("ltx_video.utils.diffusers_config_mapping.make_hashable_key")
+    config = diffusers_config(directory / "transformer" / "config.json", "transformer")
     renames = _ltx("ltx_video.utils.diffusers_config_mapping.TRANSFORMER_KEYS_RENAME_DICT")
-    config_path = directory / "transformer" / "config.json"
-    if not config_path.is_file():
-        raise CheckpointNotFoundError(
-            "has no transformer/config.json",
-            path=directory,
-            fix="pass an LTX-Video single .safetensors file or a diffusers-format LTX-Video directory",
-        )
-    key = hashable(json.loads(config_path.read_text()))
-    if key not in mapping:
-        raise CorruptCheckpointError(
-            "its diffusers transformer config is not one of Lightricks/LTX-Video's (LTX-Video maps only those)",
-            path=config_path,
-            fix="use a single-file release, or the diffusers classes through ckptkit.adapters.load_dit",
-        )
     ckpt = resolve_ckpt_dir(directory / "transformer", weights_name="diffusion_pytorch_model")
-    state = {}
-    for name, tensor in read_weights(ckpt).items():
-        for old, new in renames.items():
-            name = name.replace(old, new)
-        state[name] = tensor
+    state = rename_keys(read_weights(ckpt), renames)
     with torch.device("meta"):
-        model = model_class.from_config(mapping[key])  # type: ignore[attr-defined]
+        model = model_class.from_config(config)  # type: ignore[attr-defined,union-attr]
     _load_strict(model, state, ckpt.path, assign=True)
     return model
 
@@ -206,42 +179,69 @@ def load_vae(
     model_class: type | None = None,
     **resolve_kwargs: Any,
 ) -> torch.nn.Module:
-    """LTX-Video's ``CausalVideoAutoencoder.from_pretrained(<single file>)``.
+    """LTX-Video's ``CausalVideoAutoencoder.from_pretrained``: a single file or a local directory.
 
-    As LTX-Video does: the VAE is built from the embedded ``vae`` config, cast to ``torch_dtype`` when
-    given (else float32, whatever the file stores), and filled by the class's own ``load_state_dict``,
-    which renames the legacy keys and registers the latent statistics (``std_of_means``,
-    ``mean_of_means`` from ``per_channel_statistics.*``) that ``normalize_latents`` needs.
+    As LTX-Video does: the VAE is built from the config (the single file's embedded ``vae`` part,
+    the ``config.json`` next to an ``autoencoder.pth``, or LTX-Video's own config for a
+    Lightricks diffusers ``vae/config.json``), cast to ``torch_dtype`` when given (else float32,
+    whatever the file stores), and filled by the class's own ``load_state_dict``, which renames the
+    legacy keys and registers the latent statistics (``std_of_means``, ``mean_of_means`` from
+    ``per_channel_statistics.*``, or from ``per_channel_statistics.json`` next to the ``.pth``) that
+    ``normalize_latents`` needs. A ``.pth`` is read with ``weights_only``.
 
     Raises:
         CorruptCheckpointError: no config or VAE weights in the file.
+        CheckpointNotFoundError: a directory in neither layout.
+        UnsafeCheckpointError: an ``autoencoder.pth`` that needs more than tensors to unpickle.
         ModelMismatchError: the weights do not fit the config.
     """
-    single = (
-        pretrained_model_name_or_path
-        if isinstance(pretrained_model_name_or_path, LTXSingleFile)
-        else read_single_file(pretrained_model_name_or_path, **resolve_kwargs)
-    )
     if model_class is None:
         model_class = _ltx("ltx_video.models.autoencoders.causal_video_autoencoder.CausalVideoAutoencoder")
-    config = dict(single.vae_config)
-    state = single.vae_state_dict()
+    directory = (
+        None
+        if isinstance(pretrained_model_name_or_path, LTXSingleFile)
+        else _local_directory(pretrained_model_name_or_path)
+    )
+    if directory is not None:
+        if resolve_kwargs:
+            raise TypeError(f"load_vae() got hub options for a local directory: {sorted(resolve_kwargs)}")
+        config, state, path = vae_directory_state(directory, model_class)
+    else:
+        single = (
+            pretrained_model_name_or_path
+            if isinstance(pretrained_model_name_or_path, LTXSingleFile)
+            else read_single_file(pretrained_model_name_or_path, **resolve_kwargs)
+        )
+        config, state, path = dict(single.vae_config), single.vae_state_dict(), single.path
     model = model_class.from_config(config)  # type: ignore[attr-defined,union-attr]
     if torch_dtype is not None:
         model.to(to_torch_dtype(torch_dtype))
-    _load_strict(model, state, single.path)
+    _load_strict(model, state, path)
     return model
 
 
 def load_scheduler(ckpt_path: str | os.PathLike[str] | LTXSingleFile, **resolve_kwargs: Any) -> Any:
-    """LTX-Video's ``RectifiedFlowScheduler.from_pretrained(<single file>)``: from the embedded config.
+    """LTX-Video's ``RectifiedFlowScheduler.from_pretrained``: from a single file's embedded config,
+    or from a diffusers directory's ``scheduler/scheduler_config.json`` (Lightricks' config, mapped
+    to LTX-Video's own as it does).
 
     Only the file's header is read (LTX-Video reads every tensor to get at the metadata).
+
+    Raises:
+        CorruptCheckpointError: no scheduler config, or a diffusers one LTX-Video does not know
+            (where LTX-Video fails with ``UnboundLocalError``).
     """
+    scheduler_class = _ltx("ltx_video.schedulers.rf.RectifiedFlowScheduler")
+    directory = None if isinstance(ckpt_path, LTXSingleFile) else _local_directory(ckpt_path)
+    if directory is not None:
+        if resolve_kwargs:
+            raise TypeError(
+                f"load_scheduler() got hub options for a local directory: {sorted(resolve_kwargs)}"
+            )
+        return scheduler_class.from_config(scheduler_directory_config(directory))
     single = (
         ckpt_path if isinstance(ckpt_path, LTXSingleFile) else read_single_file(ckpt_path, **resolve_kwargs)
     )
-    scheduler_class = _ltx("ltx_video.schedulers.rf.RectifiedFlowScheduler")
     return scheduler_class.from_config(single.scheduler_config)
 
 

@@ -9,6 +9,12 @@ Swap the import and keep the call::
 
     # from opensora.utils.ckpt import load_checkpoint                (2.0)
     from ckptkit.shims.opensora import load_checkpoint_v2 as load_checkpoint
+    # from opensora.models.text.conditioner import HFEmbedder        (2.0)
+    from ckptkit.shims.opensora import HFEmbedder
+
+    # STDiT3.from_pretrained("hpcai-tech/OpenSora-STDiT-v3", **kwargs)  (1.2 / 1.3 hub ids)
+    from ckptkit.shims.opensora import from_pretrained
+    model = from_pretrained(STDiT3, "hpcai-tech/OpenSora-STDiT-v3", **kwargs)
 
 Or leave Open-Sora's code as it is and patch the installed package::
 
@@ -30,12 +36,15 @@ from ckptkit.shims.opensora._ckpt import (
 )
 from ckptkit.shims.opensora._install import install, installed, uninstall
 from ckptkit.shims.opensora._models import T5Encoder, VideoAutoencoderKL
+from ckptkit.shims.opensora._pretrained import HFEmbedder, from_pretrained
 
 __all__ = [
+    "HFEmbedder",
     "T5Encoder",
     "VideoAutoencoderKL",
     "adapt_16ch_vae",
     "find_model",
+    "from_pretrained",
     "install",
     "installed",
     "load_checkpoint",

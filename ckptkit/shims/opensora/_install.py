@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
+from ckptkit.shims._patch import Patches
 from ckptkit.shims.opensora._ckpt import find_model, load_checkpoint, load_checkpoint_v2
 from ckptkit.shims.opensora._models import T5Encoder, VideoAutoencoderKL
+from ckptkit.shims.opensora._pretrained import HFEmbedder, from_pretrained
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -21,7 +23,45 @@ TARGETS: dict[str, dict[str, Any]] = {
     "opensora.utils.ckpt": {"load_checkpoint": load_checkpoint_v2},
     "opensora.models.text_encoder.t5": {"T5Encoder": T5Encoder},
     "opensora.models.vae.vae": {"VideoAutoencoderKL": VideoAutoencoderKL},
+    "opensora.models.text.conditioner": {"HFEmbedder": HFEmbedder},
 }
+
+#: upstream module -> its transformers ``PreTrainedModel`` classes whose ``from_pretrained`` the
+#: hub-id builders call (``STDiT3_XL_2(from_pretrained="hpcai-tech/OpenSora-STDiT-v3")``, ...).
+PRETRAINED_CLASSES: dict[str, tuple[str, ...]] = {
+    "opensora.models.stdit.stdit3": ("STDiT3",),
+    "opensora.models.vae.vae": ("VideoAutoencoderPipeline",),
+}
+
+_CLASS_PATCHES = Patches("opensora")
+#: ``module.Class`` of each class whose from_pretrained is patched, while installed.
+_patched_classes: list[str] = []
+
+
+def _class_from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+    return from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _class_names() -> list[str]:
+    return [
+        f"{module_name}.{name}"
+        for module_name, names in PRETRAINED_CLASSES.items()
+        if module_name in sys.modules
+        for name in names
+        if getattr(sys.modules[module_name], name, None) is not None
+    ]
+
+
+def _class_targets() -> list[tuple[Any, str, Any]]:
+    targets: list[tuple[Any, str, Any]] = []
+    for module_name, class_names in PRETRAINED_CLASSES.items():
+        module = _import(module_name)
+        for name in class_names if module is not None else ():
+            cls = getattr(module, name, None)
+            if cls is not None:
+                targets.append((cls, "from_pretrained", classmethod(_class_from_pretrained)))
+    return targets
+
 
 _lock = threading.Lock()
 #: (the upstream object, its shim) for each name patched, while installed.
@@ -49,7 +89,7 @@ def install() -> list[str]:
         ['opensora.utils.ckpt_utils.load_checkpoint', ...]
     """
     with _lock:
-        if _patched:
+        if _patched or _patched_classes:
             return _names()
         replacements: list[tuple[Any, Any]] = []
         for module_name, names in TARGETS.items():
@@ -60,14 +100,20 @@ def install() -> list[str]:
                 original = getattr(module, name, None)
                 if original is not None and original is not shim:
                     replacements.append((original, shim))
-        if not replacements:
+        classes = _class_targets()
+        if not replacements and not classes:
             raise ModuleNotFoundError(
                 "ckptkit.shims.opensora.install(): the importable 'opensora' package has none of "
-                + ", ".join(f"{m}.{n}" for m, names in TARGETS.items() for n in names),
+                + ", ".join(
+                    [f"{m}.{n}" for m, names in TARGETS.items() for n in names]
+                    + [f"{m}.{c}" for m, names in PRETRAINED_CLASSES.items() for c in names]
+                ),
                 name="opensora",
             )
         _swap(dict(replacements))
         _patched.extend(replacements)
+        _CLASS_PATCHES.install(lambda: classes)
+        _patched_classes.extend(_class_names())
         return _names()
 
 
@@ -80,6 +126,8 @@ def uninstall() -> None:
     with _lock:
         _swap({shim: original for original, shim in _patched})
         _patched.clear()
+        _CLASS_PATCHES.uninstall()
+        _patched_classes.clear()
 
 
 @contextmanager
@@ -98,12 +146,14 @@ def installed() -> Iterator[list[str]]:
 
 
 def _names() -> list[str]:
-    return sorted(
+    functions = {
         f"{module.__name__}.{name}"
         for module in _opensora_modules()
         for name, value in vars(module).items()
         if any(value is shim for _, shim in _patched)
-    )
+    }
+    classes = {f"{where}.from_pretrained" for where in _patched_classes}
+    return sorted(functions | classes)
 
 
 def _import(module_name: str) -> ModuleType | None:

@@ -13,12 +13,15 @@ be installed for its model classes)::
 
     # from wan.modules.t5 import T5EncoderModel
     # from wan.modules.vae2_1 import Wan2_1_VAE
+    # from wan.modules.clip import CLIPModel  (wan.modules.animate.clip in Wan2.2)
     # from wan.modules.model import WanModel; WanModel.from_pretrained(ckpt_dir, subfolder=...)
-    from ckptkit.shims.wan import T5EncoderModel, Wan2_1_VAE, load_dit
+    # from wan.distributed.fsdp import shard_model
+    from ckptkit.shims.wan import CLIPModel, T5EncoderModel, Wan2_1_VAE, load_dit, shard_model
 
-or, leaving Wan's ``generate.py`` unchanged, call :func:`install` first: ``WanModel.from_pretrained``,
-``T5EncoderModel`` and the VAEs' ``_video_vae`` then load through ckptkit (:func:`uninstall`
-restores them). Wan's ``.pth`` files are read with ``weights_only`` (a pickle that needs more than
+``shard_model`` is Wan's on FSDP2; given a DiT from :func:`meta_dit` it fills it after sharding, each
+rank reading only its own shards. Or, leaving Wan's ``generate.py`` unchanged, call :func:`install`
+first: ``from_pretrained`` of Wan's DiT classes, ``T5EncoderModel``, ``CLIPModel`` and the VAEs'
+``_video_vae`` then load through ckptkit (:func:`uninstall` restores them). Wan's ``.pth`` files are read with ``weights_only`` (a pickle that needs more than
 tensors is refused with :class:`~ckptkit.UnsafeCheckpointError`, never executed).
 """
 
@@ -30,13 +33,16 @@ from ckptkit.shims.wan._checkpoint import (
     WanCheckpoint,
     wan_checkpoint,
 )
+from ckptkit.shims.wan._clip import CLIPModel
 from ckptkit.shims.wan._dit import load_dit
+from ckptkit.shims.wan._fsdp import meta_dit, shard_model
 from ckptkit.shims.wan._install import install, installed, uninstall
 from ckptkit.shims.wan._t5 import T5EncoderModel
 from ckptkit.shims.wan._vae import Wan2_1_VAE, Wan2_2_VAE, WanVAE, video_vae_2_1, video_vae_2_2
 
 __all__ = [
     "DIT_SUBFOLDERS",
+    "CLIPModel",
     "T5_CHECKPOINT",
     "T5_TOKENIZER",
     "VAE_CHECKPOINTS",
@@ -48,6 +54,8 @@ __all__ = [
     "install",
     "installed",
     "load_dit",
+    "meta_dit",
+    "shard_model",
     "uninstall",
     "video_vae_2_1",
     "video_vae_2_2",

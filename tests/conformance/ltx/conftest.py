@@ -128,3 +128,91 @@ def ltx_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _models.build_t5().save_pretrained(repo / "text_encoder")
     t5_tokenizer().save_pretrained(repo / "tokenizer")
     return out
+
+
+#: The spatial upscaler's config (its safetensors metadata ``config``); GroupNorm needs 32 | mid_channels.
+UPSAMPLER_CONFIG = {
+    "_class_name": "LatentUpsampler",
+    "in_channels": 8,
+    "mid_channels": 32,
+    "num_blocks_per_stage": 1,
+    "dims": 3,
+    "spatial_upsample": True,
+    "temporal_upsample": False,
+}
+
+
+def inverse_renames(native: list[str], renames: dict[str, str]) -> dict[str, str]:
+    """For each native key a stored (diffusers) key that LTX-Video's own renaming turns into it.
+
+    The renaming is sequential ``str.replace`` over the table; candidates are built by undoing
+    rules, and only one that LTX-Video's loop (run here) maps back to the native key is kept.
+    """
+
+    def forward(key: str) -> str:
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        return key
+
+    stored = {}
+    for key in native:
+        candidates = {key}
+        for _ in range(3):
+            candidates |= {
+                c.replace(new, old) for c in candidates for old, new in renames.items() if new in c
+            }
+        found = sorted(c for c in candidates if forward(c) == key)
+        assert found, f"no stored name maps to {key}"
+        stored[key] = found[0]
+    return stored
+
+
+@pytest.fixture(scope="session")
+def ltx_upsampler(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The spatial upscaler as LTX-Video ships it: one .safetensors, its config in the metadata."""
+    from ltx_video.models.autoencoders.latent_upsampler import LatentUpsampler
+
+    root = tmp_path_factory.mktemp("ltx-upsampler")
+    state = randomized(LatentUpsampler.from_config(UPSAMPLER_CONFIG), 11)
+    out = {
+        "fp32": root / "ltxv-spatial-upscaler-tiny.safetensors",
+        "bf16": root / "upscaler-bf16.safetensors",
+    }
+    save_file(state, out["fp32"], metadata={"config": json.dumps(UPSAMPLER_CONFIG)})
+    save_file(
+        {k: v.to(torch.bfloat16) for k, v in state.items()},
+        out["bf16"],
+        metadata={"config": json.dumps(UPSAMPLER_CONFIG)},
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def ltx_vae_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The older VAE release layout: ``autoencoder.pth`` + ``config.json`` (+ ``per_channel_statistics.json``).
+
+    The ``.pth`` holds native names, some in the legacy spelling ``.resnets.`` that LTX-Video's
+    ``load_state_dict`` renames; the statistics JSON is a table as LTX-Video's tools write it.
+    """
+    from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
+
+    root = tmp_path_factory.mktemp("ltx-vae-release")
+    state = randomized(CausalVideoAutoencoder.from_config(dict(VAE_CONFIG)), 21)
+    legacy = {k.replace(".res_blocks.", ".resnets."): v for k, v in state.items()}
+    assert legacy.keys() != state.keys()  # the legacy spelling is exercised
+    latent = VAE_CONFIG["latent_channels"]
+    generator = torch.Generator().manual_seed(22)
+    columns = ["channel", "std-of-means", "mean-of-means", "mean-of-stds"]
+    rows = [[float(c), *(torch.rand(3, generator=generator) + 0.25).tolist()] for c in range(latent)]
+    out = {}
+    for name, statistics in [("with-statistics", True), ("without-statistics", False)]:
+        directory = root / name
+        directory.mkdir()
+        torch.save(legacy, directory / "autoencoder.pth")
+        (directory / "config.json").write_text(json.dumps(VAE_CONFIG))
+        if statistics:
+            (directory / "per_channel_statistics.json").write_text(
+                json.dumps({"columns": columns, "data": rows})
+            )
+        out[name] = directory
+    return out

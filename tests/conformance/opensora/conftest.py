@@ -23,4 +23,24 @@ def hub_repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sigma = root / "PixArt-alpha" / "PixArt-Sigma"
     sigma.mkdir(parents=True)
     torch.save(pixart_release(seed=6, caption_len=4), sigma / "PixArt-Sigma-XL-2-512-MS.pth")
+    # the 1.2/1.3 hub release of STDiT3 (a transformers PreTrainedModel): config.json + model.safetensors
+    hf_stdit3 = root / "hpcai-tech" / "OpenSora-STDiT-v3"
+    pretrained_stdit3().save_pretrained(hf_stdit3)
+    (hf_stdit3 / "README.md").write_text("a model card, never fetched by a loader")
+    torch.save({"never": torch.zeros(1)}, hf_stdit3 / "training_state.pt")
     return root
+
+
+def pretrained_stdit3(seed: int = 8):
+    """A tiny STDiT3 (the PreTrainedModel stand-in) with every floating tensor random."""
+    from tests.conformance.opensora._upstream_stdit3 import STDiT3, STDiT3Config
+
+    torch.manual_seed(seed)
+    config = STDiT3Config(
+        in_channels=4, hidden_size=8, depth=2, num_heads=2, caption_channels=6, model_max_length=3
+    )
+    model = STDiT3(config)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            tensor.normal_()
+    return model

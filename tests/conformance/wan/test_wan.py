@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import pickle
-import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from ckptkit import UnsafeCheckpointError
+from ckptkit import ModelMismatchError, UnsafeCheckpointError
 from ckptkit.shims import wan as shim
 from ckptkit.shims.wan import _install as shim_install
 from ckptkit.shims.wan import _t5 as shim_t5
-from tests.conformance.wan.conftest import TINY_UMT5, wan_model, wan_t5, wan_vae2_1, wan_vae2_2
+from tests.conformance.wan.conftest import (
+    CLIP_CHECKPOINT,
+    CLIP_TOKENIZER,
+    wan_animate,
+    wan_clip,
+    wan_model,
+    wan_s2v,
+    wan_t5,
+    wan_vae2_1,
+    wan_vae2_2,
+)
 
 
 def assert_same_module(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
@@ -99,6 +107,110 @@ def test_t5_encoder_model(tiny_wan, wan_release, dtype):
     assert [t.shape for t in ours(texts, "cpu")] == [t.shape for t in theirs(texts, "cpu")]
 
 
+def _inputs(kind: str) -> dict:
+    """One denoising step's inputs, as speech2video.py / animate.py pass them (shapes shrunk)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    if kind == "s2v":
+        return {
+            "x": [r(16, 2, 8, 8)],
+            "t": torch.tensor([500.0]),
+            "context": [r(3, 4096)],
+            "seq_len": 256,
+            "cond_states": [r(16, 2, 8, 8)],
+            "motion_latents": [r(16, 3, 8, 8)],
+            "ref_latents": [r(16, 1, 8, 8)],
+            "audio_input": r(1, 25, 8, 5),
+            "motion_frames": [5, 2],
+            "drop_motion_frames": False,
+        }
+    return {
+        "x": [r(4, 2, 4, 4)],
+        "t": torch.tensor([500.0]),
+        "clip_fea": r(1, 257, 1280),
+        "context": [r(3, 4096)],
+        "seq_len": 64,
+        "y": [r(4, 2, 4, 4)],
+        "pose_latents": [r(16, 1, 4, 4)],
+        "face_pixel_values": r(1, 3, 1, 512, 512),
+    }
+
+
+@pytest.fixture
+def dit_attention_on_cpu(tiny_wan, monkeypatch):
+    monkeypatch.setattr(wan_s2v, "flash_attention", wan_model.flash_attention)
+    monkeypatch.setattr(wan_animate, "flash_attention", wan_model.flash_attention)
+
+
+@pytest.mark.parametrize("kind", ["s2v", "animate"])
+def test_s2v_and_animate_dits(dit_attention_on_cpu, wan_release, kind):
+    cls = wan_s2v.WanModel_S2V if kind == "s2v" else wan_animate.WanAnimateModel
+    # the call speech2video.py / animate.py make (without FSDP)
+    kwargs = {"torch_dtype": torch.bfloat16, "device_map": torch.device("cpu")}
+    theirs = cls.from_pretrained(wan_release[kind], **kwargs)
+    ours = shim.load_dit(wan_release[kind], cls, **kwargs)
+    assert_same_module(ours, theirs)
+    assert torch.equal(ours.freqs, theirs.freqs)
+    with shim.installed():  # Wan's own call, unchanged, on ckptkit
+        installed = cls.from_pretrained(wan_release[kind], **kwargs)
+    assert_same_module(installed, theirs)
+    # the same config (the path as a string; diffusers keeps whatever object it was given)
+    assert {**ours.config, "_name_or_path": str(ours.config["_name_or_path"])} == {
+        **theirs.config,
+        "_name_or_path": str(theirs.config["_name_or_path"]),
+    }
+    torch.manual_seed(0)
+    with torch.no_grad():
+        outs = [copy.deepcopy(model).float()(**_inputs(kind)) for model in (ours, theirs)]
+    assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1], strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_clip_model(tiny_wan, wan_release, dtype):
+    root = wan_release["wan21"]
+    kwargs = {
+        "dtype": dtype,
+        "device": torch.device("cpu"),
+        "checkpoint_path": str(root / CLIP_CHECKPOINT),
+        "tokenizer_path": str(root / CLIP_TOKENIZER),
+    }
+    ours, theirs = shim.CLIPModel(**kwargs), wan_clip.CLIPModel(**kwargs)
+    assert type(ours) is type(theirs)
+    assert (ours.dtype, ours.device, ours.checkpoint_path, ours.tokenizer_path) == (
+        theirs.dtype,
+        theirs.device,
+        theirs.checkpoint_path,
+        theirs.tokenizer_path,
+    )
+    assert_same_module(ours.model, theirs.model)
+    assert next(ours.model.parameters()).dtype == dtype
+    assert ours.transforms.transforms == theirs.transforms.transforms  # Wan's own, built by its builder
+    assert ours.tokenizer.seq_len == theirs.tokenizer.seq_len == ours.model.max_text_len - 2
+    assert ours.tokenizer(["a red cat"]).tolist() == theirs.tokenizer(["a red cat"]).tolist()
+    # the frames through the vision tower as CLIPModel.visual runs it (31 of 32 blocks), in float32
+    frames = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = [
+            copy.deepcopy(clip.model).float().visual(frames, use_31_block=True) for clip in (ours, theirs)
+        ]
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_clip_model_refuses_a_missing_key(tiny_wan, wan_release, tmp_path):
+    state = torch.load(wan_release["wan21"] / CLIP_CHECKPOINT)
+    del state["log_scale"]
+    torch.save(state, tmp_path / CLIP_CHECKPOINT)
+    kwargs = {"dtype": torch.float16, "device": "cpu", "checkpoint_path": str(tmp_path / CLIP_CHECKPOINT)}
+    tokenizer = str(wan_release["wan21"] / CLIP_TOKENIZER)
+    with pytest.raises(ModelMismatchError, match="log_scale"):
+        shim.CLIPModel(tokenizer_path=tokenizer, **kwargs)
+    with pytest.raises(RuntimeError, match="log_scale"):  # Wan's strict load_state_dict refuses too
+        wan_clip.CLIPModel(tokenizer_path=tokenizer, **kwargs)
+
+
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_vae(tiny_wan, wan_release, version):
     if version == "2.1":
@@ -163,8 +275,9 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
             is shim_install._dit_from_pretrained
         )
         assert wan_t5.T5EncoderModel.__init__ is shim_t5._t5_init
-        assert wan_vae2_1._video_vae.__qualname__.startswith("_video_vae_2_1_in.")
-        assert wan_vae2_2._video_vae.__qualname__.startswith("_video_vae_2_2_in.")
+        for module, original in [(wan_vae2_1, originals["vae2_1"]), (wan_vae2_2, originals["vae2_2"])]:
+            assert module._video_vae is not original
+            assert inspect.signature(module._video_vae) == inspect.signature(original)  # Wan's own signature
         assert (
             wan_vae2_1._video_vae.__module__ == wan_vae2_2._video_vae.__module__ == "ckptkit.shims.wan._vae"
         )
@@ -182,41 +295,3 @@ def test_install_runs_wans_own_code_on_ckptkit(tiny_wan, wan_release):
     assert wan_vae2_2._video_vae is originals["vae2_2"]
     assert vars(wan_model.WanModel).get("from_pretrained") is originals["dit"]
     assert "from_pretrained" not in vars(s2v) and "from_pretrained" not in vars(animate)
-
-
-def test_install_into_a_vendored_copy_as_live_avatar_ships_it(tiny_wan, wan_release, tmp_path, monkeypatch):
-    # Live Avatar vendors Wan2.2 as liveavatar.models.wan.wan_2_2 (relative imports inside): the same here
-    vendor = tmp_path / "vendor_pkg"
-    shutil.copytree(Path(wan_model.__file__).parents[1], vendor / "wan_2_2")
-    (vendor / "__init__.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # Wan's T5 default argument
-    t5 = importlib.import_module("vendor_pkg.wan_2_2.modules.t5")
-    model = importlib.import_module("vendor_pkg.wan_2_2.modules.model")
-    vae2_1 = importlib.import_module("vendor_pkg.wan_2_2.modules.vae2_1")
-    monkeypatch.undo()
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(t5, "umt5_xxl", lambda **kw: t5._t5("umt5-xxl", **{**TINY_UMT5, **kw}))
-    try:
-        root = wan_release["wan21"]
-        t5_kwargs = {
-            "text_len": 8,
-            "device": "cpu",
-            "checkpoint_path": str(root / "models_t5_umt5-xxl-enc-bf16.pth"),
-            "tokenizer_path": str(root / "google" / "umt5-xxl"),
-        }
-        reference_t5 = t5.T5EncoderModel(**t5_kwargs).model
-        reference_dit = model.WanModel.from_pretrained(root, torch_dtype=torch.bfloat16, device_map="cpu")
-        wan_t5_init = vars(wan_t5.T5EncoderModel)["__init__"]
-        with shim.installed(package="vendor_pkg.wan_2_2"):
-            assert vars(wan_t5.T5EncoderModel)["__init__"] is wan_t5_init  # the wan package itself untouched
-            assert t5.T5EncoderModel.__init__ is shim_t5._t5_init
-            assert vae2_1._video_vae.__module__ == "ckptkit.shims.wan._vae"
-            assert_same_module(t5.T5EncoderModel(**t5_kwargs).model, reference_t5)
-            # the form of Live Avatar's DiT call (from_pretrained(checkpoint_dir, torch_dtype=, device_map=))
-            ours = model.WanModel.from_pretrained(root, torch_dtype=torch.bfloat16, device_map="cpu")
-            assert_same_module(ours, reference_dit)
-        assert vars(t5.T5EncoderModel)["__init__"] is not shim_t5._t5_init
-    finally:
-        for name in [n for n in sys.modules if n.startswith("vendor_pkg")]:
-            del sys.modules[name]
