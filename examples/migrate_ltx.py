@@ -21,8 +21,8 @@ from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 import ckptkit.shims.ltx
 
-# before: from ltx_video.inference import create_ltx_video_pipeline
-from ckptkit.shims.ltx import create_ltx_video_pipeline
+# before: from ltx_video.inference import create_latent_upsampler, create_ltx_video_pipeline
+from ckptkit.shims.ltx import create_latent_upsampler, create_ltx_video_pipeline
 
 TRANSFORMER = {
     "_class_name": "Transformer3DModel", "num_attention_heads": 2, "attention_head_dim": 8,
@@ -41,6 +41,13 @@ VAE = {
     "encoder_base_channels": 8, "decoder_base_channels": 8, "spatial_padding_mode": "replicate",
 }  # fmt: skip
 SCHEDULER = {"_class_name": "RectifiedFlowScheduler", "shifting": "SD3", "sampler": "LinearQuadratic"}
+UPSCALER = {
+    "in_channels": 8,
+    "mid_channels": 32,
+    "num_blocks_per_stage": 1,
+    "dims": 3,
+    "spatial_upsample": True,
+}
 
 
 def write_release(root: Path) -> tuple[Path, Path]:
@@ -85,6 +92,17 @@ def write_release(root: Path) -> tuple[Path, Path]:
     return ckpt, repo
 
 
+def write_upscaler(root: Path) -> Path:
+    """The multi-scale pipeline's spatial upscaler: one .safetensors, its config in the metadata."""
+    from ltx_video.models.autoencoders.latent_upsampler import LatentUpsampler
+
+    path = root / "ltxv-spatial-upscaler-tiny.safetensors"
+    save_file(
+        LatentUpsampler.from_config(UPSCALER).state_dict(), path, metadata={"config": json.dumps(UPSCALER)}
+    )
+    return path
+
+
 def describe(pipeline) -> str:
     return (
         f"transformer {pipeline.transformer.dtype}, vae {pipeline.vae.dtype} "
@@ -108,7 +126,16 @@ def main() -> None:
             same = ltx_video.inference.create_ltx_video_pipeline(
                 str(ckpt), "bfloat16", str(text_encoder_repo), device="cpu"
             )
+            # the multi-scale pipeline's upscaler, as infer() loads it
+            upscaler = ltx_video.inference.create_latent_upsampler(str(write_upscaler(Path(tmp))), "cpu")
         print("installed(): ltx_video.inference.create_ltx_video_pipeline ->", describe(same))
+        ours = create_latent_upsampler(str(Path(tmp) / "ltxv-spatial-upscaler-tiny.safetensors"), "cpu")
+        print(
+            "create_latent_upsampler ->",
+            type(ours).__name__,
+            "same both ways:",
+            all(torch.equal(ours.state_dict()[k], v) for k, v in upscaler.state_dict().items()),
+        )
         equal = all(
             torch.equal(a, b)
             for a, b in zip(

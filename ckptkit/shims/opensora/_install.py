@@ -72,13 +72,15 @@ def install() -> list[str]:
     """Replace the loader functions of the importable ``opensora`` package with the shims, in place.
 
     ``opensora.utils.ckpt_utils.load_checkpoint`` (1.2/1.3), ``opensora.utils.ckpt.load_checkpoint``
-    (2.0), ``T5Encoder`` and ``VideoAutoencoderKL`` (1.x) are replaced where they exist: in their
-    module, in every imported ``opensora.*`` module that imported them by name (the model builders
-    did ``from opensora.utils.ckpt_utils import load_checkpoint``), and in the model registry. Modules
-    imported afterwards import the shims. Calling it again changes nothing.
+    (2.0), ``T5Encoder`` and ``VideoAutoencoderKL`` (1.x) and ``HFEmbedder`` (2.0) are replaced
+    where they exist: in their module, in every imported ``opensora.*`` module that imported them by
+    name (the model builders did ``from opensora.utils.ckpt_utils import load_checkpoint``), and in
+    the model registry. The ``from_pretrained`` of ``STDiT3`` and ``VideoAutoencoderPipeline``
+    (what the 1.x builders call with a hub id) becomes :func:`from_pretrained`. Modules imported
+    afterwards import the shims. Calling it again changes nothing.
 
     Returns:
-        The patched names, ``"module.name"``.
+        The patched names, ``"module.name"`` (``"module.Class.from_pretrained"`` for a class).
 
     Raises:
         ModuleNotFoundError: no ``opensora`` package can be imported, or it has none of the targets.

@@ -28,7 +28,48 @@ def hub_repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pretrained_stdit3().save_pretrained(hf_stdit3)
     (hf_stdit3 / "README.md").write_text("a model card, never fetched by a loader")
     torch.save({"never": torch.zeros(1)}, hf_stdit3 / "training_state.pt")
+    # 1.2's VAE: the SDXL VAE its spatial part loads while being built, and the pipeline release
+    sdxl_vae = root / "PixArt-alpha" / "pixart_sigma_sdxlvae_T5_diffusers" / "vae"
+    sd_vae().save_pretrained(sdxl_vae)
+    pretrained_vae_pipeline(str(sdxl_vae)).save_pretrained(root / "hpcai-tech" / "OpenSora-VAE-v1.2")
     return root
+
+
+def sd_vae(seed: int = 10):
+    """A tiny SD-style image VAE (four blocks: the 8x factor VideoAutoencoderKL assumes)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+
+
+def pretrained_vae_pipeline(spatial: str, seed: int = 11):
+    """Open-Sora 1.2's VideoAutoencoderPipeline (its verbatim class) with every floating tensor random."""
+    from tests.conformance.opensora._upstream_vae_pipeline import (
+        VideoAutoencoderPipeline,
+        VideoAutoencoderPipelineConfig,
+    )
+
+    config = VideoAutoencoderPipelineConfig(
+        vae_2d=dict(type="VideoAutoencoderKL", from_pretrained=spatial, micro_batch_size=4),
+        vae_temporal=dict(type="VAE_Temporal_SD", from_pretrained=None),
+        micro_frame_size=17,
+        shift=(-0.10, 0.34, 0.27, 0.98),
+        scale=(3.85, 2.32, 2.33, 3.06),
+    )
+    model = VideoAutoencoderPipeline(config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            tensor.normal_(std=0.2)
+    return model
 
 
 def pretrained_stdit3(seed: int = 8):

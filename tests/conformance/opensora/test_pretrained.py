@@ -19,6 +19,7 @@ import torch
 import ckptkit.shims.opensora as shim
 from tests.conformance.opensora import _upstream_conditioner as upstream_text
 from tests.conformance.opensora import _upstream_stdit3 as upstream_stdit3
+from tests.conformance.opensora import _upstream_vae_pipeline as upstream_vae
 from tests.conformance.opensora.test_install import REGISTRY, write
 
 HUB_ID = "hpcai-tech/OpenSora-STDiT-v3"
@@ -78,6 +79,8 @@ def opensora_package(tmp_path, monkeypatch):
             "opensora/models/__init__.py": "",
             "opensora/models/stdit/__init__.py": "",
             "opensora/models/stdit/stdit3.py": "from tests.conformance.opensora._upstream_stdit3 import *\n",
+            "opensora/models/vae/__init__.py": "",
+            "opensora/models/vae/vae.py": "from tests.conformance.opensora._upstream_vae_pipeline import *\n",
             "opensora/models/text/__init__.py": "from .conditioner import HFEmbedder\n",
             "opensora/models/text/conditioner.py": (
                 "from tests.conformance.opensora._upstream_conditioner import HFEmbedder\n"
@@ -125,6 +128,60 @@ def test_stdit3_builder_from_a_hub_id(hub, tmp_path, opensora_package, version):
         stdit3.STDiT3.from_pretrained(HUB_ID, proxies={"https": "x"})
     shim.uninstall()
     assert "from_pretrained" not in vars(stdit3.STDiT3)
+
+
+def test_vae_pipeline_builder_from_a_hub_id(hub, tmp_path, opensora_package):
+    # OpenSoraVAE_V1_2(from_pretrained="hpcai-tech/OpenSora-VAE-v1.2"): VideoAutoencoderPipeline.from_pretrained,
+    # whose constructor loads the SDXL VAE from the hub (VideoAutoencoderKL) before the release fills it
+    theirs = upstream_vae_pipeline(tmp_path)
+    import opensora.models.vae.vae as vae_module
+
+    names = shim.install()
+    assert "opensora.models.vae.vae.VideoAutoencoderPipeline.from_pretrained" in names
+    assert vae_module.MODELS._module_dict["VideoAutoencoderKL"] is shim.VideoAutoencoderKL
+    # (upstream's attempt cached the release; what ckptkit fetches is checked in the STDiT3 test)
+    ours = upstream_vae.OpenSoraVAE_V1_2(from_pretrained="hpcai-tech/OpenSora-VAE-v1.2")
+    assert type(ours) is type(theirs)
+    for kind in ("named_parameters", "named_buffers"):
+        mine, upstream = dict(getattr(ours, kind)()), dict(getattr(theirs, kind)())
+        assert mine.keys() == upstream.keys()
+        for name, tensor in upstream.items():
+            assert (mine[name].dtype, mine[name].device) == (tensor.dtype, tensor.device), name
+            assert torch.equal(mine[name], tensor), name
+    assert ours.training == theirs.training
+    assert ours.micro_z_frame_size == theirs.micro_z_frame_size == 17
+    video = torch.randn(1, 3, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    z_ours = ours.encode(video)
+    torch.manual_seed(0)
+    z_theirs = theirs.encode(video)
+    assert torch.equal(z_ours, z_theirs)
+    with torch.no_grad():
+        assert torch.equal(ours.decode(z_ours, num_frames=2), theirs.decode(z_theirs, num_frames=2))
+
+
+def upstream_vae_pipeline(tmp_path):
+    """``OpenSoraVAE_V1_2(from_pretrained="hpcai-tech/OpenSora-VAE-v1.2")`` with transformers' own loading.
+
+    Under transformers 5 Open-Sora 1.2's class cannot be loaded so (it never calls ``post_init()``,
+    which transformers 5 requires: ``AttributeError: all_tied_weights_keys``); the reference is then
+    what transformers 4 does: the builder's model (its kwargs, its constructor, the SDXL VAE loaded
+    from the hub) filled strictly with the release's tensors, in eval mode.
+    """
+    import transformers
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return upstream_vae.OpenSoraVAE_V1_2(from_pretrained="hpcai-tech/OpenSora-VAE-v1.2")
+    with pytest.raises(AttributeError, match="all_tied_weights_keys"):
+        upstream_vae.OpenSoraVAE_V1_2(from_pretrained="hpcai-tech/OpenSora-VAE-v1.2")
+    model = upstream_vae.OpenSoraVAE_V1_2(from_pretrained=None)
+    weights = hf_hub_download(
+        "hpcai-tech/OpenSora-VAE-v1.2", "model.safetensors", cache_dir=tmp_path / "theirs"
+    )
+    model.load_state_dict(load_file(weights), strict=True)
+    return model.eval()
 
 
 def _original(cls, *args, **kwargs):
@@ -264,3 +321,23 @@ def test_install_replaces_hf_embedder(opensora_package, text_encoders):
     assert_same_module(ours.hf_module, theirs.hf_module)
     shim.uninstall()
     assert conditioner.HFEmbedder is upstream_class
+
+
+@pytest.mark.parametrize("encoder", ["t5", "clip"])
+def test_hf_embedder_from_a_hub_id(hub, hub_repos, text_encoders, tmp_path, encoder):
+    import shutil
+
+    repo_id = {"t5": "google/t5-tiny", "clip": "openai/clip-tiny"}[encoder]
+    if not (hub_repos / repo_id).exists():
+        shutil.copytree(text_encoders[encoder], hub_repos / repo_id)
+        (hub_repos / repo_id / "flax_model.msgpack").write_bytes(b"never fetched")
+    hub.reset()
+    theirs = upstream_text.HFEmbedder(repo_id, 8, cache_dir=str(tmp_path / "theirs"))
+    hub.reset()
+    ours = shim.HFEmbedder(repo_id, 8, cache_dir=str(tmp_path / "ours"))
+    fetched = hub.downloads()
+    assert f"{repo_id}/config.json" in fetched and f"{repo_id}/model.safetensors" in fetched
+    assert f"{repo_id}/flax_model.msgpack" not in fetched
+    assert type(ours.tokenizer) is type(theirs.tokenizer)
+    assert_same_module(ours.hf_module, theirs.hf_module)
+    assert torch.equal(ours(["a red cat"]), theirs(["a red cat"]))
