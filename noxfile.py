@@ -42,7 +42,7 @@ def compat(session: nox.Session, stack: str) -> None:
     """The test suite under one library stack: torch first, then the pinned stack, then ckptkit.
 
     The pins are constraints for the last step too, so installing ckptkit upgrades none of them.
-    Arguments after ``--`` go to pytest (CI passes ``-x`` and skips the slowest tests).
+    Arguments after ``--`` go to pytest; CI (``.ci/run``) runs the whole suite on the ltx and floor stacks.
     """
     pins = COMPAT_STACKS[stack]
     session.install(TORCH)

@@ -67,9 +67,8 @@ def _meta_worker(rank: int, world: int, store: str, root: str) -> None:
     rope = {f"rope.{name}" for name, _ in wan.rope.named_buffers()}
     if rope:
         assert rope == {"rope.freqs_cos", "rope.freqs_sin"} <= set(result.recomputed_buffers)
-    else:  # older diffusers keep the rope table as a plain attribute, in no module state: no loader
-        # can see it, so a model built on meta needs it rebuilt by hand (as it would without ckptkit)
-        wan.rope = type(wan.rope)(wan.rope.attention_head_dim, wan.rope.patch_size, wan.rope.max_seq_len)
+    else:  # older diffusers (0.33) keep the rope table as a plain attribute, in no module state
+        assert "rope.freqs" in result.recomputed_buffers and not wan.rope.freqs.is_meta
     assert result.uninitialized_buffers == [] and result.missing_keys == []
     reference = load_reference(base / "wan")
     for name, param in wan.named_parameters():

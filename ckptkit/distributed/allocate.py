@@ -107,7 +107,7 @@ def allocate_meta_model(
             "process can allocate on, or call model.to_empty(device=...) yourself"
         ) from None
     allocation = Allocation(target)
-    allocation.recomputed, allocation.uninitialized = recompute_buffers(model)
+    allocation.recomputed, allocation.uninitialized = recompute_buffers(model, device=target)
     logger.info(
         "allocated %d tensors on %s; recomputed buffers: %s", len(tensors), target, allocation.recomputed
     )
@@ -124,21 +124,44 @@ def _non_persistent(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def recompute_buffers(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+def _meta_attributes(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Tensors kept as plain module attributes (no parameter, no buffer) and left on ``meta``.
+
+    ``to_empty`` cannot reach them: older diffusers (0.33) keep Wan's rotary table as ``rope.freqs``.
+    """
+    out = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, torch.Tensor)
+                and not isinstance(value, torch.nn.Parameter)
+                and value.is_meta
+            ):
+                out[f"{prefix}.{name}" if prefix else name] = (module, name)
+    return out
+
+
+def recompute_buffers(
+    model: torch.nn.Module, *, device: str | torch.device | None = None
+) -> tuple[list[str], list[str]]:
     """Give ``model``'s non-persistent buffers the values its class's own ``__init__`` computes.
 
     The model's class (the one ``fully_shard`` wrapped) is built again from ``model.config``
     (transformers' ``_from_config``, diffusers' ``from_config``) with its parameters on ``meta``, so
-    nothing but the buffers takes memory or time; the buffers it computes are copied in. A warning
-    names the buffers this cannot reach (no ``config``, or the class cannot be built from it).
+    nothing but the buffers takes memory or time; the buffers it computes are copied in, and so are
+    tensors the class keeps as plain attributes that are still on ``meta`` (moved to ``device``,
+    default CPU). A warning names the buffers this cannot reach (no ``config``, or the class cannot
+    be built from it).
 
     Returns:
-        ``(recomputed, uninitialized)`` buffer names.
+        ``(recomputed, uninitialized)`` buffer (and attribute) names.
     """
     wanted = _non_persistent(model)
-    if not wanted:
+    attributes = _meta_attributes(model)
+    if not wanted and not attributes:
         return [], []
-    fresh = _rebuilt_buffers(model)
+    rebuilt = _rebuilt(model)
+    fresh = dict(rebuilt.named_buffers(remove_duplicate=False)) if rebuilt is not None else {}
     recomputed, uninitialized = [], []
     with torch.no_grad():
         for name, buffer in wanted.items():
@@ -147,6 +170,14 @@ def recompute_buffers(model: torch.nn.Module) -> tuple[list[str], list[str]]:
                 uninitialized.append(name)
                 continue
             buffer.copy_(value)
+            recomputed.append(name)
+        for name, (module, attribute) in attributes.items():
+            owner = _submodule(rebuilt, name.rpartition(".")[0]) if rebuilt is not None else None
+            value = vars(owner).get(attribute) if owner is not None else None
+            if not isinstance(value, torch.Tensor) or value.is_meta:
+                uninitialized.append(name)
+                continue
+            setattr(module, attribute, value.to(device or "cpu"))
             recomputed.append(name)
     if uninitialized:
         warnings.warn(
@@ -168,19 +199,27 @@ def _model_class(model: torch.nn.Module) -> type:
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
-def _rebuilt_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _rebuilt(model: torch.nn.Module) -> torch.nn.Module | None:
+    """``model``'s class built again from its config, parameters on ``meta``; ``None`` if it cannot be."""
     config = getattr(model, "config", None)
     cls = _model_class(model)
     build = getattr(cls, "_from_config", None) or getattr(cls, "from_config", None)
     if config is None or build is None:
-        return {}
+        return None
     try:
         with _parameters_on_meta():
             fresh = build(config)
     except Exception as exc:  # any failure of a foreign constructor: fall back to naming the buffers
         logger.info("could not rebuild %s from its config to recompute buffers: %s", cls.__name__, exc)
-        return {}
-    return dict(fresh.named_buffers(remove_duplicate=False))
+        return None
+    return fresh if isinstance(fresh, torch.nn.Module) else None
+
+
+def _submodule(model: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 @contextlib.contextmanager

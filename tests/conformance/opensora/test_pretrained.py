@@ -9,6 +9,7 @@ configs and outputs, and fetch only what is needed through ckptkit.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -206,6 +207,7 @@ def test_stdit3_1_3_force_huggingface_local_directory(tmp_path):
 @pytest.fixture(scope="module")
 def text_encoders(tmp_path_factory):
     """Open-Sora 2.0's ./ckpts/google/t5-v1_1-xxl and ./ckpts/openai/clip-vit-large-patch14, tiny."""
+    import transformers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Tokenizer
 
     from tests import _models
@@ -217,7 +219,26 @@ def text_encoders(tmp_path_factory):
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [
         (f"\u2581{w}", -1.0) for w in words
     ]
-    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(t5)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(t5)
+    else:  # transformers 4 (Open-Sora's): T5Tokenizer is sentencepiece's and reads a spiece.model
+        import sentencepiece
+
+        trained = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter([" ".join(words)] * 4 + ["a red cat", "a dog"]),
+            model_writer=trained,
+            vocab_size=16,  # at most: the letters and the special pieces, whole words where they fit
+            model_type="unigram",
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+        (root / "spiece.model").write_bytes(trained.getvalue())
+        T5Tokenizer(vocab_file=str(root / "spiece.model"), extra_ids=0).save_pretrained(t5)
 
     clip = root / "openai" / "clip-tiny"
     letters = "acdegort"
