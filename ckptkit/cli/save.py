@@ -78,7 +78,7 @@ def _run_resave(args: argparse.Namespace) -> int:
         variant=args.variant,
         dtype=args.dtype,
         subfolder=args.subfolder,
-        components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
+        components=comma_list(args.components),
         weights_name=args.weights_name,
         overwrite=args.overwrite,
         fsync=not args.no_fsync,
