@@ -112,3 +112,19 @@ def test_offline_miss_lists_every_place_and_fetches_only_what_is_needed(hub, tmp
     hub.reset()
     ckpt = resolve_ckpt_dir("org/t5", variant="fp16", cache_dir=mine, local_files_only=True)
     assert ckpt.variant == "fp16" and ckpt.cache_dir == mine and hub.requests == []
+
+
+def test_allow_patterns_reuse_what_another_cache_holds(hub, tmp_path):
+    """Files the patterns fetch beyond the computed minimum (the fp16 shards here) are linked too."""
+    patterns = ["*.safetensors", "*.json"]
+    first = resolve_ckpt_dir("org/t5", allow_patterns=patterns)  # into HF_HUB_CACHE
+    fetched = {p.name for p in first.path.iterdir()}
+    assert any(".fp16." in name for name in fetched)  # more than the default weight set
+    gone = sorted(first.weight_files)[-1]
+    gone.unlink()
+    hub.reset()
+
+    ckpt = resolve_ckpt_dir("org/t5", cache_dir=tmp_path / "project-cache", allow_patterns=patterns)
+
+    assert hub.downloads() == {f"org/t5/{gone.name}"}
+    assert {p.name for p in ckpt.path.iterdir()} == fetched

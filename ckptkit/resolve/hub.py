@@ -209,6 +209,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
     """
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
 
     api = HfApi(endpoint=spec.endpoint, token=spec.token)
     where = spec.endpoint or api.endpoint
@@ -229,8 +230,10 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
             )
             plan = spec.plan(listing, snapshot)
         wanted = plan.files + [f for f in plan.optional if f in listing]
-        link_cached_files(spec, commit, wanted)  # what another cache holds is not fetched again
         patterns = spec.allow_patterns if spec.allow_patterns is not None else wanted
+        if spec.allow_patterns is not None:  # what the patterns fetch, as the cache check counts it
+            wanted = sorted(set(wanted) | set(filter_repo_objects(listing, allow_patterns=patterns)))
+        link_cached_files(spec, commit, wanted)  # what another cache holds is not fetched again
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
         folder = snapshot_download(
             spec.repo_id,
