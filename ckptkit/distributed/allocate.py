@@ -181,7 +181,7 @@ def recompute_buffers(
             recomputed.append(name)
     if uninitialized:
         warnings.warn(
-            f"{type(model).__name__}: non-persistent buffers {uninitialized} are in no checkpoint and "
+            f"{type(model).__name__}: non-persistent buffers or attributes {uninitialized} are in no checkpoint and "
             "could not be recomputed (the model cannot be rebuilt from its config); they hold "
             "uninitialised memory: set them as the model's __init__ does before using it",
             CkptWarning,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -261,7 +262,7 @@ def _plan_dcp(source: DcpCheckpoint, target_code: str | None) -> SourceTensors:
         cast = to_torch_dtype(target_code) if _castable(code, target_code) else None
         out = target_code if cast is not None else code
         assert out is not None
-        nbytes = DTYPES[out].nbytes(_numel(shape))
+        nbytes = DTYPES[out].nbytes(math.prod(shape))
         assert nbytes is not None
         produce = functools.partial(_dcp_bytes, reader, name, cast)
         planned.append(PlannedTensor(name, out, shape, nbytes, produce=produce))
@@ -270,13 +271,6 @@ def _plan_dcp(source: DcpCheckpoint, target_code: str | None) -> SourceTensors:
 
 def _dcp_bytes(reader: _DcpReader, name: str, cast: torch.dtype | None) -> memoryview:
     return tensor_bytes(reader.take(name), cast)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _read_dcp_metadata(path: Path) -> Any:
@@ -362,7 +356,7 @@ class _DcpReader:
             if name in self.taken or name in self.loaded:
                 continue
             _, shape, stored = self.entries[name]
-            nbytes = _numel(shape) * stored.itemsize
+            nbytes = math.prod(shape) * stored.itemsize
             if batch and size + nbytes > self.source.batch_size:
                 break
             batch.append(name)
