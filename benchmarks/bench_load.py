@@ -517,8 +517,13 @@ def _targets(medians: dict[str, dict[str, float]], anon: dict[str, dict[str, flo
         f"{mark(cold_st >= 1.5)}), {cold_runai:.2f}x the Run:ai streamer (target >= 1.0x: "
         f"{mark(cold_runai >= 1.0)}), {cold_dd:.2f}x `dd`'s throughput; {cold_floor:.2f}x the time of the "
         f"parallel-read floor (the disk alone: the same threads and chunks, no fresh memory), which was "
-        f"itself {cold_best:.2f}x as fast as `load_file`+clone — the most any private load could reach in "
-        "this run.",
+        f"itself {cold_best:.2f}x as fast as `load_file`+clone ("
+        + (
+            "about the most a private load can reach while the disk is the bottleneck"
+            if cold_best >= 1.0
+            else "**slower than a contender: the reads were not disk-bound in this run**"
+        )
+        + ").",
         f"- into a meta model, default: {model:.2f}x the time of diffusers `from_pretrained` (target "
         f"<= 1.0x: {mark(model <= 1.0)}); touched {model_touch:.2f}x; peak anonymous memory "
         f"{model_anon:.0f} MiB.",
