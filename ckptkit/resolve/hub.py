@@ -267,9 +267,10 @@ def _gather_offline(spec: HubSpec, commit: str) -> CheckpointDir | CacheMiss | N
 
     ``None`` when there is nothing to put together (the caller's miss stands).
     """
-    spec.cache_dir = spec.caches[0]
+    speaking, spec.cache_dir = spec.cache_dir, spec.caches[0]
     gathered = gather_offline(spec, commit)
     if gathered is None:
+        spec.cache_dir = speaking  # nothing put together: the cache holding part speaks for it
         return None
     if gathered.missing:
         return CacheMiss(commit, gathered.missing, listed=True, none_here=gathered.none_here)
