@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from ckptkit import CheckpointNotFoundError, resolve_ckpt_dir
+from ckptkit.resolve import hub as hub_module
+from ckptkit.resolve import hub_reuse
 
 
 def _storage(cache: Path, repo: str) -> Path:
@@ -133,7 +135,9 @@ def test_allow_patterns_reuse_what_another_cache_holds(hub, tmp_path):
 # -- offline: one model spread over several caches ----------------------------------------------
 
 
-def _spread_over_two_caches(tmp_path: Path, *, listed: bool) -> tuple[Path, Path, list[Path], Path]:
+def _spread_over_two_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, listed: bool
+) -> tuple[Path, Path, list[Path], Path]:
     """org/t5 downloaded into ``mine`` and into HF_HUB_CACHE, then cut so that neither is whole:
     ``mine`` keeps the first shard, HF_HUB_CACHE the others and the index (the same commit)."""
     from huggingface_hub import constants
@@ -147,11 +151,14 @@ def _spread_over_two_caches(tmp_path: Path, *, listed: bool) -> tuple[Path, Path
     assert len(shards) > 2 and part.index_file is not None
     for path in [*sorted(part.weight_files)[1:], part.index_file, rest.path / shards[0].name]:
         _remove(path)
-    if not listed:  # a cache written by a client that records no listing (huggingface_hub < 1.26)
+    if not listed:  # caches written by a client that records no listing (huggingface_hub < 1.26)
         for cache in (mine, default):
-            for trees in cache.glob("models--*/trees"):
-                for listing in trees.iterdir():
-                    listing.unlink()
+            for listing in cache.glob("models--*/trees/*"):
+                listing.unlink()
+        # A newer client in this process still remembers the listings it wrote: ckptkit's own
+        # reading of them answers as with an older client.
+        for module in (hub_module, hub_reuse):
+            monkeypatch.setattr(module, "cached_listing", lambda *args: None)
     return mine, default, shards, rest.path
 
 
@@ -172,10 +179,12 @@ def _snapshot_files(cache: Path) -> dict[str, bool]:
 
 
 @pytest.mark.parametrize("listed", [True, False], ids=["listing", "no-listing"])
-def test_offline_a_model_spread_over_two_caches_is_put_together_in_the_first(hub, tmp_path, listed):
+def test_offline_a_model_spread_over_two_caches_is_put_together_in_the_first(
+    hub, tmp_path, monkeypatch, listed
+):
     from safetensors.torch import load_file
 
-    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, listed=listed)
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=listed)
     before = _snapshot_files(default)
     ref = _storage(mine, "org/t5") / "refs" / "main"
     ref.unlink()  # the commit is known from HF_HUB_CACHE alone
@@ -196,12 +205,14 @@ def test_offline_a_model_spread_over_two_caches_is_put_together_in_the_first(hub
 
 
 @pytest.mark.parametrize("listed", [True, False], ids=["listing", "no-listing"])
-def test_offline_a_file_no_cache_holds_is_named_alone_with_every_place_looked(hub, tmp_path, listed):
+def test_offline_a_file_no_cache_holds_is_named_alone_with_every_place_looked(
+    hub, tmp_path, monkeypatch, listed
+):
     from huggingface_hub import constants
 
     from ckptkit import IncompleteCheckpointError
 
-    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, listed=listed)
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=listed)
     _remove(snapshot / shards[-1].name)  # the last shard is now in no cache
     extra = tmp_path / "extra"
     before = _snapshot_files(mine)
@@ -229,7 +240,7 @@ def test_across_file_systems_a_found_file_is_linked_to_never_copied(hub, tmp_pat
     file found, so that its bytes are on disk once."""
     import errno
 
-    mine, default, _, snapshot = _spread_over_two_caches(tmp_path, listed=True)
+    mine, default, _, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
     if not symlinks:  # HF_HUB_DISABLE_SYMLINKS: the files themselves in the snapshot
         for pointer in snapshot.iterdir():
             blob = pointer.resolve()

@@ -135,12 +135,12 @@ def _from_cache(
     ):
         # Only the cache was listed: the variant asked for may still exist on the Hub.
         return CacheMiss(commit, [], listed=False)
-    if not listed and not spec.offline:
+    if not listed:
         try:
             return _resolve_snapshot(spec, snapshot, commit)
         except IncompleteCheckpointError as exc:
             # Only what is on disk was listed (a shard gone, a link dangling): the Hub's listing says
-            # what to fetch again.
+            # what to fetch again, or offline another cache may hold it (else this error is raised).
             return CacheMiss(commit, error=exc, listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
 
@@ -274,10 +274,10 @@ def _gather_offline(spec: HubSpec, commit: str) -> CheckpointDir | CacheMiss | N
         return None
     if gathered.missing:
         return CacheMiss(commit, gathered.missing, listed=True, none_here=gathered.none_here)
-    try:
-        return _from_cache(spec, commit, gathered.listing)
-    except IncompleteCheckpointError as exc:  # judged by what is on disk: its own error, places named
-        return CacheMiss(commit, error=exc, listed=True)
+    found = _from_cache(spec, commit, gathered.listing)
+    if isinstance(found, CacheMiss):
+        found.listed = True  # judged with every cache: the error stands, with every place looked
+    return found
 
 
 def resolve_hub(spec: HubSpec) -> CheckpointDir:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 from ckptkit.errors import CkptError, DestinationExistsError
 from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.layout import discover_weight_sets
+from ckptkit.format.naming import parse_index_filename
 from ckptkit.io.atomic import staged_file
 from ckptkit.resolve.hub_compat import cached_listing
 from ckptkit.resolve.hub_spec import HubSpec
@@ -114,7 +117,7 @@ def gather_offline(spec: HubSpec, commit: str) -> Gathered | None:
         plan = spec.plan(names, planning)
     except CkptError:
         return None
-    needed = plan.files
+    needed = plan.files if listing is not None else plan.files + _numbering_gaps(plan.files, planning)
     if spec.allow_patterns is not None and listing is not None:
         needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))
     missing = [
@@ -130,6 +133,21 @@ def gather_offline(spec: HubSpec, commit: str) -> Gathered | None:
     link_cached_files(spec, commit, needed + [f for f in plan.optional if f in names])
     _record_ref(spec, commit)
     return Gathered(listing, [])
+
+
+def _numbering_gaps(needed: list[str], snapshot: Path) -> list[str]:
+    """The shards the numbering of ``needed`` implies that are not among them (``-00005-of-00005``
+    when four of five are): without the repo's listing, what no cache holds is known by its name."""
+    gaps = []
+    for directory in sorted({posixpath.dirname(name) for name in needed}):
+        shards = [
+            snapshot / name
+            for name in needed
+            if posixpath.dirname(name) == directory and parse_index_filename(posixpath.basename(name)) is None
+        ]
+        for weight_set in discover_weight_sets(snapshot / directory, files=shards):
+            gaps += [posixpath.join(directory, path.name) for path in weight_set.missing]
+    return gaps
 
 
 def _record_ref(spec: HubSpec, commit: str) -> None:
