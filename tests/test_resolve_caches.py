@@ -178,10 +178,12 @@ def _snapshot_files(cache: Path) -> dict[str, bool]:
     }
 
 
+@pytest.mark.parametrize("offline", ["local_files_only", "unreachable"])
 @pytest.mark.parametrize("listed", [True, False], ids=["listing", "no-listing"])
 def test_offline_a_model_spread_over_two_caches_is_put_together_in_the_first(
-    hub, tmp_path, monkeypatch, listed
+    hub, tmp_path, monkeypatch, listed, offline
 ):
+    from huggingface_hub import constants
     from safetensors.torch import load_file
 
     mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=listed)
@@ -190,7 +192,11 @@ def test_offline_a_model_spread_over_two_caches_is_put_together_in_the_first(
     ref.unlink()  # the commit is known from HF_HUB_CACHE alone
     hub.reset()
 
-    ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+    if offline == "local_files_only":
+        ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+    else:  # no network, HF_HUB_OFFLINE unset: the request fails, the caches still have it all
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+        ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], endpoint="http://127.0.0.1:9")
 
     assert hub.requests == []
     assert ckpt.cache_dir == mine and [p.name for p in ckpt.weight_files] == [p.name for p in shards]

@@ -280,6 +280,20 @@ def _gather_offline(spec: HubSpec, commit: str) -> CheckpointDir | CacheMiss | N
     return found
 
 
+def _without_the_hub(spec: HubSpec, misses: list[tuple[Path, CacheMiss]]) -> CheckpointDir | CacheMiss:
+    """What the caches give with no request: the model put together from several of them, else the
+    miss to report (a snapshot judged by what is on disk raises its own error first)."""
+    # The cache holding part of it speaks for it (its error, its missing files); else the first.
+    spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
+    if found.commit is not None:
+        gathered = _gather_offline(spec, found.commit)
+        if isinstance(gathered, CheckpointDir):
+            return gathered
+        found = gathered or found
+    _resolve_unlisted_snapshot(spec, found)
+    return found
+
+
 def resolve_hub(spec: HubSpec) -> CheckpointDir:
     """Resolve a hub component: from the cache with no request when it is all there, else download it.
 
@@ -298,22 +312,19 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
         if isinstance(found, CheckpointDir):
             return found
         misses.append((cache, found))
-    # The cache holding part of it speaks for it (its error, its missing files); else the first.
-    spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
     if spec.offline:
-        if found.commit is not None:
-            gathered = _gather_offline(spec, found.commit)
-            if isinstance(gathered, CheckpointDir):
-                return gathered
-            found = gathered or found
-        _resolve_unlisted_snapshot(spec, found)
+        found = _without_the_hub(spec, misses)
+        if isinstance(found, CheckpointDir):
+            return found
         raise offline_miss(spec, found, env_offline=is_offline())
     spec.cache_dir = spec.caches[0]  # downloads go to the first cache
     try:
         commit, listing = _download(spec)
     except HubUnreachableError:
-        spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
-        _resolve_unlisted_snapshot(spec, found)
+        found = _without_the_hub(spec, misses)
+        if isinstance(found, CheckpointDir):
+            logger.info("%s: the Hub could not be reached; put together from the caches", spec.label)
+            return found
         raise
     again = _from_cache(spec, commit, listing)
     if isinstance(again, CheckpointDir):
