@@ -4,21 +4,20 @@ Each destination is a tensor the caller allocated (fresh private memory, a param
 storage, or memory on another device). A CPU destination of the stored dtype is filled by
 ``os.preadv`` directly — no intermediate copy; consecutive small tensors share one ``preadv``
 call (one iovec each), large ones are split into chunks so several threads read them at once
-(``preadv`` releases the GIL). Any other destination (a dtype cast, another device, a
-non-contiguous tensor) is filled through a small per-thread staging buffer, so a cast never
-allocates a second copy of a tensor. A CUDA destination is filled through two pinned staging
+(``preadv`` releases the GIL). A CPU destination of another dtype is cast straight from a
+copy-on-write map of its file when the caller passes :class:`FileMaps` (chunks in parallel, each
+byte of the file read once, as ``from_pretrained`` casts from its map), else through a small
+per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
+destination is filled through two pinned staging
 buffers per thread (:class:`StagingPipeline`): while one chunk is copied to the GPU (on the
 thread's own stream, cast there when the dtype changes), the next is read into the other buffer.
 
-:class:`FileMaps` is the zero-copy alternative for a CPU tensor in its stored dtype: one
-copy-on-write (``MAP_PRIVATE``) map per file, and each tensor a view into it. Nothing is read until
-a page is touched, the pages are page cache (reclaimable, shared with other processes that read the
-file), and writing to such a tensor copies the page privately: the file is never changed.
+:class:`FileMaps` (:mod:`ckptkit.io.file_maps`) is the zero-copy alternative for a CPU tensor in
+its stored dtype: each tensor a copy-on-write view of its file.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,10 +29,11 @@ from typing import Any
 
 import torch
 
-from ckptkit.errors import CkptError, CorruptCheckpointError
-from ckptkit.format.safe_files import held_path, open_regular
+from ckptkit.errors import CkptError
+from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.buffers import raw_bytes
+from ckptkit.io.file_maps import FileMaps
 from ckptkit.io.tensors import read_into, to_torch_dtype
 
 __all__ = ["CHUNK_BYTES", "FileMaps", "StagingPipeline", "TensorRead", "default_num_threads", "read_tensors"]
@@ -89,76 +89,6 @@ class TensorRead:
         return t.device.type == "cpu" and t.dtype == to_torch_dtype(self.info.dtype)
 
 
-class FileMaps:
-    """Copy-on-write maps of safetensors files (one per file, made on first use) and views into them.
-
-    Example:
-        >>> maps = FileMaps()  # doctest: +SKIP
-        >>> header = read_header("model.safetensors")  # doctest: +SKIP
-        >>> weight = maps.tensor(header, header.tensors["weight"])  # doctest: +SKIP
-    """
-
-    def __init__(self) -> None:
-        self._bases: dict[Path, torch.Tensor] = {}
-        self._last_header: SafetensorsHeader | None = None
-        self._last_base = torch.empty(0, dtype=torch.uint8)
-        # The last file's map viewed as each dtype met in it (a whole-map view, made once).
-        self._typed: dict[torch.dtype, torch.Tensor] = {}
-
-    def tensor(self, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor | None:
-        """A file-backed tensor of ``info`` in its stored dtype and shape, or ``None`` when it
-        cannot be one (no bytes, or an offset not aligned for its dtype): read it instead."""
-        dtype = to_torch_dtype(info.dtype)
-        size = dtype.itemsize
-        start = header.data_start + info.begin
-        nbytes = info.end - info.begin
-        if not nbytes or start % size or nbytes % size or size * math.prod(info.shape) != nbytes:
-            return None
-        if header is not self._last_header:  # tensors come file by file: skip hashing the path
-            self._last_header = header
-            base = self._bases.get(header.path)
-            self._last_base = base if base is not None else self._map(header)
-            self._typed = {}
-        typed = self._typed.get(dtype)
-        if typed is None:
-            base = self._last_base
-            typed = self._typed[dtype] = base[: base.numel() - base.numel() % size].view(dtype)
-        # One strided view of the typed map per tensor (cheaper than slicing then viewing twice).
-        return typed.as_strided(info.shape, _contiguous_strides(info.shape), start // size)
-
-    def _map(self, header: SafetensorsHeader) -> torch.Tensor:
-        path = header.path
-        size = os.path.getsize(path)
-        end = max((header.data_start + i.begin + i.nbytes for i in header.tensors.values()), default=0)
-        if size < end:
-            # Truncated after its header was checked: reading past the end of a map would fault.
-            raise CorruptCheckpointError(
-                f"file is {size} bytes but its header describes {end}",
-                path=path,
-                fix="the file is truncated; download or copy it again",
-            )
-        # Map the file already opened and checked (regular, the one whose header was read), not the
-        # path again. shared=False: MAP_PRIVATE, so writes to a tensor copy the page and never reach
-        # the file.
-        fd = open_regular(path, identity=header.identity)
-        try:
-            storage = torch.UntypedStorage.from_file(held_path(fd, path), False, size)
-        finally:
-            os.close(fd)
-        base = torch.empty(0, dtype=torch.uint8).set_(storage)  # type: ignore[arg-type]  # from_file's stub says _StorageBase
-        self._bases[path] = base
-        return base
-
-
-def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    strides = []
-    step = 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= max(dim, 1)
-    return tuple(reversed(strides))
-
-
 @dataclass
 class _Job:
     fd: int
@@ -170,6 +100,8 @@ class _Job:
     read: TensorRead | None = None
     first: int = 0
     count: int = 0
+    # mapped cast: these elements of the file's map are cast into target[first:first+count]
+    source: torch.Tensor | None = None
 
 
 def read_tensors(
@@ -177,6 +109,7 @@ def read_tensors(
     *,
     num_threads: int | None = None,
     progress: object | None = None,
+    maps: FileMaps | None = None,
 ) -> None:
     """Fill every ``target`` from its file.
 
@@ -184,6 +117,9 @@ def read_tensors(
         reads: the tensors to read; targets must not overlap.
         num_threads: parallel readers (default :func:`default_num_threads`).
         progress: an object with ``update(nbytes)`` (a tqdm bar), called as bytes arrive.
+        maps: cast CPU targets of another dtype straight from these copy-on-write maps of the files
+            (no staging copy: each byte is read once). ``None``: every byte is read with ``preadv``
+            and nothing is mapped.
 
     Raises:
         CorruptCheckpointError: a file ended early (truncated after its header was checked).
@@ -210,6 +146,8 @@ def read_tensors(
     def run(job: _Job) -> None:
         if job.buffers is not None:
             _read_direct(job)
+        elif job.source is not None:
+            _cast_mapped(job)
         elif job.read is not None and job.read.target.device.type == "cuda":
             pipeline = getattr(local, "pipeline", None)
             if pipeline is None:
@@ -225,7 +163,7 @@ def read_tensors(
 
     with _open_files(reads) as fds:
         try:
-            jobs = list(_plan(reads, fds))
+            jobs = list(_plan(reads, fds, maps))
             if threads <= 1 or len(jobs) <= 1:
                 for job in jobs:
                     run(job)
@@ -281,7 +219,7 @@ def _open_files(reads: Sequence[TensorRead]) -> Iterator[dict[Path, int]]:
             os.close(fd)
 
 
-def _plan(reads: Sequence[TensorRead], fds: dict[Path, int]) -> Iterator[_Job]:
+def _plan(reads: Sequence[TensorRead], fds: dict[Path, int], maps: FileMaps | None = None) -> Iterator[_Job]:
     ordered = sorted(reads, key=lambda r: (str(r.header.path), r.info.begin))
     batch: _Job | None = None
     for item in ordered:
@@ -316,13 +254,37 @@ def _plan(reads: Sequence[TensorRead], fds: dict[Path, int]) -> Iterator[_Job]:
         else:
             size = to_torch_dtype(info.dtype).itemsize
             per_chunk = max(1, CHUNK_BYTES // size)
+            source = _mapped(item, maps)
             for first in range(0, info.numel, per_chunk):
                 count = min(per_chunk, info.numel - first)
                 yield _Job(
-                    fds[path], path, offset + first * size, count * size, read=item, first=first, count=count
+                    fds[path],
+                    path,
+                    offset + first * size,
+                    count * size,
+                    read=item,
+                    first=first,
+                    count=count,
+                    source=None if source is None else source[first : first + count],
                 )
     if batch is not None:
         yield batch
+
+
+def _mapped(item: TensorRead, maps: FileMaps | None) -> torch.Tensor | None:
+    """The stored elements of ``item`` as a flat view of its file's map, for a CPU cast; else ``None``."""
+    if maps is None or item.target.device.type != "cpu":
+        return None
+    view = maps.tensor(item.header, item.info)  # None when misaligned: staged then
+    return None if view is None else view.view(-1)
+
+
+def _cast_mapped(job: _Job) -> None:
+    item = job.read
+    assert item is not None and job.source is not None
+    # The cast reads the file's pages straight from the map (page cache, or faulted in with
+    # readahead when cold) and writes the destination once: no staging copy.
+    item.target.view(-1)[job.first : job.first + job.count].copy_(job.source)
 
 
 def _read_direct(job: _Job) -> None:

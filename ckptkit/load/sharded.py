@@ -387,7 +387,7 @@ def _safetensors_to_dict(
                 continue
         out[name] = torch.empty(info.shape, dtype=want, device=device)
         reads.append(TensorRead(header, info, out[name]))
-    _read(reads, options)
+    _read(reads, options, maps)
     return out
 
 
@@ -396,10 +396,11 @@ def _file_maps(options: _Options, device: torch.device | None) -> FileMaps | Non
     return FileMaps() if options.mmap and (device is None or device.type == "cpu") else None
 
 
-def _read(reads: list[TensorRead], options: _Options) -> None:
+def _read(reads: list[TensorRead], options: _Options, maps: FileMaps | None) -> None:
+    """Read in parallel; with ``maps`` (not ``mmap=False``), CPU casts read from the files' maps."""
     total = sum(r.info.nbytes for r in reads)
     with progress_bar(options.progress, total=total, desc="Loading weights") as bar:
-        read_tensors(reads, num_threads=options.num_threads, progress=bar)
+        read_tensors(reads, num_threads=options.num_threads, progress=bar, maps=maps)
 
 
 def _safetensors_to_module(
@@ -433,7 +434,7 @@ def _safetensors_to_module(
         reads.append(TensorRead(header, info, placement.target))
         if placement.assign:
             assigns.append((name, placement.target))
-    _read(reads, options)
+    _read(reads, options, maps)
     for name, tensor in assigns:
         plan.slots.assign(name, tensor)
     return plan.result

@@ -106,7 +106,7 @@ def fill_from_safetensors(
             reads.append(TensorRead(header, info, target))
             filled.append((name, target))
     # One parallel read for every CPU and GPU tensor (GPU ones through pinned double-buffered staging).
-    read_tensors(reads)
+    read_tensors(reads, maps=maps if mmap else None)
     for name, target in filled:
         set_module_tensor(model, name, target)
     return index

@@ -58,6 +58,41 @@ def test_staged_cast_matches(mixed_file, monkeypatch):
         assert out[key].dtype == want.dtype and torch.equal(out[key], want), key
 
 
+@pytest.mark.parametrize("chunk", [reader.CHUNK_BYTES, 64])
+def test_cast_from_the_maps_matches_and_never_stages(mixed_file, monkeypatch, chunk):
+    monkeypatch.setattr(reader, "CHUNK_BYTES", chunk)
+
+    def no_staging(job, local):
+        raise AssertionError(f"{job.read.info.name} went through a staging buffer")
+
+    monkeypatch.setattr(reader, "_read_staged", no_staging)
+    header = read_header(mixed_file)
+    out = _targets(header, torch.float16)
+    reads = [TensorRead(header, header.tensors[n], t) for n, t in out.items()]
+    read_tensors(reads, num_threads=3, maps=reader.FileMaps())
+    for key, value in load_file(mixed_file).items():
+        want = value.half() if value.dtype.is_floating_point else value
+        assert out[key].dtype == want.dtype and torch.equal(out[key], want), key
+    assert all(t.untyped_storage().resizable() for t in out.values())  # private memory, not the map
+
+
+def test_a_misaligned_tensor_cast_with_maps_is_staged(tmp_path):
+    import struct
+
+    path = _handmade(
+        tmp_path / "odd.safetensors",
+        {
+            "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]},
+        },
+        b"\x01\x02" + struct.pack("<2f", 1.5, -2.25),
+    )
+    header = read_header(path)
+    out = torch.empty(2, dtype=torch.float64)
+    read_tensors([TensorRead(header, header.tensors["b"], out)], maps=reader.FileMaps())
+    assert out.tolist() == [1.5, -2.25]
+
+
 def test_file_shrunk_after_header_is_named(mixed_file):
     header = read_header(mixed_file)
     mixed_file.write_bytes(mixed_file.read_bytes()[:-100])
