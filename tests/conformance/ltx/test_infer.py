@@ -1,0 +1,271 @@
+"""LTX-Video's own ``ltx_video.inference.infer()``, end to end, without and with ckptkit's ``install()``.
+
+The release is a tiny one in the upstream formats (conftest.py): the single ``.safetensors`` with its
+config in the metadata, the spatial upscaler, and the PixArt-style text encoder repo (T5 +
+``T5Tokenizer``). They are served by a local Hub (tests/hub_server.py) under the names a real
+pipeline config uses (``Lightricks/LTX-Video``, ``PixArt-alpha/PixArt-XL-2-1024-MS``), so ``infer()``
+runs every call it makes on a real machine: ``hf_hub_download`` of the checkpoint and the upscaler,
+``create_ltx_video_pipeline`` (VAE, transformer, scheduler, text encoder, tokenizer),
+``create_latent_upsampler``, the two-pass multi-scale generation (a config shaped like
+``configs/ltxv-2b-0.9.8-distilled.yaml``, 2 steps a pass), decoding, and writing the output.
+
+Each run has its own empty hub cache and the same seed; the frames ``infer()`` hands to its writer
+and the float video its pipeline returns must be ``torch.equal``.
+
+What is not upstream's own in these runs (nothing else is stubbed or replaced):
+
+- the modules tests/conformance/_upstream.py stubs at import (torchvision, cv2, av, decord,
+  librosa, peft): ``infer()`` only calls them for conditioning media, which these runs do not pass;
+- for a video (``num_frames > 1``), ``imageio.get_writer``: ``infer()`` writes ``.mp4`` through
+  imageio's ffmpeg or pyav plugin, and neither is installed (``av`` is stubbed); a recorder of the
+  frames ``infer()`` appends takes its place. A single frame goes to a ``.png`` through imageio as is;
+- ``prompt_enhancement_words_threshold: 0`` in the config: prompt enhancement loads Florence-2 with
+  ``trust_remote_code=True``, which ckptkit refuses (``UnsafeCheckpointError``, test_ltx.py);
+- a spy on ``LTXVideoPipeline.__call__`` that keeps the pipeline and what it returns, unchanged.
+
+That ckptkit's path was taken is seen in which reader opened the files, recorded by two more spies
+(each calls what it wraps unchanged): ckptkit maps the files it reads with ``FileMaps._map``, LTX-Video
+opens its own with the ``safe_open`` each of its modules imports. With ``install()`` ckptkit maps the
+checkpoint, the upscaler and the text encoder's weights and LTX-Video opens none; without it the
+other way round.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ckptkit.io.reader import FileMaps
+from ckptkit.shims import ltx as shim
+from tests import _models
+from tests.conformance.ltx.conftest import TRANSFORMER_CONFIG, write_release
+from tests.hub_server import HubServer
+
+import ltx_video.inference as upstream  # isort: skip
+import ltx_video.models.autoencoders.causal_video_autoencoder  # isort: skip
+import ltx_video.models.autoencoders.latent_upsampler  # isort: skip
+import ltx_video.models.transformers.transformer3d  # isort: skip
+import ltx_video.schedulers.rf  # isort: skip
+from ltx_video.pipelines.pipeline_ltx_video import LTXVideoPipeline  # isort: skip
+
+CHECKPOINT = "ltxv-2b-0.9.8-distilled.safetensors"
+UPSCALER = "ltxv-spatial-upscaler-0.9.8.safetensors"
+TEXT_ENCODER = "PixArt-alpha/PixArt-XL-2-1024-MS"
+#: The LTX-Video modules that read weights or configs with ``safe_open``.
+SAFE_OPEN_USERS = (
+    upstream,
+    ltx_video.schedulers.rf,
+    ltx_video.models.transformers.transformer3d,
+    ltx_video.models.autoencoders.causal_video_autoencoder,
+    ltx_video.models.autoencoders.latent_upsampler,
+)
+#: configs/ltxv-2b-0.9.8-distilled.yaml, with two steps a pass (timesteps the tiny release allows)
+#: and prompt enhancement off.
+PIPELINE_CONFIG = {
+    "pipeline_type": "multi-scale",
+    "checkpoint_path": CHECKPOINT,
+    "downscale_factor": 0.6666666,
+    "spatial_upscaler_model_path": UPSCALER,
+    "stg_mode": "attention_values",
+    "decode_timestep": 0.05,
+    "decode_noise_scale": 0.025,
+    "text_encoder_model_name_or_path": TEXT_ENCODER,
+    "precision": "bfloat16",
+    "sampler": "from_checkpoint",
+    "prompt_enhancement_words_threshold": 0,
+    "prompt_enhancer_image_caption_model_name_or_path": "MiaoshouAI/Florence-2-large-PromptGen-v2.0",
+    "prompt_enhancer_llm_model_name_or_path": "unsloth/Llama-3.2-3B-Instruct",
+    "stochastic_sampling": False,
+    "first_pass": {
+        "timesteps": [1.0, 0.9],
+        "guidance_scale": 1,
+        "stg_scale": 0,
+        "rescaling_scale": 1,
+        "skip_block_list": [42],
+    },
+    "second_pass": {
+        "timesteps": [0.9, 0.5],
+        "guidance_scale": 1,
+        "stg_scale": 0,
+        "rescaling_scale": 1,
+        "skip_block_list": [42],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def infer_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """conftest.py's release with the transformer's ``caption_channels`` the T5's width (``infer()``
+    feeds the text encoder's output to the transformer; the loader tests feed their own)."""
+    t5 = _models.build_t5()
+    config = TRANSFORMER_CONFIG | {"caption_channels": t5.config.d_model}
+    return write_release(tmp_path_factory.mktemp("ltx-infer-release"), config, t5)
+
+
+@pytest.fixture
+def ltx_hub(infer_release, ltx_upsampler, tmp_path, monkeypatch):
+    """A local Hub serving the release under its real repo names, HF_ENDPOINT pointing at it."""
+    from huggingface_hub import constants, file_download
+
+    root = tmp_path / "repos"
+    (root / "Lightricks" / "LTX-Video").mkdir(parents=True)
+    # the release files' dtypes: a bf16 checkpoint, an fp32 upscaler (the pipeline's latents are fp32)
+    shutil.copy(infer_release["bf16"], root / "Lightricks" / "LTX-Video" / CHECKPOINT)
+    shutil.copy(ltx_upsampler["fp32"], root / "Lightricks" / "LTX-Video" / UPSCALER)
+    shutil.copytree(infer_release["text_encoder_repo"], root / TEXT_ENCODER)
+    server = HubServer(root).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):  # huggingface_hub < 1.0 copies it at import
+        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _use_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+class _FrameRecorder:
+    """In place of imageio's ``.mp4`` writer (no ffmpeg or pyav here): keeps the appended frames."""
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        self.path = Path(path)
+        self.fps = fps
+        self.frames: list[np.ndarray] = []
+
+    def __enter__(self) -> _FrameRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def append_data(self, frame: np.ndarray) -> None:
+        self.frames.append(frame.copy())
+
+
+def run_infer(tmp: Path, num_frames: int) -> dict:
+    """One ``infer()`` in ``tmp`` (its own hub cache and output folder); what it produced."""
+    tmp.mkdir()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _run_infer(tmp, num_frames, monkeypatch)
+
+
+def _run_infer(tmp: Path, num_frames: int, monkeypatch: pytest.MonkeyPatch) -> dict:
+    _use_cache(monkeypatch, tmp / "hub-cache")
+    config_path = tmp / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(PIPELINE_CONFIG))
+    monkeypatch.chdir(tmp)  # the config names the checkpoints as bare file names, looked up here first
+
+    calls: list[tuple[LTXVideoPipeline, torch.Tensor]] = []
+    original_call = LTXVideoPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        result = original_call(self, *args, **kwargs)
+        calls.append((self, result.images))
+        return result
+
+    mapped_by_ckptkit: list[str] = []
+    original_map = FileMaps._map
+
+    def map_spy(self, header):
+        mapped_by_ckptkit.append(Path(header.path).name)
+        return original_map(self, header)
+
+    opened_by_ltx: list[str] = []
+    for module in SAFE_OPEN_USERS:
+
+        def open_spy(path, *args, _open=module.safe_open, **kwargs):
+            opened_by_ltx.append(Path(path).name)
+            return _open(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, "safe_open", open_spy)
+
+    writers: list[_FrameRecorder] = []
+
+    def get_writer(path, fps):
+        writers.append(_FrameRecorder(path, fps))
+        return writers[-1]
+
+    monkeypatch.setattr(LTXVideoPipeline, "__call__", spy)
+    monkeypatch.setattr(FileMaps, "_map", map_spy)
+    if num_frames > 1:
+        monkeypatch.setattr(upstream.imageio, "get_writer", get_writer)
+    upstream.infer(
+        upstream.InferenceConfig(
+            prompt="a red cat",
+            negative_prompt="a blue dog",
+            output_path=str(tmp / "out"),
+            pipeline_config=str(config_path),
+            seed=7,
+            height=64,
+            width=64,
+            num_frames=num_frames,
+            frame_rate=8,
+        )
+    )
+    written = sorted((tmp / "out").iterdir())
+    if num_frames == 1:
+        assert [p.suffix for p in written] == [".png"] and not writers
+        frames = [np.asarray(Image.open(written[0]))]
+    else:
+        assert not written and [(w.path.suffix, w.fps) for w in writers] == [(".mp4", 8)]
+        written, frames = [writers[0].path], writers[0].frames
+    return {
+        "calls": calls,
+        "frames": np.stack(frames),
+        "written": [p.name for p in written],
+        "mapped_by_ckptkit": set(mapped_by_ckptkit),
+        "opened_by_ltx": set(opened_by_ltx),
+    }
+
+
+@pytest.mark.parametrize("num_frames", [1, 9])
+def test_infer_end_to_end_is_the_same_with_ckptkit(ltx_hub, tmp_path, num_frames):
+    theirs = run_infer(tmp_path / "upstream", num_frames)
+    upstream_downloads = ltx_hub.downloads()
+    ltx_hub.reset()
+    with shim.installed():
+        ours = run_infer(tmp_path / "ckptkit", num_frames)
+    ours_downloads = ltx_hub.downloads()
+
+    # the same run: two pipeline passes (multi-scale), the same video and frames
+    assert len(ours["calls"]) == len(theirs["calls"]) == 2
+    for (_, mine), (_, reference) in zip(ours["calls"], theirs["calls"], strict=True):
+        assert mine.dtype == reference.dtype and mine.shape == reference.shape
+        assert torch.equal(mine, reference)
+    assert ours["frames"].shape == (num_frames, 64, 64, 3)
+    assert ours["frames"].dtype == np.uint8
+    assert np.array_equal(ours["frames"], theirs["frames"])
+    assert ours["written"] == theirs["written"]
+    # a generation, not a constant image
+    assert ours["frames"].std() > 0
+
+    # both runs downloaded the checkpoint, the upscaler and the text encoder; ckptkit nothing more
+    for downloads in (upstream_downloads, ours_downloads):
+        assert {f"Lightricks/LTX-Video/{CHECKPOINT}", f"Lightricks/LTX-Video/{UPSCALER}"} <= downloads
+        assert f"{TEXT_ENCODER}/text_encoder/model.safetensors" in downloads
+    assert ours_downloads <= upstream_downloads
+
+    # ckptkit's path was taken: it read every weight file, LTX-Video's own readers none
+    assert ours["mapped_by_ckptkit"] == {CHECKPOINT, UPSCALER, "model.safetensors"}
+    assert ours["opened_by_ltx"] == set()
+    assert theirs["mapped_by_ckptkit"] == set()
+    assert {CHECKPOINT, UPSCALER} <= theirs["opened_by_ltx"]
+    assert upstream.create_ltx_video_pipeline.__module__ == "ltx_video.inference"  # uninstalled after
