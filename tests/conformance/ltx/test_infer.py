@@ -41,6 +41,7 @@ import torch
 import yaml
 from PIL import Image
 
+from ckptkit import UnsafeCheckpointError
 from ckptkit.io.reader import FileMaps
 from ckptkit.shims import ltx as shim
 from tests import _models
@@ -269,3 +270,24 @@ def test_infer_end_to_end_is_the_same_with_ckptkit(ltx_hub, tmp_path, num_frames
     assert theirs["mapped_by_ckptkit"] == set()
     assert {CHECKPOINT, UPSCALER} <= theirs["opened_by_ltx"]
     assert upstream.create_ltx_video_pipeline.__module__ == "ltx_video.inference"  # uninstalled after
+
+
+def test_infer_with_prompt_enhancement_on_is_refused_under_install(ltx_hub, tmp_path, monkeypatch):
+    # LTX-Video's released configs set prompt_enhancement_words_threshold: 120, so a shorter prompt
+    # turns prompt enhancement on (Florence-2 with trust_remote_code=True): refused, not run
+    config = PIPELINE_CONFIG | {"prompt_enhancement_words_threshold": 120}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    _use_cache(monkeypatch, tmp_path / "hub-cache")
+    monkeypatch.chdir(tmp_path)
+    with shim.installed(), pytest.raises(UnsafeCheckpointError, match="trust_remote_code"):
+        upstream.infer(
+            upstream.InferenceConfig(
+                prompt="a red cat",
+                output_path=str(tmp_path / "out"),
+                pipeline_config=str(tmp_path / "pipeline.yaml"),
+                height=64,
+                width=64,
+                num_frames=1,
+            )
+        )
+    assert not any(d.startswith(("MiaoshouAI/", "unsloth/")) for d in ltx_hub.downloads())
