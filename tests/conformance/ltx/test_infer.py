@@ -7,7 +7,10 @@ pipeline config uses (``Lightricks/LTX-Video``, ``PixArt-alpha/PixArt-XL-2-1024-
 runs every call it makes on a real machine: ``hf_hub_download`` of the checkpoint and the upscaler,
 ``create_ltx_video_pipeline`` (VAE, transformer, scheduler, text encoder, tokenizer),
 ``create_latent_upsampler``, the two-pass multi-scale generation (a config shaped like
-``configs/ltxv-2b-0.9.8-distilled.yaml``, 2 steps a pass), decoding, and writing the output.
+``configs/ltxv-2b-0.9.8-distilled.yaml``, 2 steps a pass, the bf16 release), decoding, and writing
+the output; and the single-scale pipeline (``configs/ltxv-2b-0.9.6-distilled.yaml``'s shape, the
+fp32 release, ``precision: mixed_precision``). The CPU runs it all: ``infer()`` picks its device with
+``get_device()``, and nothing on this path needs CUDA.
 
 Each run has its own empty hub cache and the same seed; the frames ``infer()`` hands to its writer
 and the float video its pipeline returns must be ``torch.equal``.
@@ -21,6 +24,8 @@ What is not upstream's own in these runs (nothing else is stubbed or replaced):
   frames ``infer()`` appends takes its place. A single frame goes to a ``.png`` through imageio as is;
 - ``prompt_enhancement_words_threshold: 0`` in the config: prompt enhancement loads Florence-2 with
   ``trust_remote_code=True``, which ckptkit refuses (``UnsafeCheckpointError``, test_ltx.py);
+- ``stochastic_sampling: false`` in the end-to-end comparison: with it on, the sampling noise comes
+  from torch's global generator, which loading advances differently (see the last test);
 - a spy on ``LTXVideoPipeline.__call__`` that keeps the pipeline and what it returns, unchanged.
 
 That ckptkit's path was taken is seen in which reader opened the files, recorded by two more spies
@@ -56,8 +61,14 @@ import ltx_video.schedulers.rf  # isort: skip
 from ltx_video.pipelines.pipeline_ltx_video import LTXVideoPipeline  # isort: skip
 
 CHECKPOINT = "ltxv-2b-0.9.8-distilled.safetensors"
+#: served as the fp32 release, for the single-scale config
+BASE_CHECKPOINT = "ltxv-2b-0.9.6-distilled-04-25.safetensors"
 UPSCALER = "ltxv-spatial-upscaler-0.9.8.safetensors"
 TEXT_ENCODER = "PixArt-alpha/PixArt-XL-2-1024-MS"
+SEED = 7
+#: conftest.py's transformer with ``caption_channels`` the tiny T5's width (tests/_models.py): here
+#: the transformer is fed the text encoder's output (the loader tests feed their own)
+INFER_TRANSFORMER_CONFIG = TRANSFORMER_CONFIG | {"caption_channels": 32}
 #: The LTX-Video modules that read weights or configs with ``safe_open``.
 SAFE_OPEN_USERS = (
     upstream,
@@ -99,14 +110,36 @@ PIPELINE_CONFIG = {
     },
 }
 
+#: configs/ltxv-2b-0.9.6-distilled.yaml (single scale), with two steps, the fp32 release, mixed
+#: precision (the transformer stays fp32 and runs under bf16 autocast) and deterministic sampling:
+#: the config's stochastic sampling is in its own test below.
+BASE_PIPELINE_CONFIG = {
+    "pipeline_type": "base",
+    "checkpoint_path": BASE_CHECKPOINT,
+    "guidance_scale": 1,
+    "stg_scale": 0,
+    "rescaling_scale": 1,
+    "timesteps": [1.0, 0.5],
+    "stg_mode": "attention_values",
+    "decode_timestep": 0.05,
+    "decode_noise_scale": 0.025,
+    "text_encoder_model_name_or_path": TEXT_ENCODER,
+    "precision": "mixed_precision",
+    "sampler": "from_checkpoint",
+    "prompt_enhancement_words_threshold": 0,
+    "prompt_enhancer_image_caption_model_name_or_path": "MiaoshouAI/Florence-2-large-PromptGen-v2.0",
+    "prompt_enhancer_llm_model_name_or_path": "unsloth/Llama-3.2-3B-Instruct",
+    "stochastic_sampling": False,
+}
+CONFIGS = {"multi-scale": PIPELINE_CONFIG, "base": BASE_PIPELINE_CONFIG}
+
 
 @pytest.fixture(scope="module")
 def infer_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """conftest.py's release with the transformer's ``caption_channels`` the T5's width (``infer()``
-    feeds the text encoder's output to the transformer; the loader tests feed their own)."""
+    """conftest.py's release, with :data:`INFER_TRANSFORMER_CONFIG`."""
     t5 = _models.build_t5()
-    config = TRANSFORMER_CONFIG | {"caption_channels": t5.config.d_model}
-    return write_release(tmp_path_factory.mktemp("ltx-infer-release"), config, t5)
+    assert t5.config.d_model == INFER_TRANSFORMER_CONFIG["caption_channels"]
+    return write_release(tmp_path_factory.mktemp("ltx-infer-release"), INFER_TRANSFORMER_CONFIG, t5)
 
 
 @pytest.fixture
@@ -118,6 +151,7 @@ def ltx_hub(infer_release, ltx_upsampler, tmp_path, monkeypatch):
     (root / "Lightricks" / "LTX-Video").mkdir(parents=True)
     # the release files' dtypes: a bf16 checkpoint, an fp32 upscaler (the pipeline's latents are fp32)
     shutil.copy(infer_release["bf16"], root / "Lightricks" / "LTX-Video" / CHECKPOINT)
+    shutil.copy(infer_release["fp32"], root / "Lightricks" / "LTX-Video" / BASE_CHECKPOINT)
     shutil.copy(ltx_upsampler["fp32"], root / "Lightricks" / "LTX-Video" / UPSCALER)
     shutil.copytree(infer_release["text_encoder_repo"], root / TEXT_ENCODER)
     server = HubServer(root).start()
@@ -161,23 +195,32 @@ class _FrameRecorder:
         self.frames.append(frame.copy())
 
 
-def run_infer(tmp: Path, num_frames: int) -> dict:
-    """One ``infer()`` in ``tmp`` (its own hub cache and output folder); what it produced."""
+def run_infer(tmp: Path, config: dict, num_frames: int, *, reseed: bool = False) -> dict:
+    """One ``infer()`` in ``tmp`` (its own hub cache and output folder); what it produced.
+
+    ``reseed``: the spy seeds torch's global generator again (with ``SEED``) as the pipeline starts.
+    """
     tmp.mkdir()
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return _run_infer(tmp, num_frames, monkeypatch)
+        return _run_infer(tmp, config, num_frames, reseed, monkeypatch)
 
 
-def _run_infer(tmp: Path, num_frames: int, monkeypatch: pytest.MonkeyPatch) -> dict:
+def _run_infer(
+    tmp: Path, config: dict, num_frames: int, reseed: bool, monkeypatch: pytest.MonkeyPatch
+) -> dict:
     _use_cache(monkeypatch, tmp / "hub-cache")
     config_path = tmp / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(PIPELINE_CONFIG))
+    config_path.write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp)  # the config names the checkpoints as bare file names, looked up here first
 
     calls: list[tuple[LTXVideoPipeline, torch.Tensor]] = []
+    generator_states: list[torch.Tensor] = []
     original_call = LTXVideoPipeline.__call__
 
     def spy(self, *args, **kwargs):
+        generator_states.append(torch.random.get_rng_state())
+        if reseed:
+            torch.manual_seed(SEED)
         result = original_call(self, *args, **kwargs)
         calls.append((self, result.images))
         return result
@@ -214,7 +257,7 @@ def _run_infer(tmp: Path, num_frames: int, monkeypatch: pytest.MonkeyPatch) -> d
             negative_prompt="a blue dog",
             output_path=str(tmp / "out"),
             pipeline_config=str(config_path),
-            seed=7,
+            seed=SEED,
             height=64,
             width=64,
             num_frames=num_frames,
@@ -234,20 +277,26 @@ def _run_infer(tmp: Path, num_frames: int, monkeypatch: pytest.MonkeyPatch) -> d
         "written": [p.name for p in written],
         "mapped_by_ckptkit": set(mapped_by_ckptkit),
         "opened_by_ltx": set(opened_by_ltx),
+        "generator_states": generator_states,
     }
 
 
-@pytest.mark.parametrize("num_frames", [1, 9])
-def test_infer_end_to_end_is_the_same_with_ckptkit(ltx_hub, tmp_path, num_frames):
-    theirs = run_infer(tmp_path / "upstream", num_frames)
+@pytest.mark.parametrize(
+    ("pipeline_type", "num_frames"), [("multi-scale", 1), ("multi-scale", 9), ("base", 9)]
+)
+def test_infer_end_to_end_is_the_same_with_ckptkit(ltx_hub, tmp_path, pipeline_type, num_frames):
+    config = CONFIGS[pipeline_type]
+    theirs = run_infer(tmp_path / "upstream", config, num_frames)
     upstream_downloads = ltx_hub.downloads()
     ltx_hub.reset()
     with shim.installed():
-        ours = run_infer(tmp_path / "ckptkit", num_frames)
+        ours = run_infer(tmp_path / "ckptkit", config, num_frames)
     ours_downloads = ltx_hub.downloads()
+    checkpoint = config["checkpoint_path"]
+    weights = {checkpoint, UPSCALER} if pipeline_type == "multi-scale" else {checkpoint}
 
-    # the same run: two pipeline passes (multi-scale), the same video and frames
-    assert len(ours["calls"]) == len(theirs["calls"]) == 2
+    # the same run (multi-scale: two pipeline passes), the same video and frames
+    assert len(ours["calls"]) == len(theirs["calls"]) == (2 if pipeline_type == "multi-scale" else 1)
     for (_, mine), (_, reference) in zip(ours["calls"], theirs["calls"], strict=True):
         assert mine.dtype == reference.dtype and mine.shape == reference.shape
         assert torch.equal(mine, reference)
@@ -260,15 +309,15 @@ def test_infer_end_to_end_is_the_same_with_ckptkit(ltx_hub, tmp_path, num_frames
 
     # both runs downloaded the checkpoint, the upscaler and the text encoder; ckptkit nothing more
     for downloads in (upstream_downloads, ours_downloads):
-        assert {f"Lightricks/LTX-Video/{CHECKPOINT}", f"Lightricks/LTX-Video/{UPSCALER}"} <= downloads
+        assert {f"Lightricks/LTX-Video/{name}" for name in weights} <= downloads
         assert f"{TEXT_ENCODER}/text_encoder/model.safetensors" in downloads
     assert ours_downloads <= upstream_downloads
 
     # ckptkit's path was taken: it read every weight file, LTX-Video's own readers none
-    assert ours["mapped_by_ckptkit"] == {CHECKPOINT, UPSCALER, "model.safetensors"}
+    assert ours["mapped_by_ckptkit"] == weights | {"model.safetensors"}
     assert ours["opened_by_ltx"] == set()
     assert theirs["mapped_by_ckptkit"] == set()
-    assert {CHECKPOINT, UPSCALER} <= theirs["opened_by_ltx"]
+    assert weights <= theirs["opened_by_ltx"]
     assert upstream.create_ltx_video_pipeline.__module__ == "ltx_video.inference"  # uninstalled after
 
 
@@ -291,3 +340,29 @@ def test_infer_with_prompt_enhancement_on_is_refused_under_install(ltx_hub, tmp_
             )
         )
     assert not any(d.startswith(("MiaoshouAI/", "unsloth/")) for d in ltx_hub.downloads())
+
+
+def test_stochastic_sampling_draws_from_the_generator_loading_leaves_alone(ltx_hub, tmp_path):
+    """The one difference in output: ``stochastic_sampling: true`` (the 0.9.6-distilled configs).
+
+    Its noise comes from torch's global generator (``RectifiedFlowScheduler.step``:
+    ``torch.randn_like``), which ``infer()`` seeds before loading. Loading then advances it: LTX-Video
+    builds the transformer with random weights before the checkpoint's replace them, ckptkit builds
+    it empty (only the few tensors its ``__init__`` makes outside ``nn`` layers draw). So the sample
+    differs; with the generator in the same state when the pipeline starts, the video is the same
+    bit for bit.
+    """
+    config = BASE_PIPELINE_CONFIG | {"stochastic_sampling": True}
+    theirs = run_infer(tmp_path / "upstream", config, 9)
+    with shim.installed():
+        ours = run_infer(tmp_path / "ckptkit", config, 9)
+    # the generator as the pipeline starts: seeded, then advanced by what loading drew from it
+    assert not torch.equal(ours["generator_states"][0], theirs["generator_states"][0])
+    assert not torch.equal(ours["calls"][0][1], theirs["calls"][0][1])
+
+    theirs = run_infer(tmp_path / "upstream-reseeded", config, 9, reseed=True)
+    with shim.installed():
+        ours = run_infer(tmp_path / "ckptkit-reseeded", config, 9, reseed=True)
+    assert torch.equal(ours["calls"][0][1], theirs["calls"][0][1])
+    assert np.array_equal(ours["frames"], theirs["frames"])
+    assert ours["mapped_by_ckptkit"] and not ours["opened_by_ltx"]
