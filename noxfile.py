@@ -117,6 +117,9 @@ def conformance(session: nox.Session) -> None:
       Wan-Animate's face blocks by torch's SDPA;
     - ``torchvision.transforms`` inside Wan's CLIP module, by records of the transforms it builds
       (loading builds them; only ``CLIPModel.visual`` would run them).
+    - in the end-to-end run of LTX-Video's ``infer()`` (tests/conformance/ltx/test_infer.py), its
+      ``.mp4`` writer ``imageio.get_writer`` (needs ffmpeg or pyav), by a recorder of the frames;
+      a single frame is written as a ``.png`` by imageio itself.
 
     tests/conformance/opensora/ needs no upstream package and also runs in the main suite.
 

@@ -10,6 +10,7 @@ Run: python examples/distributed_fsdp2.py
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from datetime import timedelta
@@ -71,6 +72,8 @@ def worker(rank: int, world: int, root: str) -> None:
     saved = save_sharded(model, Path(root) / "saved", max_shard_size="100KB")
     if rank == 0:
         print("saved:", sorted(p.name for p in saved.weight_files))
+    del model  # the model's device mesh holds the process group: let both go while Python runs
+    gc.collect()  # frees what the model left in reference cycles
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 

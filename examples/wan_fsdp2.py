@@ -15,6 +15,7 @@ Run: python examples/wan_fsdp2.py
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from datetime import timedelta
@@ -82,6 +83,8 @@ def worker(rank: int, world: int, root: str) -> None:
         f"rank {rank}: read {result.bytes_read:,} of {result.bytes_total:,} bytes "
         f"({result.bytes_read / result.bytes_total:.0%}); output equals the single-process model's: {same}"
     )
+    del model  # the model's device mesh holds the process group: let both go while Python runs
+    gc.collect()  # frees what the model left in reference cycles
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
     if not same:

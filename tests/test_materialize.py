@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ckptkit import DestinationExistsError, IncompleteCheckpointError, UnsafeCheckpointError, materialize
+from ckptkit import (
+    CheckpointNotFoundError,
+    DestinationExistsError,
+    IncompleteCheckpointError,
+    UnsafeCheckpointError,
+    materialize,
+)
 from tests.test_resave import checksums, vae_output
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -186,7 +192,7 @@ def test_include_exclude_and_components(hub_repo, tmp_path):
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert "model_index.json" in names and all("/" not in n or n.startswith("vae/") for n in names)
     assert not any(".fp16." in n for n in names)
-    with pytest.raises(ValueError, match="no component unet; components here"):
+    with pytest.raises(CheckpointNotFoundError, match=r"not a component of this pipeline: 'unet'.*some of: "):
         materialize(hub_repo, tmp_path / "c", components="unet")
     with pytest.raises(ValueError, match="leaves no file"):
         materialize(hub_repo, tmp_path / "d", include="*.nothing")

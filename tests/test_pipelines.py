@@ -306,6 +306,15 @@ def test_resave_components_downloads_and_writes_only_those(hub, hub_repos, tmp_p
     assert not (tmp_path / "t5").exists() and not (tmp_path / "both").exists()
 
 
+def test_materialize_components_by_repo_id_downloads_and_copies_only_those(hub, hub_repos, tmp_path):
+    copy = materialize(PIXART, tmp_path / "vae", components="vae", manifest=False)
+    served = _files(hub_repos / "acme" / "tiny-pixart")
+    expected = {f for f in served if f.startswith("vae/") and ".fp16" not in f}
+    assert len(expected) > 2
+    assert {p.split("/", 2)[2] for p in hub.downloads()} == expected | {"model_index.json"}
+    assert _files(copy) == expected | {"model_index.json"}
+
+
 def test_pipeline_repo_materializes_and_verifies_by_repo_id(hub, tmp_path):
     from huggingface_hub import constants
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from ckptkit import CheckpointNotFoundError, resolve_ckpt_dir
+from ckptkit.resolve import hub as hub_module
+from ckptkit.resolve import hub_reuse
 
 
 def _storage(cache: Path, repo: str) -> Path:
@@ -128,3 +130,147 @@ def test_allow_patterns_reuse_what_another_cache_holds(hub, tmp_path):
 
     assert hub.downloads() == {f"org/t5/{gone.name}"}
     assert {p.name for p in ckpt.path.iterdir()} == fetched
+
+
+# -- offline: one model spread over several caches ----------------------------------------------
+
+
+def _spread_over_two_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, listed: bool
+) -> tuple[Path, Path, list[Path], Path]:
+    """org/t5 downloaded into ``mine`` and into HF_HUB_CACHE, then cut so that neither is whole:
+    ``mine`` keeps the first shard, HF_HUB_CACHE the others and the index (the same commit)."""
+    from huggingface_hub import constants
+
+    default = Path(constants.HF_HUB_CACHE)
+    mine = tmp_path / "mine"
+    part = resolve_ckpt_dir("org/t5", cache_dir=mine)
+    rest = resolve_ckpt_dir("org/t5")  # into HF_HUB_CACHE
+    assert rest.cache_dir == default and rest.revision == part.revision
+    shards = sorted(rest.weight_files)
+    assert len(shards) > 2 and part.index_file is not None
+    for path in [*sorted(part.weight_files)[1:], part.index_file, rest.path / shards[0].name]:
+        _remove(path)
+    if not listed:  # caches written by a client that records no listing (huggingface_hub < 1.26)
+        for cache in (mine, default):
+            for listing in cache.glob("models--*/trees/*"):
+                listing.unlink()
+        # A newer client in this process still remembers the listings it wrote: ckptkit's own
+        # reading of them answers as with an older client.
+        for module in (hub_module, hub_reuse):
+            monkeypatch.setattr(module, "cached_listing", lambda *args: None)
+    return mine, default, shards, rest.path
+
+
+def _remove(pointer: Path) -> None:
+    """Remove a file from a hub cache: its snapshot link and the blob (as if never downloaded)."""
+    blob = pointer.resolve()
+    pointer.unlink()
+    blob.unlink()
+
+
+def _snapshot_files(cache: Path) -> dict[str, bool]:
+    """Path in the snapshot -> whether it is a link, for every file of org/t5 in ``cache``."""
+    return {
+        p.relative_to(cache).as_posix(): p.is_symlink()
+        for p in _storage(cache, "org/t5").rglob("*")
+        if not p.is_dir()
+    }
+
+
+@pytest.mark.parametrize("offline", ["local_files_only", "unreachable"])
+@pytest.mark.parametrize("listed", [True, False], ids=["listing", "no-listing"])
+def test_offline_a_model_spread_over_two_caches_is_put_together_in_the_first(
+    hub, tmp_path, monkeypatch, listed, offline
+):
+    from huggingface_hub import constants
+    from safetensors.torch import load_file
+
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=listed)
+    before = _snapshot_files(default)
+    ref = _storage(mine, "org/t5") / "refs" / "main"
+    ref.unlink()  # the commit is known from HF_HUB_CACHE alone
+    hub.reset()
+
+    if offline == "local_files_only":
+        ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+    else:  # no network, HF_HUB_OFFLINE unset: the request fails, the caches still have it all
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+        ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], endpoint="http://127.0.0.1:9")
+
+    assert hub.requests == []
+    assert ckpt.cache_dir == mine and [p.name for p in ckpt.weight_files] == [p.name for p in shards]
+    for path in ckpt.weight_files[1:]:  # linked from HF_HUB_CACHE: the same file, not a copy
+        assert path.resolve().stat().st_ino == (snapshot / path.name).resolve().stat().st_ino
+    assert {k: v for f in ckpt.weight_files for k, v in load_file(f).items()}
+    assert _snapshot_files(default) == before  # the other cache is left as it was
+    assert ref.read_text() == ckpt.revision  # other clients find the snapshot by refs/main too
+    # Put together once, the first cache is whole: found there alone, by refs/main, next time.
+    again = resolve_ckpt_dir("org/t5", cache_dir=mine, local_files_only=True)
+    assert again.cache_dir == mine and again.weight_files == ckpt.weight_files and hub.requests == []
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listing", "no-listing"])
+def test_offline_a_file_no_cache_holds_is_named_alone_with_every_place_looked(
+    hub, tmp_path, monkeypatch, listed
+):
+    from huggingface_hub import constants
+
+    from ckptkit import IncompleteCheckpointError
+
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=listed)
+    _remove(snapshot / shards[-1].name)  # the last shard is now in no cache
+    extra = tmp_path / "extra"
+    before = _snapshot_files(mine)
+    hub.reset()
+
+    with pytest.raises(IncompleteCheckpointError) as info:
+        resolve_ckpt_dir("org/t5", cache_dir=[mine, default, extra], local_files_only=True)
+
+    message = str(info.value)
+    assert hub.requests == []
+    assert "1 needed files are not in any of the caches" in message and shards[-1].name in message
+    for other in shards[:-1]:  # held by one cache or the other: not named
+        assert other.name not in message
+    assert "index.json" not in message
+    for cache in (mine, Path(constants.HF_HUB_CACHE), extra):
+        assert str(_storage(cache, "org/t5") / "refs" / "main") in message
+    command = message.split("download the missing files again: `", 1)[1].split("`", 1)[0]
+    assert shlex.split(command)[-3:] == [shards[-1].name, "--cache-dir", str(mine)]
+    assert _snapshot_files(mine) == before  # nothing linked while it cannot be whole
+
+
+@pytest.mark.parametrize("symlinks", [True, False], ids=["links", "no-links"])
+def test_across_file_systems_a_found_file_is_linked_to_never_copied(hub, tmp_path, monkeypatch, symlinks):
+    """A hard link across file systems fails with EXDEV: the fallback is a symbolic link to the
+    file found, so that its bytes are on disk once."""
+    import errno
+
+    mine, default, _, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+    if not symlinks:  # HF_HUB_DISABLE_SYMLINKS: the files themselves in the snapshot
+        for pointer in snapshot.iterdir():
+            blob = pointer.resolve()
+            pointer.unlink()
+            blob.rename(pointer)
+    tried = []
+
+    def cross_device(src, dst, *args, **kwargs):
+        tried.append(Path(dst))
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    def regular_files() -> set[Path]:
+        storage = _storage(mine, "org/t5")
+        return {p for p in storage.rglob("*") if p.is_file() and not p.is_symlink() and "refs" not in p.parts}
+
+    own = regular_files()
+    monkeypatch.setattr(os, "link", cross_device)
+    ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+
+    # A hard link was tried first for each file mine lacked: the shards after the first, the index.
+    assert ckpt.cache_dir == mine and len(tried) == len(ckpt.weight_files[1:]) + 1
+    for path in ckpt.weight_files[1:]:
+        found = (snapshot / path.name).resolve()  # the file in HF_HUB_CACHE
+        assert Path(os.path.realpath(path)) == found
+        link = _storage(mine, "org/t5") / "blobs" / found.name if symlinks else path
+        assert link in tried and link.is_symlink() and link.readlink() == found
+    assert regular_files() == own  # not one byte copied

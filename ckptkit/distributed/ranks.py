@@ -1,12 +1,29 @@
-"""The few collectives saving needs, with a one-process fallback and errors shared by all ranks."""
+"""The few exchanges saving needs, with a one-process fallback and errors shared by all ranks.
+
+Values travel through the process group's key-value store, not through collectives. A gloo
+collective's buffers are freed by the backend's worker thread a moment after the call returns; when
+that call is the last one before a script exits, the thread can free them while Python is already
+shutting down, and the process aborts (``terminate called without an active exception``). torch
+keeps the group, and those threads, alive past ``destroy_process_group()`` once FSDP2 has used it,
+so a script cannot wait for them. Store reads and writes run in the calling thread and leave nothing
+behind.
+"""
 
 from __future__ import annotations
 
+import pickle
+from itertools import count
 from typing import Any
 
 from ckptkit.errors import CkptError
 
 __all__ = ["RankGroup"]
+
+# Per group name: a counter (every rank makes the same exchanges in the same order, so the n-th
+# exchange has the same keys on every rank and never meets an earlier one's values) and, on group
+# rank 0, the keys every rank has read by the time the next exchange gathers at rank 0.
+_ROUNDS: dict[str, count[int]] = {}
+_STALE: dict[str, list[str]] = {}
 
 
 class RankGroup:
@@ -20,13 +37,47 @@ class RankGroup:
         self.rank = self.dist.get_rank(process_group) if self.dist else 0
         self.size = self.dist.get_world_size(process_group) if self.dist else 1
 
+    def _store(self) -> tuple[Any, str, str]:
+        """The group's store (``set`` takes bytes too; its stub says str), its name, this round's prefix."""
+        from torch.distributed import distributed_c10d as c10d
+
+        group = self.group if self.group is not None else c10d._get_default_group()
+        name = group.group_name
+        return (
+            c10d._get_process_group_store(group),
+            name,
+            f"ckptkit/{next(_ROUNDS.setdefault(name, count()))}/",
+        )
+
     def broadcast(self, value: Any) -> Any:
+        """Group rank 0's ``value`` on every rank."""
         if self.dist is None:
             return value
-        box = [value]
-        src = self.dist.get_global_rank(self.group, 0) if self.group is not None else 0
-        self.dist.broadcast_object_list(box, src=src, group=self.group)
-        return box[0]
+        store, name, prefix = self._store()
+        if self.rank == 0:
+            store.set(prefix + "value", pickle.dumps(value))
+            _STALE.setdefault(name, []).append(prefix + "value")
+            return value
+        return pickle.loads(store.get(prefix + "value"))
+
+    def _failures(self, error: str | None) -> dict[int, str]:
+        """Every rank's error, if any, by group rank: each rank tells rank 0, rank 0 tells every rank.
+
+        Two store requests a rank and one ``multi_get`` on rank 0, whatever the group's size; rank 0
+        deletes what every rank has read (the keys of earlier exchanges and this one's reports).
+        """
+        store, name, prefix = self._store()
+        store.set(prefix + str(self.rank), pickle.dumps(error))
+        if self.rank == 0:
+            reports = [prefix + str(rank) for rank in range(self.size)]
+            errors = [pickle.loads(b) for b in store.multi_get(reports)]
+            stale = _STALE.setdefault(name, [])
+            for key in [*stale, *reports]:
+                store.delete_key(key)
+            stale[:] = [prefix + "failed"]
+            store.set(prefix + "failed", pickle.dumps({r: e for r, e in enumerate(errors) if e is not None}))
+        failed: dict[int, str] = pickle.loads(store.get(prefix + "failed"))
+        return failed
 
     def agree(self, step: Any) -> Any:
         """Run ``step`` on every rank; if any rank fails, every rank raises (no rank is left waiting)."""
@@ -40,16 +91,15 @@ class RankGroup:
             if self.dist is None:
                 raise
             failure = exc
-        errors = [error]
-        if self.dist is not None:
-            errors = [None] * self.size
-            self.dist.all_gather_object(errors, error, group=self.group)
-        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if self.dist is None:
+            return result
+        failed = self._failures(error)
+        if failure is not None:
+            raise failure
         if failed:
-            if failure is not None:
-                raise failure
-            rank, message = failed[0]
-            raise CkptError(f"rank {rank} failed while saving: {message}")
+            rank, message = min(failed.items())
+            where = f"rank {rank}"
+            if self.group is not None:
+                where = f"rank {self.dist.get_global_rank(self.group, rank)} (rank {rank} of its group)"
+            raise CkptError(f"{where} failed while saving: {message}")
         return result
-
-    run_first = agree

@@ -6,7 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    IncompleteCheckpointError,
+    UnsafeCheckpointError,
+)
 from ckptkit.format.safe_files import quote_content, read_capped
 from ckptkit.format.strict_json import loads_strict
 
@@ -16,9 +21,11 @@ __all__ = [
     "check_component_name",
     "check_subfolder",
     "choose_components",
+    "components_not_here",
     "pipeline_components",
     "read_json_object",
     "read_model_index",
+    "select_components",
 ]
 
 MODEL_INDEX_NAME = "model_index.json"
@@ -164,3 +171,44 @@ def choose_components(
             fix="pass components= some of: " + ", ".join(plain),
         )
     return list(dict.fromkeys(wanted))
+
+
+def components_not_here(directory: str | os.PathLike[str], absent: list[str]) -> IncompleteCheckpointError:
+    """The error for components ``model_index.json`` names whose folders are not in ``directory``."""
+    return IncompleteCheckpointError(
+        f"{MODEL_INDEX_NAME} names components that are not here: " + ", ".join(absent),
+        path=directory,
+        fix="download them too (or pass components= the ones you need)",
+    )
+
+
+def select_components(directory: str | os.PathLike[str], requested: list[str] | str) -> list[str]:
+    """``components=`` on a local directory: the component folders it picks, each one present.
+
+    The one rule every verb taking ``components=`` follows (``resolve_ckpt_dir``, so ``resave``,
+    and ``materialize``): the directory must be a pipeline (:func:`pipeline_components`), each name
+    one of its components (:func:`choose_components`), and each folder there.
+
+    Raises:
+        CheckpointNotFoundError: not a pipeline, or a name that is not one of its components (the
+            fix names those there are).
+        IncompleteCheckpointError: ``model_index.json`` is a dangling link, or names a requested
+            component whose folder is not here.
+        CorruptCheckpointError: ``model_index.json`` is not a JSON object.
+
+    Example:
+        >>> select_components("pixart", ["vae", "transformer"])  # doctest: +SKIP
+        ['vae', 'transformer']
+    """
+    index = pipeline_components(directory)
+    if index is None:
+        raise CheckpointNotFoundError(
+            f"components={requested!r} was given but this is not a pipeline (no {MODEL_INDEX_NAME})",
+            path=directory,
+            fix="leave out components=, or point at the pipeline's root directory",
+        )
+    chosen = choose_components([c.name for c in index], requested, where=directory)
+    absent = [name for name in chosen if not (Path(directory) / name).is_dir()]
+    if absent:
+        raise components_not_here(directory, absent)
+    return chosen

@@ -32,6 +32,7 @@ __all__ = [
     "check_output_names",
     "format_of_extension",
     "index_filename",
+    "is_weights_name",
     "parse_index_filename",
     "parse_weight_filename",
     "weights_family",
@@ -161,6 +162,16 @@ def parse_index_filename(name: str) -> IndexFileName | None:
     if match:
         return IndexFileName(match["stem"], match["ext"])
     return None
+
+
+def is_weights_name(name: str) -> bool:
+    """Whether a file name is a weights file or a weights index (what a weight set is made of).
+
+    Example:
+        >>> is_weights_name("model.safetensors.index.json"), is_weights_name("config.json")
+        (True, False)
+    """
+    return parse_weight_filename(name) is not None or parse_index_filename(name) is not None
 
 
 def weights_filename(

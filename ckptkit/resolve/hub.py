@@ -10,7 +10,6 @@ gives the fallback.
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ from ckptkit.format.hub_files import read_ref
 from ckptkit.format.naming import parse_weight_filename
 from ckptkit.resolve.hub_compat import cached_listing, cached_revision, resolve_online, unreachable_errors
 from ckptkit.resolve.hub_misses import CacheMiss, fetch_command, hf_cli, offline_miss, resume_fix
-from ckptkit.resolve.hub_reuse import link_cached_files
+from ckptkit.resolve.hub_reuse import gather_offline, link_cached_files, local_listing
 from ckptkit.resolve.hub_spec import (
     CACHE_PATH_ENV,
     HubSpec,
@@ -76,25 +75,6 @@ def _cached_commit(spec: HubSpec) -> str | None:
     return None
 
 
-def _local_listing(snapshot: Path, directory: str) -> list[str]:
-    """Files under the snapshot root, its top-level folders and ``directory``: enough to plan from."""
-    out: list[str] = []
-    folders = {directory} if directory else set()
-    with os.scandir(snapshot) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                folders.add(entry.name)
-            else:
-                out.append(entry.name)
-    for folder in folders:
-        try:
-            with os.scandir(snapshot / folder) as entries:
-                out += [f"{folder}/{e.name}" for e in entries if not e.is_dir()]
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return out
-
-
 def _from_cache(
     spec: HubSpec, commit: str | None = None, hub_listing: list[str] | None = None
 ) -> CheckpointDir | CacheMiss:
@@ -120,7 +100,7 @@ def _from_cache(
         else hub_listing
     )
     listing, listed = (
-        (cached, True) if cached is not None else (_local_listing(snapshot, spec.directory), False)
+        (cached, True) if cached is not None else (local_listing(snapshot, spec.directory), False)
     )
     try:
         plan = spec.plan(listing, snapshot)
@@ -155,12 +135,12 @@ def _from_cache(
     ):
         # Only the cache was listed: the variant asked for may still exist on the Hub.
         return CacheMiss(commit, [], listed=False)
-    if not listed and not spec.offline:
+    if not listed:
         try:
             return _resolve_snapshot(spec, snapshot, commit)
         except IncompleteCheckpointError as exc:
             # Only what is on disk was listed (a shard gone, a link dangling): the Hub's listing says
-            # what to fetch again.
+            # what to fetch again, or offline another cache may hold it (else this error is raised).
             return CacheMiss(commit, error=exc, listed=False)
     return _resolve_snapshot(spec, snapshot, commit)
 
@@ -281,6 +261,39 @@ def _resolve_unlisted_snapshot(spec: HubSpec, miss: CacheMiss) -> None:
         _resolve_snapshot(spec, snapshot, miss.commit)
 
 
+def _gather_offline(spec: HubSpec, commit: str) -> CheckpointDir | CacheMiss | None:
+    """Offline, a model spread over several caches at ``commit``: put together in the first cache
+    (files linked, never copied), else the miss naming only the files no cache holds.
+
+    ``None`` when there is nothing to put together (the caller's miss stands).
+    """
+    speaking, spec.cache_dir = spec.cache_dir, spec.caches[0]
+    gathered = gather_offline(spec, commit)
+    if gathered is None:
+        spec.cache_dir = speaking  # nothing put together: the cache holding part speaks for it
+        return None
+    if gathered.missing:
+        return CacheMiss(commit, gathered.missing, listed=True, none_here=gathered.none_here)
+    found = _from_cache(spec, commit, gathered.listing)
+    if isinstance(found, CacheMiss):
+        found.listed = True  # judged with every cache: the error stands, with every place looked
+    return found
+
+
+def _without_the_hub(spec: HubSpec, misses: list[tuple[Path, CacheMiss]]) -> CheckpointDir | CacheMiss:
+    """What the caches give with no request: the model put together from several of them, else the
+    miss to report (a snapshot judged by what is on disk raises its own error first)."""
+    # The cache holding part of it speaks for it (its error, its missing files); else the first.
+    spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
+    if found.commit is not None:
+        gathered = _gather_offline(spec, found.commit)
+        if isinstance(gathered, CheckpointDir):
+            return gathered
+        found = gathered or found
+    _resolve_unlisted_snapshot(spec, found)
+    return found
+
+
 def resolve_hub(spec: HubSpec) -> CheckpointDir:
     """Resolve a hub component: from the cache with no request when it is all there, else download it.
 
@@ -299,17 +312,19 @@ def resolve_hub(spec: HubSpec) -> CheckpointDir:
         if isinstance(found, CheckpointDir):
             return found
         misses.append((cache, found))
-    # The cache holding part of it speaks for it (its error, its missing files); else the first.
-    spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
     if spec.offline:
-        _resolve_unlisted_snapshot(spec, found)
+        found = _without_the_hub(spec, misses)
+        if isinstance(found, CheckpointDir):
+            return found
         raise offline_miss(spec, found, env_offline=is_offline())
     spec.cache_dir = spec.caches[0]  # downloads go to the first cache
     try:
         commit, listing = _download(spec)
     except HubUnreachableError:
-        spec.cache_dir, found = next(((c, m) for c, m in misses if m.commit is not None), misses[0])
-        _resolve_unlisted_snapshot(spec, found)
+        found = _without_the_hub(spec, misses)
+        if isinstance(found, CheckpointDir):
+            logger.info("%s: the Hub could not be reached; put together from the caches", spec.label)
+            return found
         raise
     again = _from_cache(spec, commit, listing)
     if isinstance(again, CheckpointDir):

@@ -126,9 +126,11 @@ def offline_miss(spec: HubSpec, miss: CacheMiss, *, env_offline: bool) -> CkptEr
             fix=f"fetch it with: `{fetch_command(spec, miss.missing)}`",
         )
     if miss.commit is not None and miss.missing and miss.listed:
+        where = "the cache" if len(spec.caches) == 1 else "any of the caches"
         return IncompleteCheckpointError(
-            f"{len(miss.missing)} needed files are not in the cache and downloads are off ({why}): "
-            + ", ".join(miss.missing),
+            f"{len(miss.missing)} needed files are not in {where} and downloads are off ({why}): "
+            + ", ".join(miss.missing)
+            + f"; looked in: {looked}",
             path=spec.storage / "snapshots" / miss.commit,
             fix=resume_fix(spec, miss.commit, miss.missing),
         )

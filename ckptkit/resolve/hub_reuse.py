@@ -3,7 +3,9 @@
 A model found whole in any cache is used in place (:func:`ckptkit.resolve.hub.resolve_hub`); one
 found in part is completed in the first cache, and the files some other cache has at the same
 commit are linked there first (a hard link of the blob, else a link to it: never a second copy),
-so that ``snapshot_download`` fetches only the files no cache has.
+so that ``snapshot_download`` fetches only the files no cache has. Offline, a model spread over
+several caches is put together the same way (:func:`gather_offline`), or the files no cache has
+are named.
 """
 
 from __future__ import annotations
@@ -11,11 +13,19 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 
+from ckptkit.errors import CkptError, DestinationExistsError
+from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.layout import discover_weight_sets
+from ckptkit.format.naming import parse_index_filename
+from ckptkit.io.atomic import staged_file
+from ckptkit.resolve.hub_compat import cached_listing
 from ckptkit.resolve.hub_spec import HubSpec
 
-__all__ = ["link_cached_files"]
+__all__ = ["Gathered", "gather_offline", "link_cached_files", "local_listing"]
 
 logger = logging.getLogger("ckptkit")
 
@@ -44,6 +54,117 @@ def link_cached_files(spec: HubSpec, commit: str, files: list[str]) -> list[str]
             "%s: %d files found in other caches, linked into %s", spec.label, len(linked), spec.cache_dir
         )
     return linked
+
+
+def local_listing(snapshot: Path, directory: str) -> list[str]:
+    """Files under the snapshot root, its top-level folders and ``directory``: enough to plan from."""
+    out: list[str] = []
+    folders = {directory} if directory else set()
+    with os.scandir(snapshot) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                folders.add(entry.name)
+            else:
+                out.append(entry.name)
+    for folder in folders:
+        try:
+            with os.scandir(snapshot / folder) as entries:
+                out += [f"{folder}/{e.name}" for e in entries if not e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return out
+
+
+@dataclass
+class Gathered:
+    """What the caches hold of one commit between them (see :func:`gather_offline`)."""
+
+    listing: list[str] | None  # the repo's listing a cache recorded; None: only what is on disk
+    missing: list[str]  # files the component needs that no cache holds
+    none_here: bool = False  # no cache holds any of them
+
+
+def gather_offline(spec: HubSpec, commit: str) -> Gathered | None:
+    """Without the Hub: complete ``spec.cache_dir``'s snapshot of ``commit`` from the other caches.
+
+    The files the component needs are planned from a listing of ``commit`` (the one a cache
+    recorded, else every cache's snapshot folder together). When the caches hold all of them between
+    them, those ``spec.cache_dir`` lacks are linked in as :func:`link_cached_files` links them (never
+    a second copy) and its ``refs/`` names the commit; else nothing is written and ``missing`` names
+    the files no cache holds. ``None`` when no other cache has a snapshot of ``commit`` (nothing to
+    put together) or no plan can be made (the caller's own checks say why).
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import filter_repo_objects
+
+    target = spec.storage / "snapshots" / commit
+    holders = [spec.storage_in(c) / "snapshots" / commit for c in spec.caches]
+    holders = [s for s in holders if s.is_dir()]
+    if not any(s != target for s in holders):
+        return None
+    listing = next(
+        (
+            found
+            for cache in spec.caches
+            if (found := cached_listing(spec.repo_id, commit, cache, spec.storage_in(cache))) is not None
+        ),
+        None,
+    )
+    names = listing or sorted({n for s in holders for n in local_listing(s, spec.directory)})
+    # A pipeline's components are read from its model_index.json, in whichever cache has it.
+    planning = next((s for s in holders if (s / MODEL_INDEX_NAME).is_file()), target)
+    try:
+        plan = spec.plan(names, planning)
+    except CkptError:
+        return None
+    needed = plan.files if listing is not None else plan.files + _numbering_gaps(plan.files, planning)
+    if spec.allow_patterns is not None and listing is not None:
+        needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))
+    missing = [
+        name
+        for name in needed
+        if not any(
+            isinstance(try_to_load_from_cache(spec.repo_id, name, cache, commit), str)
+            for cache in spec.caches
+        )
+    ]
+    if missing:
+        return Gathered(listing, missing, none_here=len(missing) == len(needed))
+    link_cached_files(spec, commit, needed + [f for f in plan.optional if f in names])
+    _record_ref(spec, commit)
+    return Gathered(listing, [])
+
+
+def _numbering_gaps(needed: list[str], snapshot: Path) -> list[str]:
+    """The shards the numbering of ``needed`` implies that are not among them (``-00005-of-00005``
+    when four of five are): without the repo's listing, what no cache holds is known by its name."""
+    gaps = []
+    for directory in sorted({posixpath.dirname(name) for name in needed}):
+        shards = [
+            snapshot / name
+            for name in needed
+            if posixpath.dirname(name) == directory and parse_index_filename(posixpath.basename(name)) is None
+        ]
+        for weight_set in discover_weight_sets(snapshot / directory, files=shards):
+            gaps += [posixpath.join(directory, path.name) for path in weight_set.missing]
+    return gaps
+
+
+def _record_ref(spec: HubSpec, commit: str) -> None:
+    """Name ``commit`` in ``refs/<revision>`` of ``spec.cache_dir`` when it names nothing yet, so that
+    other clients (``from_pretrained(cache_dir=..., local_files_only=True)``) find the snapshot too."""
+    revision = spec.revision or "main"
+    if revision == commit or "/" in revision or revision in (".", ".."):
+        return
+    ref = spec.storage / "refs" / revision
+    if os.path.lexists(ref):
+        return
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with staged_file(ref, fsync=False) as staging:
+            staging.path.write_text(commit)
+    except DestinationExistsError:
+        pass  # another process recorded it meanwhile
 
 
 def _link(found: Path, storage: Path, commit: str, name: str) -> bool:

@@ -106,7 +106,11 @@ class HubSpec:
 
     @property
     def storage(self) -> Path:
-        return self.cache_dir / (REPO_FOLDER_PREFIX + self.repo_id.replace("/", "--"))
+        return self.storage_in(self.cache_dir)
+
+    def storage_in(self, cache: Path) -> Path:
+        """The repo's folder in the hub cache ``cache`` (``models--org--name``)."""
+        return cache / (REPO_FOLDER_PREFIX + self.repo_id.replace("/", "--"))
 
     @property
     def label(self) -> str:

@@ -14,11 +14,12 @@ from typing import Any
 from ckptkit.errors import CheckpointNotFoundError, CkptError, CkptWarning, IncompleteCheckpointError
 from ckptkit.format.checkpoint import CheckpointDir
 from ckptkit.format.components import (
-    MODEL_INDEX_NAME,
     Component,
     check_subfolder,
     choose_components,
+    components_not_here,
     pipeline_components,
+    select_components,
 )
 from ckptkit.format.file_kinds import is_dcp_directory
 from ckptkit.format.hub_paths import dangling_link_fix, hub_repo_root
@@ -62,6 +63,8 @@ def resolve_local(
             )
     if path.is_file() or (path.is_symlink() and not path.is_dir()):
         return _resolve_file(path, variant=variant, root=root, subfolder=subfolder, **origin)
+    if components is not None:
+        select_components(path, components)  # a pipeline, those components, their folders here
     index = pipeline_components(path) if components is not None or weights_name is None else None
     if index is not None:
         pipeline = _resolve_pipeline(
@@ -75,12 +78,6 @@ def resolve_local(
         )
         if pipeline is not None:
             return pipeline
-    elif components is not None:
-        raise CheckpointNotFoundError(
-            f"components={components!r} was given but this is not a pipeline (no {MODEL_INDEX_NAME})",
-            path=path,
-            fix="leave out components=, or point at the pipeline's root directory",
-        )
     sets = discover_weight_sets(path)
     if not sets:
         hint = _components_hint(path)
@@ -147,7 +144,7 @@ def _resolve_pipeline(
             continue
         folder = path / component.name
         if not folder.is_dir():
-            if component.class_name is not None or components is not None:
+            if component.class_name is not None:  # with components=, select_components said so
                 absent.append(component.name)
             continue
         if not discover_weight_sets(folder):
@@ -184,11 +181,7 @@ def _resolve_pipeline(
                 path, selection, root=root, **origin
             )
     if absent:
-        raise IncompleteCheckpointError(
-            f"{MODEL_INDEX_NAME} names components that are not here: " + ", ".join(absent),
-            path=path,
-            fix="download them too (or pass components= the ones you need)",
-        )
+        raise components_not_here(path, absent)
     if not found:
         return _no_components(path, absent)
     return CheckpointDir.pipeline(path, found, root=root, **origin)

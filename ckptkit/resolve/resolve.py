@@ -57,7 +57,10 @@ def resolve_ckpt_dir(
     weight set (index and shards of the chosen variant, safetensors before ``.bin``) and its
     tokenizer files for a text encoder; for a whole pipeline also ``model_index.json`` and the
     folders without weights (scheduler, tokenizer). Weights files at a pipeline's root are not
-    downloaded (name one as ``"org/name/file.safetensors"`` to get it).
+    downloaded (name one as ``"org/name/file.safetensors"`` to get it). Files another cache holds at
+    the same commit are linked into the first, never copied again; offline (or with the Hub out of
+    reach) a model spread over several caches is put together that way, and a file no cache holds
+    is named alone in the ``IncompleteCheckpointError``, with every place looked.
 
     Args:
         spec: one of the forms above, or a :class:`CheckpointDir` (returned as is).

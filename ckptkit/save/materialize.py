@@ -78,7 +78,11 @@ def materialize(
         include: copy only files matching one of these globs, matched against the path relative
             to the source or the file name (``"*.json"``, ``"transformer/*"``).
         exclude: leave out files matching one of these globs (``"*.bin"``, ``"*.pth"``).
-        components: copy only these pipeline components (subfolders) and the top-level files.
+        components: copy only these pipeline components (their folders) and the pipeline's
+            top-level files, as ``resave(components=)`` writes them: the same names are accepted
+            and refused (an unknown one raises ``CheckpointNotFoundError`` naming those there are),
+            and a weights file at the root (SDXL's single file) is left out; a hub pipeline
+            downloads only these components.
         weight_sets: ``"all"`` (every weight set, ``.bin`` duplicates and other variants included)
             or ``"selected"``: per directory and weights name, only the set a load with ``variant``
             would pick -- what a model server needs and nothing else.
@@ -97,6 +101,9 @@ def materialize(
         UnsafeCheckpointError: ``confine`` and a link points outside the checkpoint.
         ValueError: an unknown ``archive`` or ``weight_sets``, ``dst`` inside ``src`` or containing
             it (or a file a source link points to), or a selection that leaves no file.
+        CheckpointNotFoundError: ``components`` for a directory that is not a pipeline, or naming
+            no component of it (``IncompleteCheckpointError``: its folder, or the pipeline's
+            ``model_index.json``, is missing).
 
     Example:
         >>> materialize("~/.cache/huggingface/hub/models--org--name", "model.tar.gz", archive="tar.gz")  # doctest: +SKIP
@@ -104,7 +111,7 @@ def materialize(
     """
     if archive is not None and archive not in ARCHIVE_FORMATS:
         raise ValueError(f"archive must be None or one of {sorted(ARCHIVE_FORMATS)}, not {archive!r}")
-    source = _source_path(src, confine=confine)
+    source = _source_path(src, confine=confine, components=components)
     dst_path = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))
     real_src, real_dst = os.path.realpath(source), os.path.realpath(dst_path)
     if _within(real_dst, real_src) or _within(real_src, real_dst):
@@ -176,7 +183,12 @@ def _within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool | None) -> Path:
+def _source_path(
+    src: str | os.PathLike[str] | CheckpointDir,
+    *,
+    confine: bool | None,
+    components: Sequence[str] | str | None,
+) -> Path:
     if isinstance(src, CheckpointDir):
         return Path(src.path)
     path = Path(os.path.expanduser(os.fspath(src)))
@@ -194,7 +206,9 @@ def _source_path(src: str | os.PathLike[str] | CheckpointDir, *, confine: bool |
             path=path,
             fix=dangling_link_fix(path),
         )
-    return Path(resolve_ckpt_dir(src, confine=confine).path)  # a hub form: pass it as the user wrote it
+    # A hub form, passed as the user wrote it; of a pipeline only the components asked for are fetched.
+    chosen = [components] if isinstance(components, str) else None if components is None else list(components)
+    return Path(resolve_ckpt_dir(src, confine=confine, components=chosen).path)
 
 
 def _cache_snapshot(repo_dir: Path) -> Path:

@@ -24,6 +24,7 @@ from ckptkit.format.layout import IGNORED_DIRS
 from ckptkit.format.naming import (
     TRANSFORMERS_WEIGHTS_NAME,
     check_output_names,
+    is_weights_name,
     parse_index_filename,
     parse_weight_filename,
     weights_family,
@@ -290,10 +291,6 @@ def _check_sources_confined(source_root: Path | None, jobs: list[_Job]) -> None:
             enforce_confinement([path], root, confine=True)
 
 
-def _is_weights_file(name: str) -> bool:
-    return parse_weight_filename(name) is not None or parse_index_filename(name) is not None
-
-
 def _is_stale(name: str, job: _Job) -> bool:
     """A safetensors file or index of the weights name and variant being written."""
     parsed = parse_weight_filename(name) or parse_index_filename(name)
@@ -344,7 +341,7 @@ def _copy_other_files(
             continue  # the source's own files: what is written from them is the output
         if only_components and "/" in rel and not _job_of_folder(rel, jobs):
             continue
-        weights = _is_weights_file(rel.rpartition("/")[2])
+        weights = is_weights_name(rel.rpartition("/")[2])
         if weights and (_job_of(rel, jobs) or (pipeline and "/" not in rel)):
             # The sets being written, and a pipeline's root weights not rewritten (a training .pth).
             continue

@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from ckptkit.format.components import select_components
 from ckptkit.format.hub_files import (
     find_local_dir_root,
     hub_blob_expectation,
@@ -25,6 +26,7 @@ from ckptkit.format.hub_files import (
     read_download_metadata,
 )
 from ckptkit.format.layout import discover_weight_sets, select_weight_set
+from ckptkit.format.naming import is_weights_name
 
 __all__ = ["WEIGHT_SET_CHOICES", "known_sha256", "select_files"]
 
@@ -49,15 +51,21 @@ def select_files(
         source: the directory they are relative to.
         include: keep only files matching one of these globs (``"*.json"``, ``"transformer/*"``).
         exclude: drop files matching one of these globs (applied after ``include``).
-        components: keep only these pipeline components (subfolders); files at the top level
-            (``model_index.json``) are kept.
+        components: keep only these pipeline components (their folders) and the pipeline's
+            top-level files other than weights (``model_index.json``), as ``resave(components=)``
+            writes them: which names are components is :func:`select_components`' rule, the one
+            resolution follows; a weights file at the root (SDXL's single file) is another weight
+            set, left out.
         weight_sets: ``"all"``, or ``"selected"``: in each directory keep, per weights name, only
             the set a load with ``variant`` picks (safetensors before ``.bin``, the variant asked for).
         variant: the variant a load would ask for; only with ``weight_sets="selected"``.
 
     Raises:
-        ValueError: an unknown ``weight_sets``, ``variant`` without ``weight_sets="selected"``, a
-            component that does not exist, or a selection that leaves no file.
+        ValueError: an unknown ``weight_sets``, ``variant`` without ``weight_sets="selected"``, or a
+            selection that leaves no file.
+        CkptError: ``components`` on a directory that is not a pipeline, naming no component of it
+            or one whose folder is absent, or a dangling ``model_index.json`` (see
+            :func:`select_components`).
         VariantNotFoundError: by the variant rules, for a directory where ``variant`` cannot be chosen.
     """
     if weight_sets not in WEIGHT_SET_CHOICES:
@@ -70,13 +78,12 @@ def select_files(
     include, exclude, components = _listed(include), _listed(exclude), _listed(components)
     chosen = list(files)
     if components:
-        present = {rel.split("/", 1)[0] for rel, _ in files if "/" in rel}
-        unknown = sorted(set(components) - present)
-        if unknown:
-            raise ValueError(
-                f"{source}: no component {', '.join(unknown)}; components here: {', '.join(sorted(present))}"
-            )
-        chosen = [(rel, p) for rel, p in chosen if "/" not in rel or rel.split("/", 1)[0] in components]
+        folders = select_components(source, components)
+        chosen = [
+            (rel, p)
+            for rel, p in chosen
+            if (rel.split("/", 1)[0] in folders if "/" in rel else not is_weights_name(rel))
+        ]
     if include:
         chosen = [(rel, p) for rel, p in chosen if _matches(rel, include)]
     if exclude:

@@ -91,13 +91,12 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-@pytest.fixture(scope="session")
-def ltx_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def write_release(root: Path, transformer_config: dict, text_encoder=None) -> dict[str, Path]:
+    """The release in ``root``: ``fp32`` and ``bf16`` single files and the ``text_encoder_repo``."""
     from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
     from ltx_video.models.transformers.transformer3d import Transformer3DModel
 
-    root = tmp_path_factory.mktemp("ltx-release")
-    transformer = randomized(Transformer3DModel.from_config(TRANSFORMER_CONFIG), 0)
+    transformer = randomized(Transformer3DModel.from_config(transformer_config), 0)
     vae = randomized(CausalVideoAutoencoder.from_config(dict(VAE_CONFIG)), 1)
     latent = VAE_CONFIG["latent_channels"]
     statistics = {
@@ -110,7 +109,7 @@ def ltx_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     state |= {f"vae.{k}": v for k, v in vae.items()}
     state |= {f"vae.per_channel_statistics.{k}": v for k, v in statistics.items()}
     config = {
-        "transformer": TRANSFORMER_CONFIG,
+        "transformer": transformer_config,
         "vae": VAE_CONFIG,
         "scheduler": SCHEDULER_CONFIG,
         "allowed_inference_steps": [1.0, 0.9, 0.5],
@@ -125,9 +124,14 @@ def ltx_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     # the text encoder repo LTX-Video's pipeline reads (PixArt-XL-2-1024-MS's layout)
     out["text_encoder_repo"] = repo = root / "PixArt-tiny"
-    _models.build_t5().save_pretrained(repo / "text_encoder")
+    (text_encoder or _models.build_t5()).save_pretrained(repo / "text_encoder")
     t5_tokenizer().save_pretrained(repo / "tokenizer")
     return out
+
+
+@pytest.fixture(scope="session")
+def ltx_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_release(tmp_path_factory.mktemp("ltx-release"), TRANSFORMER_CONFIG)
 
 
 #: The spatial upscaler's config (its safetensors metadata ``config``); GroupNorm needs 32 | mid_channels.
