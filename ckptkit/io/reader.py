@@ -119,7 +119,8 @@ def read_tensors(
         progress: an object with ``update(nbytes)`` (a tqdm bar), called as bytes arrive.
         maps: cast CPU targets of another dtype straight from these copy-on-write maps of the files
             (no staging copy: each byte is read once). ``None``: every byte is read with ``preadv``
-            and nothing is mapped.
+            and nothing is mapped. A file truncated in place while a mapped cast reads it faults
+            (``SIGBUS``) instead of raising, as a zero-copy view would (docs/load.md).
 
     Raises:
         CorruptCheckpointError: a file ended early (truncated after its header was checked).
