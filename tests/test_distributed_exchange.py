@@ -4,7 +4,8 @@ A gloo collective's buffers are freed by the backend's worker thread just after 
 when ``save_sharded`` is the last thing a script does, that thread can free them while Python shuts
 down and the process aborts (``terminate called without an active exception``: seen in 2 of 20
 ``torchrun`` runs of docs/distributed.md's script before this change). So ``save_sharded`` on an
-FSDP2 model issues no collective at all, and a rank that fails still makes every rank raise.
+FSDP2 model issues no collective at all, a rank that fails still makes every rank raise (in the
+world and in a smaller group), and the store keeps no trail of earlier exchanges.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _COLLECTIVES = (
 
 def _worker(rank: int, world: int, store: str, root: str) -> None:
     import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from transformers import LlamaForCausalLM
@@ -53,6 +55,7 @@ def _worker(rank: int, world: int, store: str, root: str) -> None:
     fully_shard(model, mesh=mesh)
     load_sharded_distributed(base / "ckpt", model)
 
+    pair = dist.new_group([1, 2])  # made before the spies: new_group synchronizes the ranks itself
     calls: list[str] = []
     originals = {name: getattr(dist, name) for name in _COLLECTIVES}
 
@@ -78,12 +81,35 @@ def _worker(rank: int, world: int, store: str, root: str) -> None:
         try:
             group.agree(fails_on_rank_1)
         except CkptError as exc:  # the other ranks learn which rank failed, and why
-            assert rank == 0 and "rank 1 failed while saving: ValueError: disk full" in str(exc)
+            assert rank != 1 and "rank 1 failed while saving: ValueError: disk full" in str(exc)
         except ValueError as exc:  # the failing rank raises its own error
             assert rank == 1 and str(exc) == "disk full"
         else:
             raise AssertionError(f"rank {rank}: agree() did not raise")
         assert group.agree(lambda: rank) == rank  # later exchanges do not see earlier values
+
+        # A group of global ranks 1 and 2: its rank 0 is global rank 1; a failure names both numbers.
+        if rank in (1, 2):
+            sub = RankGroup(pair)
+            assert sub.broadcast(f"from rank {rank}") == "from rank 1"
+            try:
+                sub.agree(lambda: 1 / (rank - 2))
+            except CkptError as exc:
+                assert rank == 1 and "rank 2 (rank 1 of its group) failed" in str(exc), exc
+            except ZeroDivisionError:
+                assert rank == 2
+            else:
+                raise AssertionError(f"rank {rank}: the group's agree() did not raise")
+
+        # Exchanges leave no trail in the store: rank 0 deletes what every rank has read.
+        store = c10d._get_process_group_store(c10d._get_default_group())
+        group.agree(lambda: None)
+        settled = store.num_keys()
+        for _ in range(5):
+            group.broadcast(list(range(100)))
+            group.agree(lambda: None)
+        if rank == 0:
+            assert store.num_keys() == settled, (settled, store.num_keys())
     finally:
         for name, original in originals.items():
             setattr(dist, name, original)
@@ -99,7 +125,7 @@ def test_saving_exchanges_through_the_store_not_collectives(tmp_path):
     from transformers import LlamaForCausalLM
 
     save_tiny_llama(tmp_path / "ckpt")
-    mp.spawn(_worker, args=(2, os.fspath(tmp_path / "store"), os.fspath(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(3, os.fspath(tmp_path / "store"), os.fspath(tmp_path)), nprocs=3, join=True)
     reference = LlamaForCausalLM.from_pretrained(tmp_path / "ckpt").state_dict()
     again = LlamaForCausalLM.from_pretrained(tmp_path / "saved").state_dict()
     assert again.keys() == reference.keys()

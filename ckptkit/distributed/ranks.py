@@ -19,9 +19,11 @@ from ckptkit.errors import CkptError
 
 __all__ = ["RankGroup"]
 
-# One counter per group name: every rank makes the same exchanges in the same order, so the n-th
-# exchange has the same keys on every rank and never meets an earlier one's values.
+# Per group name: a counter (every rank makes the same exchanges in the same order, so the n-th
+# exchange has the same keys on every rank and never meets an earlier one's values) and, on group
+# rank 0, the keys every rank has read by the time the next exchange gathers at rank 0.
 _ROUNDS: dict[str, count[int]] = {}
+_STALE: dict[str, list[str]] = {}
 
 
 class RankGroup:
@@ -35,23 +37,47 @@ class RankGroup:
         self.rank = self.dist.get_rank(process_group) if self.dist else 0
         self.size = self.dist.get_world_size(process_group) if self.dist else 1
 
-    def _exchange(self, value: Any, senders: range) -> dict[int, Any]:
-        """``value`` from each rank in ``senders``, read by every rank, through the group's store."""
+    def _store(self) -> tuple[Any, str, str]:
+        """The group's store (``set`` takes bytes too; its stub says str), its name, this round's prefix."""
         from torch.distributed import distributed_c10d as c10d
 
-        assert self.dist is not None
         group = self.group if self.group is not None else c10d._get_default_group()
-        store: Any = c10d._get_process_group_store(group)  # set() takes bytes too; its stub says str
-        prefix = f"ckptkit/{next(_ROUNDS.setdefault(group.group_name, count()))}/"
-        if self.rank in senders:
-            store.set(prefix + str(self.rank), pickle.dumps(value))
-        return {rank: pickle.loads(store.get(prefix + str(rank))) for rank in senders}
+        name = group.group_name
+        return (
+            c10d._get_process_group_store(group),
+            name,
+            f"ckptkit/{next(_ROUNDS.setdefault(name, count()))}/",
+        )
 
     def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
+        """Group rank 0's ``value`` on every rank."""
         if self.dist is None:
             return value
-        return self._exchange(value, range(1))[0]
+        store, name, prefix = self._store()
+        if self.rank == 0:
+            store.set(prefix + "value", pickle.dumps(value))
+            _STALE.setdefault(name, []).append(prefix + "value")
+            return value
+        return pickle.loads(store.get(prefix + "value"))
+
+    def _failures(self, error: str | None) -> dict[int, str]:
+        """Every rank's error, if any, by group rank: each rank tells rank 0, rank 0 tells every rank.
+
+        Two store requests a rank and one ``multi_get`` on rank 0, whatever the group's size; rank 0
+        deletes what every rank has read (the keys of earlier exchanges and this one's reports).
+        """
+        store, name, prefix = self._store()
+        store.set(prefix + str(self.rank), pickle.dumps(error))
+        if self.rank == 0:
+            reports = [prefix + str(rank) for rank in range(self.size)]
+            errors = [pickle.loads(b) for b in store.multi_get(reports)]
+            stale = _STALE.setdefault(name, [])
+            for key in [*stale, *reports]:
+                store.delete_key(key)
+            stale[:] = [prefix + "failed"]
+            store.set(prefix + "failed", pickle.dumps({r: e for r, e in enumerate(errors) if e is not None}))
+        failed: dict[int, str] = pickle.loads(store.get(prefix + "failed"))
+        return failed
 
     def agree(self, step: Any) -> Any:
         """Run ``step`` on every rank; if any rank fails, every rank raises (no rank is left waiting)."""
@@ -65,14 +91,15 @@ class RankGroup:
             if self.dist is None:
                 raise
             failure = exc
-        errors = [error]
-        if self.dist is not None:
-            sent = self._exchange(error, range(self.size))
-            errors = [sent[rank] for rank in range(self.size)]
-        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if self.dist is None:
+            return result
+        failed = self._failures(error)
+        if failure is not None:
+            raise failure
         if failed:
-            if failure is not None:
-                raise failure
-            rank, message = failed[0]
-            raise CkptError(f"rank {rank} failed while saving: {message}")
+            rank, message = min(failed.items())
+            where = f"rank {rank}"
+            if self.group is not None:
+                where = f"rank {self.dist.get_global_rank(self.group, rank)} (rank {rank} of its group)"
+            raise CkptError(f"{where} failed while saving: {message}")
         return result
