@@ -98,3 +98,52 @@ def test_a_component_named_but_not_here_is_the_same_error(tmp_path):
     (src / "model_index.json").write_text(json.dumps({**INDEX, "text_encoder": ["transformers", "T5"]}))
     error = _same_error(src, tmp_path, ["vae", "text_encoder"])
     assert isinstance(error, IncompleteCheckpointError) and "text_encoder" in str(error)
+
+
+def _linked_siblings(root: Path) -> Path:
+    """SDXL repos link ``tokenizer_2`` to ``tokenizer`` (and may ``text_encoder_2`` to ``text_encoder``):
+    each is a component of its own."""
+    src = _pipeline(root)
+    index = {**INDEX}
+    for name, cls in (("tokenizer", "CLIPTokenizer"), ("text_encoder", "CLIPTextModel")):
+        index[name] = index[f"{name}_2"] = ["transformers", cls]
+        (src / name).mkdir()
+        (src / name / "config.json").write_text(json.dumps({"architectures": [cls]}))
+        (src / f"{name}_2").symlink_to(name, target_is_directory=True)
+    (src / "tokenizer" / "vocab.json").write_text('{"a": 0}')
+    save_file({"w": torch.arange(3.0)}, src / "text_encoder" / "model.safetensors")
+    (src / "model_index.json").write_text(json.dumps(index))
+    return src
+
+
+def test_a_component_linked_to_a_sibling_folder_is_copied_as_real_files(tmp_path):
+    src = _linked_siblings(tmp_path / "src")
+    vae = {f"vae/{f}" for f in ("config.json", "diffusion_pytorch_model.safetensors")}
+    tokenizer_2 = {"tokenizer_2/vocab.json", "tokenizer_2/config.json"}
+    text_encoder_2 = {"text_encoder_2/model.safetensors", "text_encoder_2/config.json"}
+    top = {"model_index.json", "README.md"}
+
+    copied = materialize(
+        src, tmp_path / "copy", components=["tokenizer_2", "vae"], manifest=False, progress=False
+    )
+    assert _files(copied) == top | tokenizer_2 | vae
+    assert (copied / "tokenizer_2" / "vocab.json").read_text() == '{"a": 0}'
+    # resave rewrites weights: the same rule for a linked component holding some.
+    components = ["text_encoder_2", "vae"]
+    copied = materialize(src, tmp_path / "copy2", components=components, manifest=False, progress=False)
+    rewritten = resave(src, tmp_path / "resaved", components=components, progress=False)
+    assert _files(copied) == _files(rewritten.path) == top | text_encoder_2 | vae
+    # Both names, when both are asked for: the link is walked under its own name too.
+    both = materialize(
+        src, tmp_path / "both", components=["tokenizer", "tokenizer_2"], manifest=False, progress=False
+    )
+    assert {"tokenizer/vocab.json", "tokenizer_2/vocab.json"} <= _files(both)
+    for out in (tmp_path / "copy", copied, rewritten.path, both):  # a materialized tree has no links
+        assert not any(p.is_symlink() for p in out.rglob("*"))
+
+
+def test_a_link_cycle_in_the_source_is_walked_once(tmp_path):
+    src = _pipeline(tmp_path / "src")
+    (src / "vae" / "loop").symlink_to("..", target_is_directory=True)
+    copied = materialize(src, tmp_path / "copy", components=["vae"], manifest=False, progress=False)
+    assert "vae/config.json" in _files(copied) and not (copied / "vae" / "loop" / "vae").exists()

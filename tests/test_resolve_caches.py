@@ -274,3 +274,123 @@ def test_across_file_systems_a_found_file_is_linked_to_never_copied(hub, tmp_pat
         link = _storage(mine, "org/t5") / "blobs" / found.name if symlinks else path
         assert link in tried and link.is_symlink() and link.readlink() == found
     assert regular_files() == own  # not one byte copied
+
+
+# -- offline gathering: what the first cache already has, what it cannot take ------------------
+
+
+def test_a_dangling_link_in_the_first_cache_is_replaced_by_the_file_another_cache_holds(
+    hub, tmp_path, monkeypatch
+):
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+    pointer = _storage(mine, "org/t5") / "snapshots" / snapshot.name / shards[1].name
+    os.symlink("../../blobs/nonexistent", pointer)  # an interrupted download or a blob removed by hand
+    hub.reset()
+
+    ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+
+    assert hub.requests == [] and ckpt.cache_dir == mine
+    assert (
+        pointer.exists()
+        and pointer.resolve().stat().st_ino == (snapshot / shards[1].name).resolve().stat().st_ino
+    )
+
+
+def test_a_file_another_cache_holds_that_cannot_be_linked_is_named_with_that_cache(
+    hub, tmp_path, monkeypatch
+):
+    from huggingface_hub import constants
+
+    from ckptkit import IncompleteCheckpointError
+
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+    pointer = _storage(mine, "org/t5") / "snapshots" / snapshot.name / shards[1].name
+    pointer.mkdir()  # not a file, not a link: nothing to replace
+
+    with pytest.raises(IncompleteCheckpointError) as info:
+        resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+
+    message = str(info.value)
+    assert (
+        f"{shards[1].name} is held by {constants.HF_HUB_CACHE} but could not be linked into {mine}" in message
+    )
+    assert str(pointer) in message
+
+
+def test_a_blob_another_process_made_meanwhile_is_used(hub, tmp_path, monkeypatch):
+    """Between looking for blobs/<hash> and linking it, another process may make it: the same file
+    (its name is its hash), so the snapshot pointer is made to it all the same."""
+    mine, default, shards, _ = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+    made = []
+    same_file = hub_reuse._same_file
+
+    def racing(src, dst):
+        same_file(src, dst)  # the other process
+        made.append(dst)
+        same_file(src, dst)  # ours: FileExistsError
+
+    monkeypatch.setattr(hub_reuse, "_same_file", racing)
+    ckpt = resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+
+    assert made and ckpt.cache_dir == mine
+    assert [p.name for p in ckpt.weight_files] == [p.name for p in shards]
+
+
+def test_a_first_cache_that_cannot_be_written_is_a_typed_error_naming_it(hub, tmp_path, monkeypatch):
+    import errno
+
+    from ckptkit import IncompleteCheckpointError
+
+    mine, default, _, _ = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
+    monkeypatch.setattr(hub_reuse, "_same_file", read_only)  # tests run as root: chmod would not stop them
+    with pytest.raises(IncompleteCheckpointError) as info:
+        resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+
+    message = str(info.value)
+    assert f"the first, {mine}, where it is put together, is not writable" in message
+    assert os.strerror(errno.EROFS) in message and "cache_dir=" in message
+
+
+def test_a_link_in_another_cache_leading_out_of_its_blobs_is_not_a_file_it_holds(hub, tmp_path, monkeypatch):
+    from ckptkit import IncompleteCheckpointError
+
+    mine, default, shards, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    last = snapshot / shards[-1].name
+    elsewhere.write_bytes(last.read_bytes())
+    _remove(last)
+    last.symlink_to(elsewhere)  # the same bytes, but not in that cache's blobs/
+    before = _snapshot_files(mine)
+
+    with pytest.raises(IncompleteCheckpointError) as info:
+        resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True)
+
+    assert "1 needed files are not in any of the caches" in str(info.value) and shards[-1].name in str(
+        info.value
+    )
+    assert _snapshot_files(mine) == before  # nothing linked to the file outside
+
+
+@pytest.mark.parametrize("name", ["../../../escape.txt", "/abs/escape.txt", "sub\\..\\..\\escape.txt"])
+def test_a_recorded_listing_naming_a_path_out_of_the_snapshot_is_refused(hub, tmp_path, monkeypatch, name):
+    from ckptkit import UnsafeCheckpointError
+
+    mine, default, _, snapshot = _spread_over_two_caches(tmp_path, monkeypatch, listed=True)
+    held = {
+        f
+        for cache in (mine, default)
+        for f in hub_reuse.local_listing(_storage(cache, "org/t5") / "snapshots" / snapshot.name, "")
+    }
+    # The listing a cache recorded (a client that records none, huggingface_hub < 1.26: the one it would have).
+    monkeypatch.setattr(hub_reuse, "cached_listing", lambda *args: [*sorted(held), name])
+    (default / "escape.txt").write_text("outside")  # where the name leads from HF_HUB_CACHE's snapshot
+
+    with pytest.raises(UnsafeCheckpointError) as info:
+        resolve_ckpt_dir("org/t5", cache_dir=[mine, default], local_files_only=True, allow_patterns=["*"])
+
+    assert repr(name) in str(info.value)
+    assert not (mine / "escape.txt").exists() and not any(mine.rglob("escape.txt"))

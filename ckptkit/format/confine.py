@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from ckptkit.errors import UnsafeCheckpointError
 from ckptkit.format.hub_files import hub_repo_root
 
-__all__ = ["CONFINE_ENV", "checkpoint_root", "confine_enabled", "enforce_confinement", "is_outside"]
+__all__ = [
+    "CONFINE_ENV",
+    "checkpoint_root",
+    "confine_enabled",
+    "enforce_confinement",
+    "is_outside",
+    "is_relative_name",
+]
 
 CONFINE_ENV = "CKPTKIT_CONFINE"
 
@@ -67,6 +74,18 @@ def is_outside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bo
     """Whether the real path of ``path`` (links followed) lies outside the real path of ``root``."""
     real, real_root = _realpath(path), _realpath(root)
     return os.path.commonpath([real, real_root]) != real_root
+
+
+def is_relative_name(name: str) -> bool:
+    """Whether ``name`` is a relative posix path that stays below the folder it is joined to: not
+    empty, not absolute, no drive, no backslash, no ``..``, ``.`` or empty part, no NUL."""
+    return (
+        bool(name)
+        and "\\" not in name
+        and "\x00" not in name
+        and not PureWindowsPath(name).drive
+        and all(part not in ("", ".", "..") for part in name.split("/"))
+    )
 
 
 def enforce_confinement(

@@ -58,26 +58,28 @@ def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, fs
 def walk_files(root: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -> Iterator[tuple[str, Path]]:
     """Every file under ``root`` as ``(relative posix path, path)``, sorted, following symlinks.
 
-    Directories named in ``exclude`` (at any depth) are skipped; a directory reached twice through
-    links is walked once.
+    Directories named in ``exclude`` (at any depth) are skipped. A directory reached through links
+    under two names is walked under each (``tokenizer_2 -> tokenizer`` is two folders of files); only
+    a directory that is one of its own ancestors (a link cycle) is not walked again.
 
     Raises:
         IncompleteCheckpointError: a link dangles.
     """
     root = Path(root)
-    seen: set[tuple[int, int]] = set()
 
-    def walk(directory: Path, prefix: str) -> Iterator[tuple[str, Path]]:
+    def walk(
+        directory: Path, prefix: str, ancestors: frozenset[tuple[int, int]]
+    ) -> Iterator[tuple[str, Path]]:
         info = directory.stat()
-        if (info.st_dev, info.st_ino) in seen:
+        if (info.st_dev, info.st_ino) in ancestors:
             return
-        seen.add((info.st_dev, info.st_ino))
+        ancestors = ancestors | {(info.st_dev, info.st_ino)}
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             path = Path(entry.path)
             rel = f"{prefix}{entry.name}"
             if entry.is_dir():  # follows links
                 if entry.name not in exclude:
-                    yield from walk(path, rel + "/")
+                    yield from walk(path, rel + "/", ancestors)
             elif entry.is_file():
                 yield rel, path
             else:
@@ -86,4 +88,4 @@ def walk_files(root: str | os.PathLike[str], *, exclude: tuple[str, ...] = ()) -
                 os.close(open_regular(path))
                 yield rel, path
 
-    yield from walk(root, "")
+    yield from walk(root, "", frozenset())

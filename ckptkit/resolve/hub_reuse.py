@@ -17,8 +17,9 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CkptError, DestinationExistsError
+from ckptkit.errors import CkptError, DestinationExistsError, IncompleteCheckpointError, UnsafeCheckpointError
 from ckptkit.format.components import MODEL_INDEX_NAME
+from ckptkit.format.confine import is_relative_name
 from ckptkit.format.layout import discover_weight_sets
 from ckptkit.format.naming import parse_index_filename
 from ckptkit.io.atomic import staged_file
@@ -31,22 +32,21 @@ logger = logging.getLogger("ckptkit")
 
 
 def link_cached_files(spec: HubSpec, commit: str, files: list[str]) -> list[str]:
-    """Link into ``spec.cache_dir`` each of ``files`` it lacks at ``commit`` and another cache has.
+    """Link into ``spec.cache_dir`` each of ``files`` it lacks at ``commit`` and another cache holds
+    (:func:`_held`: a blob of that cache, never a file a link leads elsewhere).
 
     Returns the files linked.
     """
-    from huggingface_hub import try_to_load_from_cache
-
     others = [c for c in spec.caches if os.path.abspath(c) != os.path.abspath(spec.cache_dir)]
     if not others:
         return []
     linked = []
     for name in files:
-        if isinstance(try_to_load_from_cache(spec.repo_id, name, spec.cache_dir, commit), str):
+        if not is_relative_name(name) or _here(spec, commit, name):
             continue
         for cache in others:
-            found = try_to_load_from_cache(spec.repo_id, name, cache, commit)
-            if isinstance(found, str) and _link(Path(found), spec.storage, commit, name):
+            found = _held(spec, cache, commit, name)
+            if found is not None and _link(found, spec.storage, commit, name):
                 linked.append(name)
                 break
     if linked:
@@ -54,6 +54,28 @@ def link_cached_files(spec: HubSpec, commit: str, files: list[str]) -> list[str]
             "%s: %d files found in other caches, linked into %s", spec.label, len(linked), spec.cache_dir
         )
     return linked
+
+
+def _held(spec: HubSpec, cache: Path, commit: str, name: str) -> Path | None:
+    """The real path of ``name`` at ``commit`` in ``cache`` when that cache holds it: a file of its
+    ``blobs/``, or the snapshot file itself in a cache written without links
+    (``HF_HUB_DISABLE_SYMLINKS``). A name that is not a plain relative path, or a link that lands
+    anywhere else, is not held (``None``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not is_relative_name(name):
+        return None
+    found = try_to_load_from_cache(spec.repo_id, name, cache, commit)
+    if not isinstance(found, str):
+        return None
+    storage = spec.storage_in(cache)
+    real = Path(os.path.realpath(found))
+    if real.parent == Path(os.path.realpath(storage / "blobs")):
+        return real
+    snapshot = storage / "snapshots" / commit
+    if not os.path.islink(found) and real == Path(os.path.realpath(snapshot)) / name:
+        return real
+    return None
 
 
 def local_listing(snapshot: Path, directory: str) -> list[str]:
@@ -94,7 +116,6 @@ def gather_offline(spec: HubSpec, commit: str) -> Gathered | None:
     the files no cache holds. ``None`` when no other cache has a snapshot of ``commit`` (nothing to
     put together) or no plan can be made (the caller's own checks say why).
     """
-    from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import filter_repo_objects
 
     target = spec.storage / "snapshots" / commit
@@ -120,19 +141,47 @@ def gather_offline(spec: HubSpec, commit: str) -> Gathered | None:
     needed = plan.files if listing is not None else plan.files + _numbering_gaps(plan.files, planning)
     if spec.allow_patterns is not None and listing is not None:
         needed = sorted(set(needed) | set(filter_repo_objects(listing, allow_patterns=spec.allow_patterns)))
-    missing = [
-        name
-        for name in needed
-        if not any(
-            isinstance(try_to_load_from_cache(spec.repo_id, name, cache, commit), str)
-            for cache in spec.caches
-        )
-    ]
+    wanted = needed + [f for f in plan.optional if f in names]
+    for name in wanted:
+        if not is_relative_name(name):
+            raise UnsafeCheckpointError(
+                f"the listing of {commit} a cache recorded names {name!r}, not a file inside the repo",
+                path=spec.storage,
+                fix="delete the recorded listing (the repo's trees/ folder in the cache) and run again online",
+            )
+    held = {name: [c for c in spec.caches if _held(spec, c, commit, name) is not None] for name in needed}
+    missing = [name for name in needed if not held[name]]
     if missing:
         return Gathered(listing, missing, none_here=len(missing) == len(needed))
-    link_cached_files(spec, commit, needed + [f for f in plan.optional if f in names])
-    _record_ref(spec, commit)
+    lacking = [n for n in wanted if not _here(spec, commit, n)]
+    try:
+        linked = link_cached_files(spec, commit, wanted)
+        _record_ref(spec, commit)
+    except OSError as exc:
+        raise IncompleteCheckpointError(
+            f"the model is spread over several caches, and the first, {spec.cache_dir}, where it is "
+            f"put together, is not writable ({os.strerror(exc.errno or 0)}: {exc.filename})",
+            path=spec.cache_dir,
+            fix=f"pass cache_dir= a writable cache first, or only the cache that holds the files "
+            f"({', '.join(str(c) for c in spec.caches[1:])}) when it holds all of them",
+        ) from None
+    for name in lacking:
+        if name not in linked and name in held and not _here(spec, commit, name):
+            pointer = spec.storage / "snapshots" / commit / name
+            raise IncompleteCheckpointError(
+                f"{name} is held by {held[name][0]} but could not be linked into {spec.cache_dir}",
+                path=pointer,
+                fix=f"remove {pointer} (it is not a file of the cache) and run again, or pass "
+                f"cache_dir={str(held[name][0])!r}",
+            )
     return Gathered(listing, [])
+
+
+def _here(spec: HubSpec, commit: str, name: str) -> bool:
+    """Whether ``spec.cache_dir`` holds ``name`` at ``commit`` (a dangling link does not count)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(spec.repo_id, name, spec.cache_dir, commit), str)
 
 
 def _numbering_gaps(needed: list[str], snapshot: Path) -> list[str]:
@@ -167,19 +216,24 @@ def _record_ref(spec: HubSpec, commit: str) -> None:
         pass  # another process recorded it meanwhile
 
 
-def _link(found: Path, storage: Path, commit: str, name: str) -> bool:
-    """Make ``storage``'s snapshot of ``commit`` hold ``name`` as the cache at ``found`` does."""
-    real = Path(os.path.realpath(found))
+def _link(real: Path, storage: Path, commit: str, name: str) -> bool:
+    """Make ``storage``'s snapshot of ``commit`` hold ``name`` as another cache does at ``real`` (the
+    real path :func:`_held` found). A dangling pointer already there is replaced."""
     pointer = storage / "snapshots" / commit / name
     if os.path.lexists(pointer):
-        return False
+        if os.path.exists(pointer) or not os.path.islink(pointer):
+            return False  # a file is there (or another process linked it meanwhile)
+        pointer.unlink()  # a link to a blob gone: made again below
     pointer.parent.mkdir(parents=True, exist_ok=True)
     try:
         if real.parent.name == "blobs":  # the usual layout: the blob keeps its name (the file's hash)
             blob = storage / "blobs" / real.name
             blob.parent.mkdir(parents=True, exist_ok=True)
             if not os.path.lexists(blob):
-                _same_file(real, blob)
+                try:
+                    _same_file(real, blob)
+                except FileExistsError:
+                    pass  # another process made the blob meanwhile: the same file (its name is its hash)
             os.symlink(os.path.relpath(blob, pointer.parent), pointer)
         else:  # a cache written without links (HF_HUB_DISABLE_SYMLINKS): the file itself
             _same_file(real, pointer)
