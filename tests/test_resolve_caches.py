@@ -394,3 +394,32 @@ def test_a_recorded_listing_naming_a_path_out_of_the_snapshot_is_refused(hub, tm
 
     assert repr(name) in str(info.value)
     assert not (mine / "escape.txt").exists() and not any(mine.rglob("escape.txt"))
+
+
+def test_online_a_file_that_cannot_be_linked_from_another_cache_is_downloaded(
+    hub, tmp_path, monkeypatch, caplog
+):
+    import errno
+    import logging
+
+    from huggingface_hub import constants
+    from safetensors.torch import load_file
+
+    first = resolve_ckpt_dir("org/t5")  # into HF_HUB_CACHE
+    first.weight_files[-1].unlink()  # the project cache needs one file downloaded anyway
+    hub.reset()
+
+    def cannot_link(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
+    monkeypatch.setattr(hub_reuse, "_same_file", cannot_link)
+    project = tmp_path / "project-cache"
+    with caplog.at_level(logging.WARNING, logger="ckptkit"):
+        ckpt = resolve_ckpt_dir("org/t5", cache_dir=project)
+
+    assert "could not be linked" in caplog.text and os.strerror(errno.EROFS) in caplog.text
+    assert ckpt.cache_dir == project
+    assert {f"org/t5/{p.name}" for p in ckpt.weight_files} <= hub.downloads()
+    assert Path(constants.HF_HUB_CACHE) not in ckpt.weight_files[0].resolve().parents
+    for path in ckpt.weight_files:
+        assert load_file(path).keys()

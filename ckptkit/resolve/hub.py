@@ -199,7 +199,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
         snapshot = spec.storage / "snapshots" / commit
         plan = spec.plan(listing, snapshot)
         if plan.components == []:  # a pipeline: which components it has is in its model_index.json
-            link_cached_files(spec, commit, [MODEL_INDEX_NAME])
+            _link_what_others_hold(spec, commit, [MODEL_INDEX_NAME])
             hf_hub_download(
                 spec.repo_id,
                 MODEL_INDEX_NAME,
@@ -213,7 +213,7 @@ def _download(spec: HubSpec) -> tuple[str, list[str] | None]:
         patterns = spec.allow_patterns if spec.allow_patterns is not None else wanted
         if spec.allow_patterns is not None:  # what the patterns fetch, as the cache check counts it
             wanted = sorted(set(wanted) | set(filter_repo_objects(listing, allow_patterns=patterns)))
-        link_cached_files(spec, commit, wanted)  # what another cache holds is not fetched again
+        _link_what_others_hold(spec, commit, wanted)  # what another cache holds is not fetched again
         logger.info("downloading %d files of %s: %s", len(plan.files), spec.label, ", ".join(plan.files))
         folder = snapshot_download(
             spec.repo_id,
@@ -259,6 +259,19 @@ def _resolve_unlisted_snapshot(spec: HubSpec, miss: CacheMiss) -> None:
     snapshot = spec.storage / "snapshots" / miss.commit
     if snapshot.is_dir():
         _resolve_snapshot(spec, snapshot, miss.commit)
+
+
+def _link_what_others_hold(spec: HubSpec, commit: str, files: list[str]) -> None:
+    """Online: link what other caches hold; a file that cannot be linked is downloaded instead."""
+    try:
+        link_cached_files(spec, commit, files)
+    except OSError as exc:  # the download writes to the same cache, and says so if it cannot
+        logger.warning(
+            "%s: files other caches hold could not be linked into %s (%s); downloading them",
+            spec.label,
+            spec.cache_dir,
+            exc,
+        )
 
 
 def _gather_offline(spec: HubSpec, commit: str) -> CheckpointDir | CacheMiss | None:
