@@ -78,28 +78,13 @@ def hub_repos(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def hub(hub_repos: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """A HubServer on 127.0.0.1 serving ``hub_repos``, with HF_ENDPOINT pointing at it.
-
-    huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE at import, so the fixture sets the
-    environment (for subprocesses) and the matching ``huggingface_hub.constants`` (for this process),
-    as huggingface_hub's own tests do.
-    """
+    """A HubServer on 127.0.0.1 serving ``hub_repos``, with HF_ENDPOINT pointing at it."""
     from huggingface_hub import constants
 
-    from tests.hub_server import HubServer
+    from tests.hub_server import HubServer, point_huggingface_hub_at
 
     server = HubServer(hub_repos).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    from huggingface_hub import file_download
-
-    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):  # huggingface_hub < 1.0 copies it at import
-        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    point_huggingface_hub_at(server, monkeypatch)
     # Calls that name no cache_dir must not write to the user's real cache.
     default_cache = tmp_path / "default-hub-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(default_cache))

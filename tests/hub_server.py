@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 #: Extensions the Hub stores through LFS (``.gitattributes`` of a new repo).
@@ -321,3 +322,23 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
 
     return Handler
+
+
+def point_huggingface_hub_at(server: HubServer, monkeypatch: Any) -> None:
+    """Make huggingface_hub talk to ``server``, online: this process and its subprocesses.
+
+    huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE at import, so the environment is set (for
+    subprocesses) and the matching ``huggingface_hub.constants`` (for this process), as
+    huggingface_hub's own tests do.
+    """
+    from huggingface_hub import constants, file_download
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):  # huggingface_hub < 1.0 copies it at import
+        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -51,7 +51,7 @@ from ckptkit.io.reader import FileMaps
 from ckptkit.shims import ltx as shim
 from tests import _models
 from tests.conformance.ltx.conftest import TRANSFORMER_CONFIG, write_release
-from tests.hub_server import HubServer
+from tests.hub_server import HubServer, point_huggingface_hub_at
 
 import ltx_video.inference as upstream  # isort: skip
 import ltx_video.models.autoencoders.causal_video_autoencoder  # isort: skip
@@ -145,8 +145,6 @@ def infer_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def ltx_hub(infer_release, ltx_upsampler, tmp_path, monkeypatch):
     """A local Hub serving the release under its real repo names, HF_ENDPOINT pointing at it."""
-    from huggingface_hub import constants, file_download
-
     root = tmp_path / "repos"
     (root / "Lightricks" / "LTX-Video").mkdir(parents=True)
     # the release files' dtypes: a bf16 checkpoint, an fp32 upscaler (the pipeline's latents are fp32)
@@ -155,15 +153,7 @@ def ltx_hub(infer_release, ltx_upsampler, tmp_path, monkeypatch):
     shutil.copy(ltx_upsampler["fp32"], root / "Lightricks" / "LTX-Video" / UPSCALER)
     shutil.copytree(infer_release["text_encoder_repo"], root / TEXT_ENCODER)
     server = HubServer(root).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):  # huggingface_hub < 1.0 copies it at import
-        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    point_huggingface_hub_at(server, monkeypatch)
     try:
         yield server
     finally:
