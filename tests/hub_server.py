@@ -342,3 +342,9 @@ def point_huggingface_hub_at(server: HubServer, monkeypatch: Any) -> None:
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:  # transformers >= 5 shares one HfApi, whose endpoint is fixed when it is made
+        import transformers.utils.hub as transformers_hub
+    except ImportError:
+        return
+    if hasattr(transformers_hub, "_hf_api"):
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
