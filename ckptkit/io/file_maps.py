@@ -34,9 +34,9 @@ class FileMaps:
     """
 
     def __init__(self) -> None:
-        self._bases: dict[Path, torch.Tensor] = {}
+        self._storages: dict[Path, torch.UntypedStorage] = {}
         self._last_header: SafetensorsHeader | None = None
-        self._last_base = torch.empty(0, dtype=torch.uint8)
+        self._last_storage: torch.UntypedStorage | None = None
         # The last file's map viewed as each dtype met in it (a whole-map view, made once).
         self._typed: dict[torch.dtype, torch.Tensor] = {}
 
@@ -51,17 +51,21 @@ class FileMaps:
             return None
         if header is not self._last_header:  # tensors come file by file: skip hashing the path
             self._last_header = header
-            base = self._bases.get(header.path)
-            self._last_base = base if base is not None else self._map(header)
+            storage = self._storages.get(header.path)
+            self._last_storage = storage if storage is not None else self._map(header)
             self._typed = {}
         typed = self._typed.get(dtype)
         if typed is None:
-            base = self._last_base
-            typed = self._typed[dtype] = base[: base.numel() - base.numel() % size].view(dtype)
+            storage = self._last_storage
+            assert storage is not None
+            # The whole map as elements of ``dtype``, in one call (fewer distinct torch calls: a
+            # fresh process pays a one-time cost for each).
+            typed = torch.empty(0, dtype=dtype).set_(storage, 0, (storage.nbytes() // size,), (1,))  # type: ignore[call-overload]  # the stub lacks UntypedStorage
+            self._typed[dtype] = typed
         # One strided view of the typed map per tensor (cheaper than slicing then viewing twice).
         return typed.as_strided(info.shape, _contiguous_strides(info.shape), start // size)
 
-    def _map(self, header: SafetensorsHeader) -> torch.Tensor:
+    def _map(self, header: SafetensorsHeader) -> torch.UntypedStorage:
         path = header.path
         size = os.path.getsize(path)
         end = max((header.data_start + i.begin + i.nbytes for i in header.tensors.values()), default=0)
@@ -80,9 +84,8 @@ class FileMaps:
             storage = torch.UntypedStorage.from_file(held_path(fd, path), False, size)
         finally:
             os.close(fd)
-        base = torch.empty(0, dtype=torch.uint8).set_(storage)  # type: ignore[arg-type]  # from_file's stub says _StorageBase
-        self._bases[path] = base
-        return base
+        self._storages[path] = storage  # type: ignore[assignment]  # from_file's stub says _StorageBase
+        return storage  # type: ignore[return-value]
 
 
 def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:

@@ -18,10 +18,12 @@ its stored dtype: each tensor a copy-on-write view of its file.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import torch
 from ckptkit.errors import CkptError
 from ckptkit.format.safe_files import open_regular
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
-from ckptkit.io.buffers import raw_bytes
+from ckptkit.io.buffers import prefault, raw_bytes
 from ckptkit.io.file_maps import FileMaps
 from ckptkit.io.tensors import read_into, to_torch_dtype
 
@@ -143,10 +145,32 @@ def read_tensors(
     lock = threading.Lock()
     local = threading.local()
     pipelines: list[StagingPipeline] = []
+    # A read the page cache can serve is a copy bound by the CPUs: one thread per CPU does it best.
+    # Reads that would wait for the disk are handed to ``threads`` others, so that many are in
+    # flight at once (the default 8 fill a disk's queue even on 2 CPUs).
+    cpus = _cpus()
+    waiting: ThreadPoolExecutor | None = None
+    rest: list[Future[None]] = []
+
+    def done(job: _Job) -> None:
+        if progress is not None:
+            with lock:
+                progress.update(job.nbytes)  # type: ignore[attr-defined]
+
+    def finish(job: _Job, remaining: _Job) -> None:
+        _read_waiting(remaining)
+        done(job)
 
     def run(job: _Job) -> None:
         if job.buffers is not None:
-            _read_direct(job)
+            if waiting is None:
+                _read_waiting(job)
+            else:
+                remaining = _read_cached(job)
+                if remaining is not None:  # the rest waits for the disk, on another thread
+                    with lock:
+                        rest.append(waiting.submit(finish, job, remaining))
+                    return
         elif job.source is not None:
             _cast_mapped(job)
         elif job.read is not None and job.read.target.device.type == "cuda":
@@ -158,9 +182,7 @@ def read_tensors(
             pipeline.run(job)
         else:
             _read_staged(job, local)
-        if progress is not None:
-            with lock:
-                progress.update(job.nbytes)  # type: ignore[attr-defined]
+        done(job)
 
     with _open_files(reads) as fds:
         try:
@@ -169,16 +191,24 @@ def read_tensors(
                 for job in jobs:
                     run(job)
                 return
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckptkit-read") as pool:
+            workers = threads
+            if threads > cpus and _NOWAIT is not None and any(job.buffers is not None for job in jobs):
+                workers = max(cpus, 1)
+                waiting = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckptkit-wait")
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-read") as pool:
                 futures = [pool.submit(run, job) for job in jobs]
                 try:
                     for future in futures:
                         future.result()
+                    for future in rest:  # complete: every job has run
+                        future.result()
                 except BaseException:
-                    for future in futures:
+                    for future in futures + rest:
                         future.cancel()
                     raise
         finally:
+            if waiting is not None:
+                waiting.shutdown(wait=True, cancel_futures=True)
             # Device copies still in flight read from the staging buffers: wait for them all.
             for pipeline in pipelines:
                 pipeline.finish()
@@ -285,11 +315,45 @@ def _cast_mapped(job: _Job) -> None:
     assert item is not None and job.source is not None
     # The cast reads the file's pages straight from the map (page cache, or faulted in with
     # readahead when cold) and writes the destination once: no staging copy.
-    item.target.view(-1)[job.first : job.first + job.count].copy_(job.source)
+    part = item.target.view(-1)[job.first : job.first + job.count]
+    prefault(raw_bytes(part))
+    part.copy_(job.source)
 
 
-def _read_direct(job: _Job) -> None:
+#: ``preadv2`` flag: return at once with what the page cache holds instead of waiting for the disk.
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_cached(job: _Job) -> _Job | None:
+    """Read what the page cache holds of a direct job without waiting; the rest, if any, as a job.
+
+    The destination is prefaulted first (:func:`~ckptkit.io.buffers.prefault`), on this thread,
+    while other threads may be waiting for the disk.
+    """
     buffers = job.buffers or []
+    for buffer in buffers:
+        prefault(buffer)
+    assert _NOWAIT is not None
+    try:
+        got = os.preadv(job.fd, buffers, job.offset, _NOWAIT)
+    except BlockingIOError:  # the first page is not cached
+        got = 0
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        got = 0  # a file system that cannot say: read it the usual way
+    if got >= job.nbytes:
+        return None
+    return dataclasses.replace(
+        job, offset=job.offset + got, nbytes=job.nbytes - got, buffers=_after(buffers, got)
+    )
+
+
+def _read_waiting(job: _Job) -> None:
+    """Read a direct job, waiting for the disk if need be."""
+    buffers = job.buffers or []
+    for buffer in buffers:
+        prefault(buffer)
     got = os.preadv(job.fd, buffers, job.offset)
     if got == job.nbytes:
         return
@@ -301,6 +365,18 @@ def _read_direct(job: _Job) -> None:
         if done < len(buffer):
             read_into(job.fd, offset + done, buffer[done:], job.path)
         offset += len(buffer)
+
+
+def _after(buffers: list[memoryview], skip: int) -> list[memoryview]:
+    """``buffers`` without their first ``skip`` bytes."""
+    out = []
+    for buffer in buffers:
+        if skip >= len(buffer):
+            skip -= len(buffer)
+            continue
+        out.append(buffer[skip:] if skip else buffer)
+        skip = 0
+    return out
 
 
 def _staging(local: threading.local, nbytes: int, device: torch.device) -> torch.Tensor:
@@ -320,8 +396,11 @@ def _read_staged(job: _Job, local: threading.local) -> None:
     stage = _staging(local, job.nbytes, target.device)[: job.nbytes]
     read_into(job.fd, job.offset, raw_bytes(stage), job.path)
     values = stage.view(to_torch_dtype(item.info.dtype))
+    part = target.view(-1)[job.first : job.first + job.count]
+    if part.device.type == "cpu":
+        prefault(raw_bytes(part))
     # Synchronous copy (with the cast): the staging buffer is reused by this thread's next job.
-    target.view(-1)[job.first : job.first + job.count].copy_(values)
+    part.copy_(values)
 
 
 class StagingPipeline:

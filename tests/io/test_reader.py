@@ -144,7 +144,7 @@ def test_staging_pipeline_overlaps_and_never_reuses_a_buffer_in_flight(mixed_fil
                 pipeline.run(job)
                 in_flight.append(len(_PENDING))
             else:
-                reader._read_direct(job)
+                reader._read_waiting(job)
         pipeline.finish()
     assert not _PENDING
     assert len(in_flight) > 10 and max(in_flight) == 2  # a copy is in flight while the next chunk is read
@@ -191,3 +191,142 @@ def test_file_maps_refuse_a_file_truncated_after_its_header_was_read(mixed_file)
     mixed_file.write_bytes(mixed_file.read_bytes()[:-100])
     with pytest.raises(CorruptCheckpointError, match=r"mixed.safetensors.*bytes"):
         reader.FileMaps().tensor(header, header.tensors["big"])
+
+
+# -- reads the page cache serves at once, and reads that wait for the disk -----------------------
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    torch.manual_seed(1)
+    tensors = {f"w.{i}": torch.randn(256, 256) for i in range(6)}  # 256 KiB each
+    tensors.update({f"tiny.{i}": torch.randn(5) for i in range(40)})
+    path = tmp_path / "big.safetensors"
+    save_file(tensors, path)
+    return path
+
+
+def _read_split(path, monkeypatch, *, threads=4):
+    """read_tensors with more threads than CPUs (as the default on a small machine), in small chunks."""
+    monkeypatch.setattr(reader, "_cpus", lambda: 1)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 64 * 2**10)
+    header = read_header(path)
+    out = _targets(header)
+    read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=threads)
+    return out
+
+
+def _spy_waiting(monkeypatch):
+    calls = []
+    real = reader._read_waiting
+
+    def spy(job):
+        calls.append(job)
+        return real(job)
+
+    monkeypatch.setattr(reader, "_read_waiting", spy)
+    return calls
+
+
+def _nowait_works(path) -> bool:
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT) == 4096
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_cached_file_is_read_without_waiting_reads(big_file, monkeypatch):
+    big_file.read_bytes()  # in the page cache
+    if not _nowait_works(big_file):
+        pytest.skip("this file system does not serve RWF_NOWAIT reads")
+    calls = _spy_waiting(monkeypatch)
+    out = _read_split(big_file, monkeypatch)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    assert calls == []  # every chunk came from the page cache on the CPU threads
+
+
+def test_reads_that_would_wait_are_finished_by_the_waiting_threads(big_file, monkeypatch):
+    import os
+
+    real = os.preadv
+    served = []  # (offset, bytes served at once) of every RWF_NOWAIT read
+
+    def half_cached(fd, buffers, offset, flags=0):
+        # The page cache "holds" the first 1000 bytes of every other read and none of the rest:
+        # a short read, or EAGAIN, as RWF_NOWAIT does for pages that are not cached.
+        if flags:
+            if len(served) % 2:
+                served.append((offset, 0))
+                raise BlockingIOError(11, "would block")
+            served.append((offset, real(fd, [memoryview(buffers[0])[:1000]], offset)))
+            return served[-1][1]
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", half_cached)
+    calls = _spy_waiting(monkeypatch)
+    out = _read_split(big_file, monkeypatch)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    # Every chunk needed the disk for its rest, which resumed where the cached part ended.
+    assert len(served) > 10 and any(got for _, got in served)
+    assert sorted(job.offset for job in calls) == sorted(offset + got for offset, got in served)
+
+
+def test_a_file_system_without_nowait_reads_is_read_the_usual_way(big_file, monkeypatch):
+    import errno
+    import os
+
+    real = os.preadv
+
+    def no_nowait(fd, buffers, offset, flags=0):
+        if flags:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", no_nowait)
+    out = _read_split(big_file, monkeypatch)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+
+
+def test_a_file_shrunk_under_waiting_reads_is_named(big_file, monkeypatch):
+    header = read_header(big_file)
+    big_file.write_bytes(big_file.read_bytes()[: header.data_start + 300_000])
+    monkeypatch.setattr(reader, "_cpus", lambda: 1)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 64 * 2**10)
+    out = _targets(header)
+    with pytest.raises(CorruptCheckpointError, match=r"big.safetensors.*ended"):
+        read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=4)
+
+
+def test_prefault_keeps_the_contents_and_faults_the_pages_in():
+    import mmap
+
+    from ckptkit.io.buffers import prefault
+
+    size = 8 * 2**20
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # no page present yet
+    region[:5] = b"kept!"
+    region[-5:] = b"tail!"
+
+    def resident() -> int:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("RssAnon:")) * 1024
+
+    before = resident()
+    populated = prefault(memoryview(region))
+    after = resident()
+    assert region[:5] == b"kept!" and region[-5:] == b"tail!" and region[4096:4100] == b"\0" * 4
+    if populated:  # Linux 5.14+: the whole region in one call
+        assert after - before >= size - 3 * 4096
+    else:  # only where the kernel cannot (not Linux, or before 5.14)
+        import os
+        import sys
+
+        release = tuple(int(p) for p in os.uname().release.split(".")[:2])
+        assert not sys.platform.startswith("linux") or release < (5, 14)
+    assert prefault(memoryview(bytearray(100))) is False  # too short to bother
+    assert prefault(memoryview(bytes(size))) is False  # read-only memory is never touched
