@@ -4,7 +4,12 @@ Each destination is a tensor the caller allocated (fresh private memory, a param
 storage, or memory on another device). A CPU destination of the stored dtype is filled by
 ``os.preadv`` directly — no intermediate copy; consecutive small tensors share one ``preadv``
 call (one iovec each), large ones are split into chunks so several threads read them at once
-(``preadv`` releases the GIL). A CPU destination of another dtype is cast straight from a
+(``preadv`` releases the GIL). Each chunk's destination is prefaulted in one call
+(:func:`~ckptkit.io.buffers.prefault`); when every tensor lands as stored, each chunk is read with
+``RWF_NOWAIT`` on one thread per CPU (:class:`~ckptkit.io.read_jobs.CachedReads`): what the
+page cache holds is copied at once, and the rest of a read that would wait for the disk goes to
+``num_threads`` waiting threads, so that a cold read keeps many requests in flight while a hot
+one does not oversubscribe the CPUs. A CPU destination of another dtype is cast straight from a
 copy-on-write map of its file when the caller passes :class:`FileMaps` (chunks in parallel, each
 byte of the file read once, as ``from_pretrained`` casts from its map), else through a small
 per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
@@ -18,14 +23,11 @@ its stored dtype: each tensor a copy-on-write view of its file.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,9 @@ import torch
 
 from ckptkit.errors import CkptError
 from ckptkit.format.safe_files import open_regular
-from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.buffers import prefault, raw_bytes
 from ckptkit.io.file_maps import FileMaps
+from ckptkit.io.read_jobs import NOWAIT, CachedReads, ReadJob, TensorRead, read_waiting
 from ckptkit.io.tensors import read_into, to_torch_dtype
 
 __all__ = ["CHUNK_BYTES", "FileMaps", "StagingPipeline", "TensorRead", "default_num_threads", "read_tensors"]
@@ -51,8 +53,9 @@ def default_num_threads() -> int:
 
     At least 8 even on a 2-core machine: a cold read waits on the disk, not the CPU (``preadv``
     releases the GIL), and more reads in flight keep the device's queue full — on a 2-core VM,
-    8 threads read a cold 785 MiB checkpoint faster than ``dd``, 2 threads at half its speed — while
-    a hot read is no slower with them (it is bound by page faults in the destination).
+    8 threads read a cold 785 MiB checkpoint faster than ``dd``, 2 threads at half its speed. Reads
+    the page cache can serve at once run on one thread per CPU instead (:func:`read_tensors`):
+    they are copies bound by the CPUs and the destination's page faults.
     """
     return max(8, min(16, _cpus()))
 
@@ -68,42 +71,6 @@ def _staging_threads() -> int:
     """Reader threads when some tensors go through staging (a cast, another device): each thread
     holds its own 16 MiB buffer (two pinned ones for CUDA), so as many as the CPUs, 2 to 8."""
     return max(2, min(8, _cpus()))
-
-
-@dataclass
-class TensorRead:
-    """One tensor to read.
-
-    Attributes:
-        header: the parsed header of the file that holds it.
-        info: its entry in that header.
-        target: where it goes: contiguous, same number of elements, any dtype, any device.
-    """
-
-    header: SafetensorsHeader
-    info: TensorInfo
-    target: torch.Tensor
-
-    @property
-    def direct(self) -> bool:
-        """Whether the bytes can land in ``target`` as they are (CPU memory of the stored dtype)."""
-        t = self.target
-        return t.device.type == "cpu" and t.dtype == to_torch_dtype(self.info.dtype)
-
-
-@dataclass
-class _Job:
-    fd: int
-    path: Path
-    offset: int
-    nbytes: int
-    # direct: bytes go to these buffers in order; staged: bytes go to target[first:first+count]
-    buffers: list[memoryview] | None = None
-    read: TensorRead | None = None
-    first: int = 0
-    count: int = 0
-    # mapped cast: these elements of the file's map are cast into target[first:first+count]
-    source: torch.Tensor | None = None
 
 
 def read_tensors(
@@ -149,24 +116,25 @@ def read_tensors(
     # Reads that would wait for the disk are handed to ``threads`` others, so that many are in
     # flight at once (the default 8 fill a disk's queue even on 2 CPUs).
     cpus = _cpus()
+    cached = CachedReads()
     waiting: ThreadPoolExecutor | None = None
     rest: list[Future[None]] = []
 
-    def done(job: _Job) -> None:
+    def done(job: ReadJob) -> None:
         if progress is not None:
             with lock:
                 progress.update(job.nbytes)  # type: ignore[attr-defined]
 
-    def finish(job: _Job, remaining: _Job) -> None:
-        _read_waiting(remaining)
+    def finish(job: ReadJob, remaining: ReadJob) -> None:
+        read_waiting(remaining, prefaulted=True)
         done(job)
 
-    def run(job: _Job) -> None:
+    def run(job: ReadJob) -> None:
         if job.buffers is not None:
             if waiting is None:
-                _read_waiting(job)
+                read_waiting(job)
             else:
-                remaining = _read_cached(job)
+                remaining = cached.read(job)
                 if remaining is not None:  # the rest waits for the disk, on another thread
                     with lock:
                         rest.append(waiting.submit(finish, job, remaining))
@@ -192,7 +160,8 @@ def read_tensors(
                     run(job)
                 return
             workers = threads
-            if threads > cpus and _NOWAIT is not None and any(job.buffers is not None for job in jobs):
+            # Only when every job is such a read: casts and device copies keep all their threads.
+            if threads > cpus and NOWAIT is not None and all(job.buffers is not None for job in jobs):
                 workers = max(cpus, 1)
                 waiting = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ckptkit-wait")
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-read") as pool:
@@ -250,9 +219,11 @@ def _open_files(reads: Sequence[TensorRead]) -> Iterator[dict[Path, int]]:
             os.close(fd)
 
 
-def _plan(reads: Sequence[TensorRead], fds: dict[Path, int], maps: FileMaps | None = None) -> Iterator[_Job]:
+def _plan(
+    reads: Sequence[TensorRead], fds: dict[Path, int], maps: FileMaps | None = None
+) -> Iterator[ReadJob]:
     ordered = sorted(reads, key=lambda r: (str(r.header.path), r.info.begin))
-    batch: _Job | None = None
+    batch: ReadJob | None = None
     for item in ordered:
         path, info = item.header.path, item.info
         offset = item.header.data_start + info.begin
@@ -272,7 +243,7 @@ def _plan(reads: Sequence[TensorRead], fds: dict[Path, int], maps: FileMaps | No
                 continue
             if batch is not None:
                 yield batch
-            batch = _Job(fds[path], path, offset, info.nbytes, buffers=[view])
+            batch = ReadJob(fds[path], path, offset, info.nbytes, buffers=[view])
             continue
         if batch is not None:
             yield batch
@@ -281,14 +252,14 @@ def _plan(reads: Sequence[TensorRead], fds: dict[Path, int], maps: FileMaps | No
             view = raw_bytes(item.target)
             for start in range(0, info.nbytes, CHUNK_BYTES):
                 part = view[start : start + CHUNK_BYTES]
-                yield _Job(fds[path], path, offset + start, len(part), buffers=[part])
+                yield ReadJob(fds[path], path, offset + start, len(part), buffers=[part])
         else:
             size = to_torch_dtype(info.dtype).itemsize
             per_chunk = max(1, CHUNK_BYTES // size)
             source = _mapped(item, maps)
             for first in range(0, info.numel, per_chunk):
                 count = min(per_chunk, info.numel - first)
-                yield _Job(
+                yield ReadJob(
                     fds[path],
                     path,
                     offset + first * size,
@@ -310,7 +281,7 @@ def _mapped(item: TensorRead, maps: FileMaps | None) -> torch.Tensor | None:
     return None if view is None else view.view(-1)
 
 
-def _cast_mapped(job: _Job) -> None:
+def _cast_mapped(job: ReadJob) -> None:
     item = job.read
     assert item is not None and job.source is not None
     # The cast reads the file's pages straight from the map (page cache, or faulted in with
@@ -318,65 +289,6 @@ def _cast_mapped(job: _Job) -> None:
     part = item.target.view(-1)[job.first : job.first + job.count]
     prefault(raw_bytes(part))
     part.copy_(job.source)
-
-
-#: ``preadv2`` flag: return at once with what the page cache holds instead of waiting for the disk.
-_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-
-
-def _read_cached(job: _Job) -> _Job | None:
-    """Read what the page cache holds of a direct job without waiting; the rest, if any, as a job.
-
-    The destination is prefaulted first (:func:`~ckptkit.io.buffers.prefault`), on this thread,
-    while other threads may be waiting for the disk.
-    """
-    buffers = job.buffers or []
-    for buffer in buffers:
-        prefault(buffer)
-    assert _NOWAIT is not None
-    try:
-        got = os.preadv(job.fd, buffers, job.offset, _NOWAIT)
-    except BlockingIOError:  # the first page is not cached
-        got = 0
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-        got = 0  # a file system that cannot say: read it the usual way
-    if got >= job.nbytes:
-        return None
-    return dataclasses.replace(
-        job, offset=job.offset + got, nbytes=job.nbytes - got, buffers=_after(buffers, got)
-    )
-
-
-def _read_waiting(job: _Job) -> None:
-    """Read a direct job, waiting for the disk if need be."""
-    buffers = job.buffers or []
-    for buffer in buffers:
-        prefault(buffer)
-    got = os.preadv(job.fd, buffers, job.offset)
-    if got == job.nbytes:
-        return
-    # A short read: finish buffer by buffer, which also names a truncated file.
-    offset = job.offset
-    for buffer in buffers:
-        done = min(max(got, 0), len(buffer))
-        got -= done
-        if done < len(buffer):
-            read_into(job.fd, offset + done, buffer[done:], job.path)
-        offset += len(buffer)
-
-
-def _after(buffers: list[memoryview], skip: int) -> list[memoryview]:
-    """``buffers`` without their first ``skip`` bytes."""
-    out = []
-    for buffer in buffers:
-        if skip >= len(buffer):
-            skip -= len(buffer)
-            continue
-        out.append(buffer[skip:] if skip else buffer)
-        skip = 0
-    return out
 
 
 def _staging(local: threading.local, nbytes: int, device: torch.device) -> torch.Tensor:
@@ -389,7 +301,7 @@ def _staging(local: threading.local, nbytes: int, device: torch.device) -> torch
     return buffer
 
 
-def _read_staged(job: _Job, local: threading.local) -> None:
+def _read_staged(job: ReadJob, local: threading.local) -> None:
     item = job.read
     assert item is not None
     target = item.target
@@ -419,7 +331,7 @@ class StagingPipeline:
     def __init__(
         self,
         make_buffer: Callable[[int], torch.Tensor],
-        copy: Callable[[torch.Tensor, _Job], Any],
+        copy: Callable[[torch.Tensor, ReadJob], Any],
     ) -> None:
         self._make_buffer = make_buffer
         self._copy = copy
@@ -427,7 +339,7 @@ class StagingPipeline:
         self._pending: list[Any] = [None, None]
         self._turn = 0
 
-    def run(self, job: _Job) -> None:
+    def run(self, job: ReadJob) -> None:
         slot = self._turn
         self._turn ^= 1
         self._wait(slot)
@@ -459,7 +371,7 @@ def _cuda_pipeline(device: torch.device) -> StagingPipeline:
     def make_buffer(nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
-    def copy(stage: torch.Tensor, job: _Job) -> Any:
+    def copy(stage: torch.Tensor, job: ReadJob) -> Any:
         item = job.read
         assert item is not None
         stored = to_torch_dtype(item.info.dtype)

@@ -144,7 +144,7 @@ def test_staging_pipeline_overlaps_and_never_reuses_a_buffer_in_flight(mixed_fil
                 pipeline.run(job)
                 in_flight.append(len(_PENDING))
             else:
-                reader._read_waiting(job)
+                reader.read_waiting(job)
         pipeline.finish()
     assert not _PENDING
     assert len(in_flight) > 10 and max(in_flight) == 2  # a copy is in flight while the next chunk is read
@@ -200,31 +200,32 @@ def test_file_maps_refuse_a_file_truncated_after_its_header_was_read(mixed_file)
 def big_file(tmp_path):
     torch.manual_seed(1)
     tensors = {f"w.{i}": torch.randn(256, 256) for i in range(6)}  # 256 KiB each
-    tensors.update({f"tiny.{i}": torch.randn(5) for i in range(40)})
+    tensors.update({f"tiny.{i}": torch.randn(7) for i in range(100)})  # 28-byte iovecs in one batch
     path = tmp_path / "big.safetensors"
     save_file(tensors, path)
     return path
 
 
-def _read_split(path, monkeypatch, *, threads=4):
+def _read_split(path, monkeypatch, *, threads=4, progress=None):
     """read_tensors with more threads than CPUs (as the default on a small machine), in small chunks."""
     monkeypatch.setattr(reader, "_cpus", lambda: 1)
     monkeypatch.setattr(reader, "CHUNK_BYTES", 64 * 2**10)
     header = read_header(path)
     out = _targets(header)
-    read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=threads)
+    reads = [TensorRead(header, header.tensors[n], t) for n, t in out.items()]
+    read_tensors(reads, num_threads=threads, progress=progress)
     return out
 
 
 def _spy_waiting(monkeypatch):
     calls = []
-    real = reader._read_waiting
+    real = reader.read_waiting
 
-    def spy(job):
+    def spy(job, **kwargs):
         calls.append(job)
-        return real(job)
+        return real(job, **kwargs)
 
-    monkeypatch.setattr(reader, "_read_waiting", spy)
+    monkeypatch.setattr(reader, "read_waiting", spy)
     return calls
 
 
@@ -258,22 +259,57 @@ def test_reads_that_would_wait_are_finished_by_the_waiting_threads(big_file, mon
 
     def half_cached(fd, buffers, offset, flags=0):
         # The page cache "holds" the first 1000 bytes of every other read and none of the rest:
-        # a short read, or EAGAIN, as RWF_NOWAIT does for pages that are not cached.
+        # a short read (ending inside a buffer of a batch), or EAGAIN, as RWF_NOWAIT does for
+        # pages that are not cached.
         if flags:
             if len(served) % 2:
                 served.append((offset, 0))
                 raise BlockingIOError(11, "would block")
-            served.append((offset, real(fd, [memoryview(buffers[0])[:1000]], offset)))
+            first, left = [], 1000
+            for buffer in buffers:
+                if left:
+                    first.append(memoryview(buffer)[:left])
+                    left -= len(first[-1])
+            served.append((offset, real(fd, first, offset)))
             return served[-1][1]
         return real(fd, buffers, offset)
 
+    class Progress:
+        total = 0
+
+        def update(self, nbytes):
+            Progress.total += nbytes
+
     monkeypatch.setattr(os, "preadv", half_cached)
     calls = _spy_waiting(monkeypatch)
-    out = _read_split(big_file, monkeypatch)
+    out = _read_split(big_file, monkeypatch, progress=Progress())
     assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
     # Every chunk needed the disk for its rest, which resumed where the cached part ended.
     assert len(served) > 10 and any(got for _, got in served)
     assert sorted(job.offset for job in calls) == sorted(offset + got for offset, got in served)
+    # ... in the batch of small tensors too, in the middle of one of them (1000 = 35 x 28 + 20).
+    assert any(len(job.buffers) > 1 and len(job.buffers[0]) == 8 for job in calls)
+    header = read_header(big_file)
+    assert Progress.total == sum(info.nbytes for info in header.tensors.values())  # each byte once
+
+
+def test_a_failed_waiting_read_stops_the_load(big_file, monkeypatch):
+    import os
+
+    real = os.preadv
+
+    def nothing_cached(fd, buffers, offset, flags=0):
+        if flags:
+            raise BlockingIOError(11, "would block")
+        return real(fd, buffers, offset)
+
+    def broken(job, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", nothing_cached)
+    monkeypatch.setattr(reader, "read_waiting", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        _read_split(big_file, monkeypatch)
 
 
 def test_a_file_system_without_nowait_reads_is_read_the_usual_way(big_file, monkeypatch):
@@ -281,15 +317,18 @@ def test_a_file_system_without_nowait_reads_is_read_the_usual_way(big_file, monk
     import os
 
     real = os.preadv
+    attempts = []
 
     def no_nowait(fd, buffers, offset, flags=0):
         if flags:
+            attempts.append(offset)
             raise OSError(errno.EOPNOTSUPP, "not supported")
         return real(fd, buffers, offset)
 
     monkeypatch.setattr(os, "preadv", no_nowait)
-    out = _read_split(big_file, monkeypatch)
+    out = _read_split(big_file, monkeypatch, threads=2)
     assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    assert len(attempts) == 1  # asked once; every later read went straight to the waiting threads
 
 
 def test_a_file_shrunk_under_waiting_reads_is_named(big_file, monkeypatch):
@@ -302,31 +341,40 @@ def test_a_file_shrunk_under_waiting_reads_is_named(big_file, monkeypatch):
         read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=4)
 
 
-def test_prefault_keeps_the_contents_and_faults_the_pages_in():
+def _present(address: int) -> bool:
+    """Whether the page at ``address`` is in memory (bit 63 of /proc/self/pagemap)."""
     import mmap
+    import struct
+
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(address // mmap.PAGESIZE * 8)
+        return bool(struct.unpack("<Q", pagemap.read(8))[0] >> 63)
+
+
+def test_prefault_faults_in_the_whole_pages_of_the_view_and_keeps_the_contents():
+    import ctypes
+    import mmap
+    import os
+    import sys
 
     from ckptkit.io.buffers import prefault
 
-    size = 8 * 2**20
+    page = mmap.PAGESIZE
+    size = 64 * page
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # no page present yet
-    region[:5] = b"kept!"
-    region[-5:] = b"tail!"
-
-    def resident() -> int:
-        with open("/proc/self/status") as handle:
-            return next(int(line.split()[1]) for line in handle if line.startswith("RssAnon:")) * 1024
-
-    before = resident()
-    populated = prefault(memoryview(region))
-    after = resident()
-    assert region[:5] == b"kept!" and region[-5:] == b"tail!" and region[4096:4100] == b"\0" * 4
-    if populated:  # Linux 5.14+: the whole region in one call
-        assert after - before >= size - 3 * 4096
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    region[page + 100 : page + 105] = b"kept!"  # faults in page 1 only
+    # A view that starts and ends inside pages: only the pages wholly inside it may be touched.
+    view = memoryview(region)[2 * page + 100 : 40 * page + 7]
+    populated = prefault(view)
+    assert region[page + 100 : page + 105] == b"kept!" and region[3 * page : 3 * page + 4] == b"\0" * 4
+    if populated:  # Linux 5.14+: the whole pages of the view, in one call, and nothing else
+        assert not _present(base + 2 * page) and not _present(base + 40 * page)
+        assert all(_present(base + i * page) for i in range(3, 40))
+        assert not any(_present(base + i * page) for i in range(41, 64))
     else:  # only where the kernel cannot (not Linux, or before 5.14)
-        import os
-        import sys
-
         release = tuple(int(p) for p in os.uname().release.split(".")[:2])
         assert not sys.platform.startswith("linux") or release < (5, 14)
+    del view
     assert prefault(memoryview(bytearray(100))) is False  # too short to bother
-    assert prefault(memoryview(bytes(size))) is False  # read-only memory is never touched
+    assert prefault(memoryview(bytes(2**20))) is False  # read-only memory is never touched
