@@ -568,6 +568,30 @@ def _targets(medians: dict[str, dict[str, float]], anon: dict[str, dict[str, flo
         "table. The zero-copy rows are a few milliseconds: `median_ms` gives them to 0.01 ms.",
         "",
     ]
+    why = []
+    if not zero_t <= 1.0:
+        tiny = ratio("tiny", "st_load_file", "ckptkit")
+        why.append(
+            f"- dict default: ckptkit's extra {zero_ms['ckptkit'] - zero_ms['st_load_file']:.2f} ms is a fixed "
+            "cost per call, not per tensor: it resolves the directory (the index, the weight set and its "
+            "variant) and checks the index against every header (strict JSON, offsets, holes, keys in two "
+            "shards) before it maps anything, which `load_file` handed the paths does not do. Per tensor it "
+            f"is faster: {tiny:.1f}x `load_file` on the 5,000-tensor file below."
+        )
+    if not cold_st >= 1.5:
+        need = 1 / 1.5
+        disk = min(
+            ratio("cold", "pread_floor", "st_load_file+clone"),
+            ratio("cold", "dd_floor", "st_load_file+clone"),
+        )
+        why.append(
+            f"- cold: 1.5x needs the private load in {need:.2f}x the time of `load_file`+clone; the disk alone "
+            f"(the faster of `dd` and the parallel-read floor, no fresh memory) took {disk:.2f}x of it in this "
+            f"run and ckptkit {1 / cold_st:.2f}x, so the disk, not the loader, sets the ratio here"
+            + (" (no private load can reach the target on this disk)." if disk > need else ".")
+        )
+    if why:
+        lines[-1:-1] = ["", "Why the misses:", "", *why]
     return "\n".join(lines)
 
 

@@ -257,8 +257,8 @@ def summarize(report: dict, args: argparse.Namespace) -> str:
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"`nproc` = {os.cpu_count()}, load average (1, 5, 15 min) when written: "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores shared with other jobs while this ran, so "
-        "absolute times are noisy; compare rows of the same run), torch "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (about 1 is the benchmark itself; "
+        "more means other jobs shared the 2 cores, so absolute times are noisy; compare rows of the same run), torch "
         f"{torch.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}, "
         f"ckptkit {ckptkit.__version__}.",
         "",
