@@ -71,7 +71,7 @@ class CachedReads:
     """
 
     def __init__(self) -> None:
-        self.supported = NOWAIT is not None
+        self._flag = NOWAIT  # None once the file system (or the kernel) has said it cannot
 
     def read(self, job: ReadJob) -> ReadJob | None:
         """Read what the page cache holds of ``job``; the rest, if any, as a job (already prefaulted).
@@ -82,16 +82,16 @@ class CachedReads:
         buffers = job.buffers or []
         for buffer in buffers:
             prefault(buffer)
-        if not self.supported or NOWAIT is None:
+        if self._flag is None:
             return job
         try:
-            got = os.preadv(job.fd, buffers, job.offset, NOWAIT)
+            got = os.preadv(job.fd, buffers, job.offset, self._flag)
         except BlockingIOError:  # the first page is not cached
             return job
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
-            self.supported = False  # a file system (or kernel) that cannot say: read the usual way
+            self._flag = None  # a file system (or kernel) that cannot say: read the usual way
             return job
         if got >= job.nbytes:
             return None
