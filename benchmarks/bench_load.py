@@ -403,6 +403,7 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
     sections = []
     medians: dict[str, dict[str, float]] = {}
     anon: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, tuple[float, float]]] = {}
 
     def table(key: str, title: str, results: dict, base: str, note: str) -> None:
         rows = summarize(results)
@@ -412,6 +413,7 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
                     row["median_ms"] = round(row["median_s"] * 1e3, 2)
         medians[key] = {r["contender"]: r["median_s"] for r in rows if "median_s" in r}
         anon[key] = {r["contender"]: r["median_anon_bytes"] for r in rows if "median_anon_bytes" in r}
+        spread[key] = {r["contender"]: (r["min_s"], r["max_s"]) for r in rows if "min_s" in r}
         _ratios(rows, base, label=f"speedup_vs_{base}")
         sections.append(f"### {title}\n\n{note}\n\n{markdown_table(_mib(rows))}\n")
 
@@ -500,11 +502,15 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
         "(it needs materialized parameters: `to_empty(device='cpu')`) copy into private memory.\n\n"
         f"{markdown_table(_mib(rows))}\n"
     )
-    sections.insert(0, _targets(medians, anon))
+    sections.insert(0, _targets(medians, anon, spread))
     return "\n".join(sections)
 
 
-def _targets(medians: dict[str, dict[str, float]], anon: dict[str, dict[str, float]]) -> str:
+def _targets(
+    medians: dict[str, dict[str, float]],
+    anon: dict[str, dict[str, float]],
+    spread: dict[str, dict[str, tuple[float, float]]] | None = None,
+) -> str:
     """The issue's targets, met or not, from this run's medians."""
 
     def ratio(key: str, a: str, b: str) -> float:
@@ -597,6 +603,12 @@ def _targets(medians: dict[str, dict[str, float]], anon: dict[str, dict[str, flo
                 "this disk)."
             )
         )
+        dd_range = (spread or {}).get("cold", {}).get("dd_floor")
+        if dd_range is not None:
+            why[-1] += (
+                f" The disk's own speed moved within the run: `dd` of the same bytes took "
+                f"{dd_range[0]:.2f} to {dd_range[1]:.2f} s over its trials."
+            )
     if why:
         lines[-1:-1] = ["", "Why the misses:", "", *why]
     return "\n".join(lines)

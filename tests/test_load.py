@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import struct
 import warnings
 from pathlib import Path
 
@@ -272,6 +273,15 @@ def test_truncated_shard(layout_copy):
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(CorruptCheckpointError, match=r"model-00005-of-00005.*truncated"):
         load_sharded(directory)
+
+
+def test_empty_tensor_with_a_dimension_torch_cannot_hold(tmp_path):
+    # Valid safetensors (no bytes), but torch sizes are signed 64-bit.
+    blob = json.dumps({"e": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob)
+    with pytest.raises(CorruptCheckpointError, match=r"model\.safetensors.*'e'.*2\*\*63"):
+        load_sharded(tmp_path)
 
 
 def test_nothing_there(tmp_path):

@@ -70,6 +70,8 @@ def check_shard_name(name: str, index_path: str | os.PathLike[str]) -> None:
     Raises:
         UnsafeCheckpointError: always for such names, whatever ``confine`` says.
     """
+    if name not in ("", ".", "..") and not any(c in name for c in "/\\:\x00"):
+        return  # a plain file name (the usual case): no separator, drive or NUL to judge
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if (
         not name

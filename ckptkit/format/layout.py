@@ -265,6 +265,8 @@ def _best(candidates: list[WeightSet]) -> WeightSet:
     def rank(s: WeightSet) -> tuple[bool, bool, float]:
         return (not s.complete, s.format != "safetensors", -s.mtime())
 
+    if len(candidates) == 1:  # nothing to rank (ranking stats every file for its time)
+        return candidates[0]
     return sorted(candidates, key=rank)[0]
 
 

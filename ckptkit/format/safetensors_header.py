@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES
-from ckptkit.format.safe_files import file_identity, open_regular_file, os_error
+from ckptkit.format.safe_files import file_identity, open_regular, os_error
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = [
@@ -110,11 +110,12 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         (32128, 4096)
     """
     path = Path(path)
-    with open_regular_file(path) as handle:
+    fd = open_regular(path)
+    try:
         try:
-            stats = os.fstat(handle.fileno())
+            stats = os.fstat(fd)
             file_size = stats.st_size
-            prefix = handle.read(8)
+            prefix = os.pread(fd, 8, 0)
             if len(prefix) < 8:
                 raise CorruptCheckpointError(
                     f"file is {file_size} bytes, too short to hold a safetensors header",
@@ -123,9 +124,11 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
                 )
             (length,) = struct.unpack("<Q", prefix)
             _check_length(path, length, file_size)
-            raw = handle.read(length)
+            raw = _pread_all(fd, length, 8)
         except OSError as exc:
             raise os_error(path, exc) from None
+    finally:
+        os.close(fd)
     if len(raw) < length:
         raise CorruptCheckpointError(
             f"header is {length} bytes but the file ends after {len(raw)}",
@@ -135,6 +138,21 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     header = parse_header_bytes(raw, path=path, file_size=file_size)
     header.identity = file_identity(stats)
     return header
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (fewer only at the end of the file), however the reads split."""
+    first = os.pread(fd, length, offset)
+    if len(first) == length or not first:
+        return first
+    chunks, got = [first], len(first)
+    while got < length:
+        chunk = os.pread(fd, length - got, offset + got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def _check_length(path: Path, length: int, file_size: int) -> None:

@@ -31,6 +31,13 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON (only Python writes it)")
 
 
+# Made once, as ``json.loads`` keeps its default decoder (a decoder holds no state between calls).
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_without_duplicates)
+_DECODER_NO_CONSTANTS = json.JSONDecoder(
+    object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constant
+)
+
+
 def loads_strict(raw: bytes | str, *, constants: bool = True) -> object:
     """``json.loads`` that raises :class:`DuplicateKeyError` on a repeated key.
 
@@ -50,9 +57,9 @@ def loads_strict(raw: bytes | str, *, constants: bool = True) -> object:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        if constants:
-            return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
-        return json.loads(text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constant)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return (_DECODER if constants else _DECODER_NO_CONSTANTS).decode(text)
     finally:
         if enabled:
             gc.enable()

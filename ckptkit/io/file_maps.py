@@ -63,29 +63,40 @@ class FileMaps:
             typed = torch.empty(0, dtype=dtype).set_(storage, 0, (storage.nbytes() // size,), (1,))  # type: ignore[call-overload]  # the stub lacks UntypedStorage
             self._typed[dtype] = typed
         # One strided view of the typed map per tensor (cheaper than slicing then viewing twice).
-        return typed.as_strided(info.shape, _contiguous_strides(info.shape), start // size)
+        shape = info.shape
+        strides = _STRIDES.get(shape)
+        if strides is None:
+            strides = _contiguous_strides(shape)
+            if len(_STRIDES) < 4096:  # layers repeat a few shapes; a header of unique ones stays bounded
+                _STRIDES[shape] = strides
+        return typed.as_strided(shape, strides, start // size)
 
     def _map(self, header: SafetensorsHeader) -> torch.UntypedStorage:
         path = header.path
-        size = os.path.getsize(path)
-        end = max((header.data_start + i.begin + i.nbytes for i in header.tensors.values()), default=0)
-        if size < end:
-            # Truncated after its header was checked: reading past the end of a map would fault.
-            raise CorruptCheckpointError(
-                f"file is {size} bytes but its header describes {end}",
-                path=path,
-                fix="the file is truncated; download or copy it again",
-            )
         # Map the file already opened and checked (regular, the one whose header was read), not the
         # path again. shared=False: MAP_PRIVATE, so writes to a tensor copy the page and never reach
         # the file.
         fd = open_regular(path, identity=header.identity)
         try:
+            size = os.fstat(fd).st_size
+            # The header was checked against the size the file had then: its tensors end there.
+            end = header.file_size
+            if size < end:
+                # Truncated after its header was checked: reading past the end of a map would fault.
+                raise CorruptCheckpointError(
+                    f"file is {size} bytes but its header describes {end}",
+                    path=path,
+                    fix="the file is truncated; download or copy it again",
+                )
             storage = torch.UntypedStorage.from_file(held_path(fd, path), False, size)
         finally:
             os.close(fd)
         self._storages[path] = storage  # type: ignore[assignment]  # from_file's stub says _StorageBase
         return storage  # type: ignore[return-value]
+
+
+#: Contiguous strides by shape, as computed by :func:`_contiguous_strides`.
+_STRIDES: dict[tuple[int, ...], tuple[int, ...]] = {}
 
 
 def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:

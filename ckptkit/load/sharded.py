@@ -355,7 +355,9 @@ def _load_safetensors(
     for path in files.files:
         header = files.headers[path]
         for name, info in header.tensors.items():
-            if max(info.shape, default=0) >= 2**63:  # valid safetensors, but no torch size
+            # Valid safetensors, but no torch size. Only an empty tensor can have such a dimension:
+            # any other would need more bytes than a file can hold, which the header check refused.
+            if info.begin == info.end and max(info.shape, default=0) >= 2**63:
                 raise CorruptCheckpointError(
                     f"tensor {name!r} has a dimension of 2**63 or more, which torch cannot represent",
                     path=path,

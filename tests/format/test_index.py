@@ -39,6 +39,39 @@ def test_escaping_shard_names_are_always_refused(tmp_path: Path, name: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("model-00001-of-00002.safetensors", None),
+        ("sub/model.safetensors", None),
+        ("", UnsafeCheckpointError),
+        ("..", UnsafeCheckpointError),
+        (".", CorruptCheckpointError),
+        ("a\x00b.safetensors", UnsafeCheckpointError),
+        ("C:x.safetensors", UnsafeCheckpointError),
+        ("\\\\server\\share\\x.safetensors", UnsafeCheckpointError),
+        ("sub/", CorruptCheckpointError),
+        ("sub//x.safetensors", CorruptCheckpointError),
+    ],
+)
+def test_shard_names_plain_or_judged(tmp_path: Path, name: str, refused: type[Exception] | None) -> None:
+    # A plain file name is accepted at a glance; anything with a separator, drive, NUL or dots is
+    # judged in full, with the same outcome as before the glance existed.
+    path = _index(tmp_path / "model.safetensors.index.json", {"w": name})
+    if refused is None:
+        assert read_index(path).shard_names == [name]
+    else:
+        with pytest.raises(refused):
+            read_index(path)
+
+
+def test_index_with_a_byte_order_mark_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"weight_map": {"w": "a.safetensors"}}).encode())
+    with pytest.raises(CorruptCheckpointError, match="BOM"):
+        read_index(path)
+
+
+@pytest.mark.parametrize(
     ("content", "match"),
     [
         ("{", "not valid JSON"),
