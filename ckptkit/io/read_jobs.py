@@ -3,24 +3,31 @@
 A :class:`TensorRead` is one tensor and its destination; the reader cuts the reads into
 :class:`ReadJob` s (a run of small tensors, or one chunk of a large one). A job whose bytes land as
 they are is read by :class:`CachedReads` (what the page cache holds, without waiting) and
-:func:`read_waiting` (the rest, waiting for the disk).
+:func:`read_waiting` (the rest, waiting for the disk), on :class:`ReadStreams` when many reads
+should be in flight.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ckptkit.format.safe_files import held_path
 from ckptkit.format.safetensors_header import SafetensorsHeader, TensorInfo
 from ckptkit.io.buffers import prefault
 from ckptkit.io.tensors import read_into, to_torch_dtype
 
-__all__ = ["NOWAIT", "CachedReads", "ReadJob", "TensorRead", "read_waiting"]
+__all__ = ["NOWAIT", "CachedReads", "ReadJob", "ReadStreams", "TensorRead", "read_waiting"]
 
 
 @dataclass
@@ -68,10 +75,16 @@ class CachedReads:
 
     One per :func:`~ckptkit.io.reader.read_tensors` call: once the file system has said it cannot
     (``EOPNOTSUPP``, ``EINVAL``, ``ENOSYS``), later jobs skip the attempt and wait as usual.
+
+    A job whose first page is not in the page cache (asked with ``cachestat``, Linux 6.5, which
+    reads nothing) is not attempted: an ``RWF_NOWAIT`` read that finds nothing still starts the
+    kernel's readahead at its offset, and threads that run ahead of the waiting reads would scatter
+    such requests over the files, out of the order the waiting reads keep.
     """
 
     def __init__(self) -> None:
         self._flag = NOWAIT  # None once the file system (or the kernel) has said it cannot
+        self._probe = _cachestat is not None  # False once the kernel has refused cachestat
 
     def read(self, job: ReadJob) -> ReadJob | None:
         """Read what the page cache holds of ``job``; the rest, if any, as a job (already prefaulted).
@@ -84,6 +97,12 @@ class CachedReads:
             prefault(buffer)
         if self._flag is None:
             return job
+        if self._probe:
+            cached = _first_page_cached(job.fd, job.offset)
+            if cached is None:
+                self._probe = False  # a kernel without cachestat: attempt every job
+            elif not cached:
+                return job
         try:
             got = os.preadv(job.fd, buffers, job.offset, self._flag)
         except BlockingIOError:  # the first page is not cached
@@ -117,6 +136,147 @@ def read_waiting(job: ReadJob, *, prefaulted: bool = False) -> None:
         if done < len(buffer):
             read_into(job.fd, offset + done, buffer[done:], job.path)
         offset += len(buffer)
+
+
+class ReadStreams:
+    """Reads that wait for the disk, on ``count`` threads: each reads its own contiguous part of the
+    jobs, in order, through its own descriptors.
+
+    The jobs are cut into ``count`` runs of about equal bytes, in file order; the rest of job ``i``
+    (:meth:`submit`) goes to the thread of the run that holds ``i``. Each thread reopens the files
+    it reads (``/proc/self/fd/N``: the very file already opened and checked), so the kernel's
+    readahead follows one sequential reader per descriptor instead of guessing between threads that
+    take turns on one. On this project's 2-core VM, 8 such streams read a cold 785 MiB checkpoint
+    in about 0.55 s where 8 threads taking the next chunk from one queue took about 0.65-0.72 s,
+    with half as many requests to the disk, each twice the size.
+
+    Args:
+        jobs: every job of the load, in the order they are planned (file, then offset).
+        count: threads, so reads in flight.
+        read: reads one job (its destination already prefaulted), waiting for the disk.
+    """
+
+    def __init__(self, jobs: Sequence[ReadJob], count: int, read: Callable[[ReadJob], None]) -> None:
+        count = max(1, count)
+        total = sum(job.nbytes for job in jobs) or 1
+        self._run_of: list[int] = []
+        at = 0
+        for job in jobs:
+            self._run_of.append(min(count - 1, at * count // total))
+            at += job.nbytes
+        self._read = read
+        self._queues: list[queue.SimpleQueue[tuple[ReadJob, Callable[[], None]] | None]] = [
+            queue.SimpleQueue() for _ in range(count)
+        ]
+        self._threads: list[threading.Thread | None] = [None] * count
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._stopped = False
+
+    def submit(self, index: int, job: ReadJob, then: Callable[[], None]) -> None:
+        """Read ``job`` (the rest of job ``index``) on its run's thread, then call ``then``."""
+        run = self._run_of[index]
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("ReadStreams.submit after finish")
+            if self._threads[run] is None:
+                thread = threading.Thread(
+                    target=self._stream, args=(self._queues[run],), name=f"ckptkit-wait-{run}", daemon=True
+                )
+                self._threads[run] = thread
+                thread.start()
+        self._queues[run].put((job, then))
+
+    def finish(self, *, cancel: bool = False) -> None:
+        """Wait for every submitted read (``cancel``: for the one in progress only) and raise the
+        first error one of them met."""
+        with self._lock:
+            self._stopped = True
+            if cancel and self._error is None:
+                self._error = _Cancelled()
+            threads = [
+                (thread, q)
+                for thread, q in zip(self._threads, self._queues, strict=True)
+                if thread is not None
+            ]
+        for _, q in threads:
+            q.put(None)
+        for thread, _ in threads:
+            thread.join()
+        if self._error is not None and not isinstance(self._error, _Cancelled):
+            raise self._error
+
+    def _stream(self, jobs: queue.SimpleQueue[tuple[ReadJob, Callable[[], None]] | None]) -> None:
+        own: dict[int, int] = {}  # shared descriptor -> this thread's own
+        try:
+            while (item := jobs.get()) is not None:
+                if self._error is not None:
+                    continue  # the load failed or was cancelled: drain without reading
+                job, then = item
+                try:
+                    fd = own.get(job.fd)
+                    if fd is None:
+                        fd = own[job.fd] = _reopen(job.fd, job.path)
+                    self._read(job if fd == job.fd else dataclasses.replace(job, fd=fd))
+                    then()
+                except BaseException as exc:  # handed to finish(), on the caller's thread
+                    with self._lock:
+                        if self._error is None:
+                            self._error = exc
+        finally:
+            for shared, fd in own.items():
+                if fd != shared:
+                    os.close(fd)
+
+
+class _Cancelled(Exception):
+    """Marks a :meth:`ReadStreams.finish` that was cancelled (nothing to raise)."""
+
+
+def _reopen(fd: int, path: Path) -> int:
+    """A new descriptor of the file ``fd`` holds (its own readahead), or ``fd`` where there is none."""
+    name = held_path(fd, path)
+    if name == os.fspath(path):
+        return fd  # no /proc: opening the name again might not reach the file checked
+    try:
+        own = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return fd
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(own, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    return own
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
+    ]
+
+
+class _CacheStatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+#: ``cachestat`` (Linux 6.5): how many pages of a range the page cache holds, reading nothing.
+_CACHESTAT = 451  # one number on every architecture (added after the syscall tables were unified)
+_cachestat: Callable[..., int] | None = None
+if sys.platform.startswith("linux"):
+    try:
+        _cachestat = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        _cachestat = None
+
+
+def _first_page_cached(fd: int, offset: int) -> bool | None:
+    """Whether the page cache holds the page at ``offset`` of ``fd``; ``None``: cannot tell."""
+    if _cachestat is None:
+        return None
+    stat = _CacheStat()
+    span = _CacheStatRange(offset, 1)
+    if _cachestat(_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
+        return None  # ENOSYS before 6.5, or refused (seccomp)
+    return stat.nr_cache > 0
 
 
 def _after(buffers: list[memoryview], skip: int) -> list[memoryview]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -378,3 +380,149 @@ def test_prefault_faults_in_the_whole_pages_of_the_view_and_keeps_the_contents()
     del view
     assert prefault(memoryview(bytearray(100))) is False  # too short to bother
     assert prefault(memoryview(bytes(2**20))) is False  # read-only memory is never touched
+
+
+# -- the waiting reads: sequential streams, each on its own descriptors ----------------------------
+
+
+def _nothing_cached(monkeypatch):
+    """Every RWF_NOWAIT read finds nothing cached (as for a cold file)."""
+    import os
+
+    real = os.preadv
+
+    def preadv(fd, buffers, offset, flags=0):
+        if flags:
+            raise BlockingIOError(11, "would block")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+
+
+def _open_fds() -> set[str]:
+    import os
+
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_waiting_reads_run_as_ordered_streams_on_their_own_descriptors(big_file, monkeypatch):
+    import os
+    import threading
+
+    _nothing_cached(monkeypatch)
+    identity = (os.stat(big_file).st_dev, os.stat(big_file).st_ino)
+    seen = []  # (thread, offset, fd, same file) of every waiting read
+    real = reader.read_waiting
+
+    def spy(job, **kwargs):
+        st = os.fstat(job.fd)
+        seen.append((threading.current_thread().name, job.offset, job.fd, (st.st_dev, st.st_ino) == identity))
+        return real(job, **kwargs)
+
+    monkeypatch.setattr(reader, "read_waiting", spy)
+    before = _open_fds()
+    out = _read_split(big_file, monkeypatch, threads=3)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    assert _open_fds() == before  # every descriptor a stream opened is closed again
+    streams = {}
+    for name, offset, fd, same in seen:
+        assert same and name.startswith("ckptkit-wait-")
+        streams.setdefault(name, []).append((offset, fd))
+    assert len(streams) == 3
+    for reads in streams.values():
+        offsets = [offset for offset, _ in reads]
+        assert offsets == sorted(offsets)  # each stream reads its run in file order
+        assert len({fd for _, fd in reads}) == 1  # through one descriptor of its own
+    assert len({reads[0][1] for reads in streams.values()}) == 3
+    # The runs are contiguous: every offset of one stream lies before every offset of the next.
+    runs = sorted((min(o for o, _ in r), max(o for o, _ in r)) for r in streams.values())
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(runs))
+
+
+def test_a_failed_stream_read_leaves_no_thread_behind(big_file, monkeypatch):
+    import threading
+
+    _nothing_cached(monkeypatch)
+    real = reader.read_waiting
+    calls = []
+
+    def fails_once(job, **kwargs):
+        calls.append(job.offset)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real(job, **kwargs)
+
+    monkeypatch.setattr(reader, "read_waiting", fails_once)
+    with pytest.raises(OSError, match="Input/output"):
+        _read_split(big_file, monkeypatch, threads=3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ckptkit-wait")]
+
+
+def _evict(path) -> bool:
+    """Drop ``path`` from the page cache; whether the kernel says it is gone (needs cachestat)."""
+    import os
+
+    from ckptkit.io import read_jobs
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return read_jobs._first_page_cached(fd, 0) is False
+    finally:
+        os.close(fd)
+
+
+def test_jobs_not_in_the_page_cache_are_not_attempted_without_waiting(big_file, monkeypatch):
+    import os
+
+    header = read_header(big_file)
+    if not _evict(big_file):
+        pytest.skip("the kernel cannot say what the page cache holds (cachestat, Linux 6.5)")
+    real = os.preadv
+    attempts = []
+
+    def spy(fd, buffers, offset, flags=0):
+        if flags:
+            attempts.append(offset)
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", spy)
+    monkeypatch.setattr(reader, "_cpus", lambda: 1)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 64 * 2**10)
+    out = _targets(header)  # the header was read before the file left the page cache
+    read_tensors([TensorRead(header, header.tensors[n], t) for n, t in out.items()], num_threads=4)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    # The first chunk was not in the page cache when the CPU thread came to it: it was handed to
+    # its stream without an RWF_NOWAIT read (which would have started readahead there). Later
+    # chunks may already be cached by the streams' own readahead, and then are attempted.
+    assert header.data_start not in attempts
+
+
+def test_a_kernel_without_cachestat_attempts_every_job(big_file, monkeypatch):
+    import os
+
+    from ckptkit.io import read_jobs
+
+    asked = []
+
+    def refused(*args):
+        asked.append(args[0])
+        return -1
+
+    monkeypatch.setattr(read_jobs, "_cachestat", refused)
+    real = os.preadv
+    attempts = []
+
+    def spy(fd, buffers, offset, flags=0):
+        if flags:
+            attempts.append(offset)
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", spy)
+    big_file.read_bytes()
+    out = _read_split(big_file, monkeypatch)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    assert asked == [read_jobs._CACHESTAT]  # refused once, then not asked again
+    assert len(attempts) > 10
