@@ -43,8 +43,6 @@ __all__ = [
     "regular_file_problem",
 ]
 
-#: Whether ``/proc/self/fd/N`` names an open descriptor here (Linux): checked once.
-_PROC_FDS = os.path.isdir("/proc/self/fd")
 _ROOT: contextvars.ContextVar[str | None] = contextvars.ContextVar("ckptkit_confinement_root", default=None)
 
 _KINDS = (
@@ -223,7 +221,9 @@ def open_regular_file(
 def held_path(fd: int, path: str | os.PathLike[str]) -> str:
     """A name that opens exactly the file ``fd`` holds (``/proc/self/fd/N``), for libraries that
     open by name (``safe_open``, ``torch.load(mmap=True)``); ``path`` where there is no ``/proc``."""
-    return f"/proc/self/fd/{fd}" if _PROC_FDS else os.fspath(path)
+    proc = f"/proc/self/fd/{fd}"
+    # Asked each time: /proc can be there but closed to this process (after dropping privileges).
+    return proc if os.path.exists(proc) else os.fspath(path)
 
 
 def file_identity(info: os.stat_result) -> tuple[int, int]:

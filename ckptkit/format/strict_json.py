@@ -57,6 +57,12 @@ def loads_strict(raw: bytes | str, *, constants: bool = True) -> object:
     enabled = gc.isenabled()
     gc.disable()
     try:
+        if not isinstance(text, str):  # a bytearray: json.loads detects its encoding
+            return json.loads(
+                text,
+                object_pairs_hook=_pairs_without_duplicates,
+                **({} if constants else {"parse_constant": _no_constant}),
+            )
         if text.startswith("\ufeff"):  # as json.loads refuses it
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         return (_DECODER if constants else _DECODER_NO_CONSTANTS).decode(text)

@@ -140,7 +140,7 @@ def read_waiting(job: ReadJob, *, prefaulted: bool = False) -> None:
 
 class ReadStreams:
     """Reads that wait for the disk, on ``count`` threads: each reads its own contiguous part of the
-    jobs, in order, through its own descriptors.
+    jobs, in file order (as the CPU threads hand them on: nearly so), through its own descriptors.
 
     The jobs are cut into ``count`` runs of about equal bytes, in file order; the rest of job ``i``
     (:meth:`submit`) goes to the thread of the run that holds ``i``. Each thread reopens the files
@@ -176,34 +176,37 @@ class ReadStreams:
     def submit(self, index: int, job: ReadJob, then: Callable[[], None]) -> None:
         """Read ``job`` (the rest of job ``index``) on its run's thread, then call ``then``."""
         run = self._run_of[index]
-        with self._lock:
+        with self._lock:  # so that no job lands behind the end a finish() puts on the queue
             if self._stopped:
                 raise RuntimeError("ReadStreams.submit after finish")
             if self._threads[run] is None:
                 thread = threading.Thread(
                     target=self._stream, args=(self._queues[run],), name=f"ckptkit-wait-{run}", daemon=True
                 )
-                self._threads[run] = thread
                 thread.start()
-        self._queues[run].put((job, then))
+                self._threads[run] = thread
+            self._queues[run].put((job, then))
 
     def finish(self, *, cancel: bool = False) -> None:
-        """Wait for every submitted read (``cancel``: for the one in progress only) and raise the
-        first error one of them met."""
+        """Wait for the streams, then raise the first error a read met.
+
+        Args:
+            cancel: the load failed or was interrupted: reads not yet started are dropped, only those
+                in progress are waited for, and nothing is raised (the caller's exception stands).
+                May follow a :meth:`finish` that was itself interrupted.
+        """
         with self._lock:
-            self._stopped = True
             if cancel and self._error is None:
                 self._error = _Cancelled()
-            threads = [
-                (thread, q)
-                for thread, q in zip(self._threads, self._queues, strict=True)
-                if thread is not None
-            ]
-        for _, q in threads:
-            q.put(None)
-        for thread, _ in threads:
+            if not self._stopped:
+                self._stopped = True
+                for thread, stream in zip(self._threads, self._queues, strict=True):
+                    if thread is not None:
+                        stream.put(None)
+            threads = [thread for thread in self._threads if thread is not None]
+        for thread in threads:
             thread.join()
-        if self._error is not None and not isinstance(self._error, _Cancelled):
+        if not cancel and self._error is not None and not isinstance(self._error, _Cancelled):
             raise self._error
 
     def _stream(self, jobs: queue.SimpleQueue[tuple[ReadJob, Callable[[], None]] | None]) -> None:
@@ -243,7 +246,10 @@ def _reopen(fd: int, path: Path) -> int:
     except OSError:
         return fd
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(own, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        try:
+            os.posix_fadvise(own, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass  # a hint only
     return own
 
 
@@ -259,11 +265,16 @@ class _CacheStatRange(ctypes.Structure):
 
 
 #: ``cachestat`` (Linux 6.5): how many pages of a range the page cache holds, reading nothing.
-_CACHESTAT = 451  # one number on every architecture (added after the syscall tables were unified)
+#: 451 on the architectures that share the unified syscall numbers (not alpha or MIPS, for instance):
+#: elsewhere the probe is not made and every job is attempted.
+_CACHESTAT = 451
+_CACHESTAT_MACHINES = ("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "ppc64", "s390x", "loongarch64")
 _cachestat: Callable[..., int] | None = None
-if sys.platform.startswith("linux"):
+if sys.platform.startswith("linux") and os.uname().machine in _CACHESTAT_MACHINES:
     try:
         _cachestat = ctypes.CDLL(None, use_errno=True).syscall
+        _cachestat.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+        _cachestat.restype = ctypes.c_long
     except (OSError, AttributeError):
         _cachestat = None
 
@@ -274,7 +285,7 @@ def _first_page_cached(fd: int, offset: int) -> bool | None:
         return None
     stat = _CacheStat()
     span = _CacheStatRange(offset, 1)
-    if _cachestat(_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
+    if _cachestat(_CACHESTAT, fd, ctypes.addressof(span), ctypes.addressof(stat), 0) != 0:
         return None  # ENOSYS before 6.5, or refused (seccomp)
     return stat.nr_cache > 0
 

@@ -171,8 +171,8 @@ def read_tensors(
                         future.cancel()
                     raise
             if waiting is not None:
-                streams, waiting = waiting, None
-                streams.finish()  # complete: every waiting read has run
+                waiting.finish()  # complete: every waiting read has run
+                waiting = None
         finally:
             if waiting is not None:  # the load failed or was interrupted: stop the streams
                 waiting.finish(cancel=True)

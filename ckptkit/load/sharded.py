@@ -357,7 +357,8 @@ def _load_safetensors(
         header = files.headers[path]
         for name, info in header.tensors.items():
             # Valid safetensors, but no torch size. Only an empty tensor can have such a dimension:
-            # any other would need more bytes than a file can hold, which the header check refused.
+            # the header check refused any element count of 2**64 or more, so a dimension of 2**63
+            # or more leaves a count below 2**64 only when another dimension is 0.
             if info.begin == info.end and max(info.shape, default=0) >= 2**63:
                 raise CorruptCheckpointError(
                     f"tensor {name!r} has a dimension of 2**63 or more, which torch cannot represent",

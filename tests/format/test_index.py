@@ -145,3 +145,11 @@ def test_total_size_lie_and_unlisted_keys_are_warnings(tmp_path: Path) -> None:
     assert check.ok
     assert any("total_size says 999" in w for w in check.warnings)
     assert any("not in the index" in w and "'y'" in w for w in check.warnings)
+
+
+def test_strict_json_takes_a_bytearray_as_json_loads_does() -> None:
+    from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
+
+    assert loads_strict(bytearray(b'{"a": 1}')) == {"a": 1}
+    with pytest.raises(DuplicateKeyError):
+        loads_strict(bytearray(b'{"a": 1, "a": 2}'))

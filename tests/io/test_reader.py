@@ -526,3 +526,72 @@ def test_a_kernel_without_cachestat_attempts_every_job(big_file, monkeypatch):
     assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
     assert asked == [read_jobs._CACHESTAT]  # refused once, then not asked again
     assert len(attempts) > 10
+
+
+def test_an_interrupt_in_a_stream_stops_the_load_and_its_streams(big_file, monkeypatch):
+    import threading
+
+    _nothing_cached(monkeypatch)
+    real = reader.read_waiting
+    calls = []
+
+    def interrupted(job, **kwargs):
+        calls.append(job.offset)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job, **kwargs)
+
+    monkeypatch.setattr(reader, "read_waiting", interrupted)
+    before = _open_fds()
+    with pytest.raises(KeyboardInterrupt):
+        _read_split(big_file, monkeypatch, threads=3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ckptkit-wait")]
+    assert _open_fds() == before
+
+
+def test_a_cancelled_finish_waits_but_never_raises(tmp_path):
+    import os
+    import threading
+
+    from ckptkit.io.read_jobs import ReadJob, ReadStreams
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    started, release = threading.Event(), threading.Event()
+    done = []
+
+    def read(job):
+        if job.offset == 0:
+            started.set()
+            release.wait(5)
+            raise OSError(5, "Input/output error")
+        done.append(job.offset)
+
+    try:
+        jobs = [ReadJob(fd, path, offset, 10, buffers=[memoryview(bytearray(10))]) for offset in (0, 10, 20)]
+        streams = ReadStreams(jobs, 1, read)
+        for index, job in enumerate(jobs):
+            streams.submit(index, job, lambda: None)
+        started.wait(5)
+        release.set()
+        streams.finish(cancel=True)  # the caller's own exception stands: nothing raised here
+        assert done == []  # reads not started when the load was cancelled are dropped
+        streams.finish(cancel=True)  # again, as after a finish() that was itself interrupted
+        with pytest.raises(RuntimeError, match="after finish"):
+            streams.submit(0, jobs[0], lambda: None)
+    finally:
+        os.close(fd)
+
+
+def test_without_proc_the_streams_read_through_the_shared_descriptors(big_file, monkeypatch):
+    from ckptkit.io import read_jobs
+
+    _nothing_cached(monkeypatch)
+    monkeypatch.setattr(read_jobs, "held_path", lambda fd, path: str(path))  # no /proc/self/fd
+    reopened = []
+    real = read_jobs.os.open
+    monkeypatch.setattr(read_jobs.os, "open", lambda *a, **k: reopened.append(a[0]) or real(*a, **k))
+    out = _read_split(big_file, monkeypatch, threads=3)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    assert not [name for name in reopened if "/proc/" in str(name)]
