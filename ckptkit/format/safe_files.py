@@ -252,7 +252,9 @@ def read_capped(path: str | os.PathLike[str], cap: int, *, what: str = "file") -
             )
         chunks, total = [], 0
         while total <= cap:
-            chunk = os.read(fd, min(cap + 1 - total, 1 << 20))
+            # The size fstat gave (+1 to meet the end), or 64 KiB more if the file grew: not a 1 MiB
+            # buffer for a 7 KiB index (a fresh mmap and munmap by malloc on each first read).
+            chunk = os.read(fd, min(cap + 1 - total, max(size + 1 - total, 1 << 16)))
             if not chunk:
                 break
             chunks.append(chunk)

@@ -40,10 +40,13 @@ class FileMaps:
         # The last file's map viewed as each dtype met in it (a whole-map view, made once).
         self._typed: dict[torch.dtype, torch.Tensor] = {}
 
-    def tensor(self, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor | None:
+    def tensor(
+        self, header: SafetensorsHeader, info: TensorInfo, dtype: torch.dtype | None = None
+    ) -> torch.Tensor | None:
         """A file-backed tensor of ``info`` in its stored dtype and shape, or ``None`` when it
         cannot be one (no bytes, or an offset not aligned for its dtype): read it instead."""
-        dtype = to_torch_dtype(info.dtype)
+        if dtype is None:
+            dtype = to_torch_dtype(info.dtype)
         size = dtype.itemsize
         start = header.data_start + info.begin
         nbytes = info.end - info.begin

@@ -387,7 +387,7 @@ def _safetensors_to_dict(
         stored = to_torch_dtype(info.dtype)
         want = _want_dtype(stored, options.dtype)
         if maps is not None and want is stored:
-            view = maps.tensor(header, info)
+            view = maps.tensor(header, info, stored)
             if view is not None:
                 out[name] = view  # zero-copy: a copy-on-write view of the file
                 continue
@@ -424,7 +424,7 @@ def _safetensors_to_module(
             and plan.cast(name, stored) in (None, stored)
         ):
             # A meta tensor in its stored dtype: a view of the file, without allocating a target first.
-            view = maps.tensor(header, info)
+            view = maps.tensor(header, info, stored)
             if view is not None:
                 assigns.append((name, view))
                 continue
@@ -433,7 +433,7 @@ def _safetensors_to_module(
         )
         target = placement.target
         if maps is not None and placement.assign and target.dtype == stored and target.device.type == "cpu":
-            view = maps.tensor(header, info)
+            view = maps.tensor(header, info, stored)
             if view is not None:
                 assigns.append((name, view))  # zero-copy: a copy-on-write view of the file
                 continue
