@@ -440,23 +440,28 @@ def test_waiting_reads_run_as_ordered_streams_on_their_own_descriptors(big_file,
     assert all(a[1] < b[0] for a, b in itertools.pairwise(runs))
 
 
-def test_a_failed_stream_read_leaves_no_thread_behind(big_file, monkeypatch):
+@pytest.mark.parametrize(
+    ("error", "at"), [(OSError(5, "Input/output error"), 2), (KeyboardInterrupt(), 3)], ids=["io", "ctrl-c"]
+)
+def test_a_failed_or_interrupted_stream_read_stops_the_load_and_its_streams(big_file, monkeypatch, error, at):
     import threading
 
     _nothing_cached(monkeypatch)
     real = reader.read_waiting
     calls = []
 
-    def fails_once(job, **kwargs):
+    def fails(job, **kwargs):
         calls.append(job.offset)
-        if len(calls) == 2:
-            raise OSError(5, "Input/output error")
+        if len(calls) == at:
+            raise error
         return real(job, **kwargs)
 
-    monkeypatch.setattr(reader, "read_waiting", fails_once)
-    with pytest.raises(OSError, match="Input/output"):
+    monkeypatch.setattr(reader, "read_waiting", fails)
+    before = _open_fds()
+    with pytest.raises(type(error)):
         _read_split(big_file, monkeypatch, threads=3)
     assert not [t for t in threading.enumerate() if t.name.startswith("ckptkit-wait")]
+    assert _open_fds() == before  # the streams' own descriptors are closed too
 
 
 def _evict(path) -> bool:
@@ -474,14 +479,12 @@ def _evict(path) -> bool:
         os.close(fd)
 
 
-def test_jobs_not_in_the_page_cache_are_not_attempted_without_waiting(big_file, monkeypatch):
+def _spy_nowait(monkeypatch) -> list[int]:
+    """The offsets of every RWF_NOWAIT read made from now on (the reads themselves unchanged)."""
     import os
 
-    header = read_header(big_file)
-    if not _evict(big_file):
-        pytest.skip("the kernel cannot say what the page cache holds (cachestat, Linux 6.5)")
     real = os.preadv
-    attempts = []
+    attempts: list[int] = []
 
     def spy(fd, buffers, offset, flags=0):
         if flags:
@@ -489,6 +492,15 @@ def test_jobs_not_in_the_page_cache_are_not_attempted_without_waiting(big_file, 
         return real(fd, buffers, offset, flags)
 
     monkeypatch.setattr(os, "preadv", spy)
+    return attempts
+
+
+def test_jobs_not_in_the_page_cache_are_not_attempted_without_waiting(big_file, monkeypatch):
+
+    header = read_header(big_file)
+    if not _evict(big_file):
+        pytest.skip("the kernel cannot say what the page cache holds (cachestat, Linux 6.5)")
+    attempts = _spy_nowait(monkeypatch)
     monkeypatch.setattr(reader, "_cpus", lambda: 1)
     monkeypatch.setattr(reader, "CHUNK_BYTES", 64 * 2**10)
     out = _targets(header)  # the header was read before the file left the page cache
@@ -501,7 +513,6 @@ def test_jobs_not_in_the_page_cache_are_not_attempted_without_waiting(big_file, 
 
 
 def test_a_kernel_without_cachestat_attempts_every_job(big_file, monkeypatch):
-    import os
 
     from ckptkit.io import read_jobs
 
@@ -512,41 +523,12 @@ def test_a_kernel_without_cachestat_attempts_every_job(big_file, monkeypatch):
         return -1
 
     monkeypatch.setattr(read_jobs, "_cachestat", refused)
-    real = os.preadv
-    attempts = []
-
-    def spy(fd, buffers, offset, flags=0):
-        if flags:
-            attempts.append(offset)
-        return real(fd, buffers, offset, flags)
-
-    monkeypatch.setattr(os, "preadv", spy)
+    attempts = _spy_nowait(monkeypatch)
     big_file.read_bytes()
     out = _read_split(big_file, monkeypatch)
     assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
     assert asked == [read_jobs._CACHESTAT]  # refused once, then not asked again
     assert len(attempts) > 10
-
-
-def test_an_interrupt_in_a_stream_stops_the_load_and_its_streams(big_file, monkeypatch):
-    import threading
-
-    _nothing_cached(monkeypatch)
-    real = reader.read_waiting
-    calls = []
-
-    def interrupted(job, **kwargs):
-        calls.append(job.offset)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(job, **kwargs)
-
-    monkeypatch.setattr(reader, "read_waiting", interrupted)
-    before = _open_fds()
-    with pytest.raises(KeyboardInterrupt):
-        _read_split(big_file, monkeypatch, threads=3)
-    assert not [t for t in threading.enumerate() if t.name.startswith("ckptkit-wait")]
-    assert _open_fds() == before
 
 
 def test_a_cancelled_finish_waits_but_never_raises(tmp_path):
