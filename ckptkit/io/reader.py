@@ -10,8 +10,8 @@ call (one iovec each), large ones are split into chunks so several threads read 
 page cache holds is copied at once, and the rest of a read that would wait for the disk goes to
 ``num_threads`` sequential streams (:class:`~ckptkit.io.read_jobs.ReadStreams`: contiguous runs
 of the chunks, each read in order through its own descriptors), so that a cold read keeps many
-requests in flight while a hot one does not oversubscribe the CPUs. A CPU destination of another dtype is cast straight from a
-copy-on-write map of its file when the caller passes :class:`FileMaps` (chunks in parallel, each
+requests in flight while a hot one does not oversubscribe the CPUs. A CPU destination of another
+dtype is cast straight from a copy-on-write map of its file when the caller passes :class:`FileMaps` (chunks in parallel, each
 byte of the file read once, as ``from_pretrained`` casts from its map), else through a small
 per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
 destination is filled through two pinned staging
@@ -55,10 +55,9 @@ def default_num_threads() -> int:
 
     At least 8 even on a 2-core machine: a cold read waits on the disk, not the CPU (``preadv``
     releases the GIL), and more reads in flight keep the device's queue full — on a 2-core VM,
-    8 sequential streams read a cold 785 MiB checkpoint about as fast as 12 and faster than 4
-    or 16. Reads the page cache
-    can serve at once run on one thread per CPU instead (:func:`read_tensors`): they are copies
-    bound by the CPUs and the destination's page faults.
+    8 sequential streams read a cold 785 MiB checkpoint about as fast as 12 and faster than 4 or
+    16. Reads the page cache can serve at once run on one thread per CPU instead
+    (:func:`read_tensors`): they are copies bound by the CPUs and the destination's page faults.
     """
     return max(8, min(16, _cpus()))
 
