@@ -173,6 +173,19 @@ class ReadStreams:
         self._error: BaseException | None = None
         self._stopped = False
 
+    def order(self) -> list[int]:
+        """The job indices taken in turn from each run (the first of every run, then the second...).
+
+        The CPU threads prefault each job's destination before handing it on: taken in this order,
+        every stream gets its first job at once, instead of the last one waiting until the
+        destinations of all the runs before it have been faulted in.
+        """
+        runs: list[list[int]] = [[] for _ in self._queues]
+        for index, run in enumerate(self._run_of):
+            runs[run].append(index)
+        longest = max((len(run) for run in runs), default=0)
+        return [run[i] for i in range(longest) for run in runs if i < len(run)]
+
     def submit(self, index: int, job: ReadJob, then: Callable[[], None]) -> None:
         """Read ``job`` (the rest of job ``index``) on its run's thread, then call ``then``."""
         run = self._run_of[index]

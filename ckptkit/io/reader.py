@@ -160,8 +160,9 @@ def read_tensors(
             if threads > cpus and NOWAIT is not None and all(job.buffers is not None for job in jobs):
                 workers = max(cpus, 1)
                 waiting = ReadStreams(jobs, threads, lambda job: read_waiting(job, prefaulted=True))
+            order = range(len(jobs)) if waiting is None else waiting.order()
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-read") as pool:
-                futures = [pool.submit(run, index, job) for index, job in enumerate(jobs)]
+                futures = [pool.submit(run, index, jobs[index]) for index in order]
                 try:
                     for future in futures:
                         future.result()

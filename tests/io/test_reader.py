@@ -464,6 +464,37 @@ def test_a_failed_or_interrupted_stream_read_stops_the_load_and_its_streams(big_
     assert _open_fds() == before  # the streams' own descriptors are closed too
 
 
+def test_every_stream_gets_its_first_job_before_any_gets_a_second(big_file, monkeypatch):
+    from ckptkit.io.read_jobs import ReadStreams
+
+    _nothing_cached(monkeypatch)
+    handed = []  # the run of every job handed to a stream, in the order the CPU threads hand them on
+    real = ReadStreams.submit
+
+    def spy(self, index, job, then):
+        handed.append(self._run_of[index])
+        return real(self, index, job, then)
+
+    monkeypatch.setattr(ReadStreams, "submit", spy)
+    out = _read_split(big_file, monkeypatch, threads=3)
+    assert all(torch.equal(out[k], v) for k, v in load_file(big_file).items())
+    # The CPU thread prefaults each destination before handing its job on: taken run by run in
+    # turn, no stream waits for the destinations of the runs before its own.
+    assert min(handed.count(run) for run in range(3)) >= 2  # several jobs each
+    assert sorted(handed[:3]) == [0, 1, 2]
+
+
+def test_stream_order_takes_each_job_once_run_by_run(tmp_path):
+    from ckptkit.io.read_jobs import ReadJob, ReadStreams
+
+    jobs = [ReadJob(0, tmp_path / "f", 10 * i, 10) for i in range(7)]
+    streams = ReadStreams(jobs, 3, lambda job: None)
+    # Runs of about equal bytes in file order: [0, 1, 2], [3, 4], [5, 6]; taken in turn.
+    assert streams.order() == [0, 3, 5, 1, 4, 6, 2]
+    one = ReadStreams(jobs[:2], 4, lambda job: None)  # more streams than jobs: some runs are empty
+    assert sorted(one.order()) == [0, 1]
+
+
 def _evict(path) -> bool:
     """Drop ``path`` from the page cache; whether the kernel says it is gone (needs cachestat)."""
     import os
