@@ -566,8 +566,7 @@ def _targets(
         + (
             "a lower bound"
             if floor_ok <= 1.0
-            else "**above a contender: not a floor in this run** — ckptkit filled fresh memory from the "
-            "page cache as fast as the floor fills it from a cache-resident chunk, within this VM's noise"
+            else f"**above a contender ({fastest}): not a floor in this run**"
         )
         + ").",
         f"- cold, private: {cold_st:.2f}x as fast as safetensors `load_file`+clone (target >= 1.5x: "
