@@ -1,6 +1,7 @@
 """The measuring protocol every benchmark module shares.
 
-- each trial is a fresh process (``run_alternating``), contenders alternate A B A B;
+- each trial is a fresh process (``run_alternating``), contenders alternate A B A B, after one
+  round run the same way and not counted;
 - inside the child, :func:`child_measure` times one call and samples ``RssAnon`` from
   ``/proc/self/status`` every ~2 ms in a thread, relative to a baseline taken after imports
   (file-backed pages of mmaps are not counted: they are reclaimable);
@@ -192,8 +193,10 @@ def run_alternating(
     *,
     before_each: Callable[[str], None] | None = None,
     timeout: float = 600,
+    warmup: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Run each contender's argv ``trials`` times in fresh processes, alternating A B A B.
+    """Run each contender's argv ``trials`` times in fresh processes, alternating A B A B, after
+    ``warmup`` rounds that are run the same way and not counted.
 
     Each child prints one JSON line (the last line of its stdout) with at least ``"seconds"``
     and ``"peak_anon_bytes"``. A child that fails (an out-of-memory kill is a result too) gives
@@ -205,10 +208,14 @@ def run_alternating(
         env: extra environment for the children.
         before_each: called with the contender's name before each trial (``drop_cache``).
         timeout: seconds before a child is killed.
+        warmup: rounds run first and thrown away. On this VM the first processes after another
+            workload meet a different machine (memory the host has to fault in again, the disk's
+            cache in another state): in one run the first round took 0.8 s for a load whose other
+            six took 0.18-0.38 s, for every contender at once.
     """
     child_env = {**os.environ, **(env or {})}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
-    for _ in range(trials):
+    for round_ in range(warmup + trials):
         for name, argv in contenders.items():
             if before_each is not None:
                 before_each(name)
@@ -223,6 +230,9 @@ def run_alternating(
                 results[name].append({"error": f"exit {proc.returncode}: {tail[0][:300]}"})
                 continue
             results[name].append(json.loads(lines[-1]))
+        if round_ < warmup:
+            for trials_so_far in results.values():
+                trials_so_far.clear()
     return results
 
 
