@@ -209,9 +209,9 @@ def run_alternating(
         before_each: called with the contender's name before each trial (``drop_cache``).
         timeout: seconds before a child is killed.
         warmup: rounds run first and thrown away. On this VM the first processes after another
-            workload meet a different machine (memory the host has to fault in again, the disk's
+            workload meet a different machine (memory the host may have to fault in again, the disk's
             cache in another state): in one run the first round took 0.8 s for a load whose other
-            six took 0.18-0.38 s, for every contender at once.
+            six took 0.18-0.38 s, and six of the nine contenders were slowest in that round.
     """
     child_env = {**os.environ, **(env or {})}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
