@@ -579,20 +579,26 @@ def _targets(
     model = ratio("model", "ckptkit", "diffusers_from_pretrained")
     model_touch = ratio("model", "ckptkit+touch", "diffusers_from_pretrained+touch")
     model_anon = anon.get("model", {}).get("ckptkit", float("nan")) / 2**20
+    # The same comparisons, round by round (each pair of trials ran back to back).
+    zero_rounds = pairs("zero", "ckptkit", "st_load_file", lambda r: r <= 1.0)
+    private_rounds = pairs("private", "st_load_file+clone", "ckptkit(mmap=False)", lambda r: r >= 1.0)
+    floor_rounds = pairs("private", "ckptkit(mmap=False)", "first_touch_floor", lambda r: r <= 1.3)
+    cold_rounds = pairs("cold", "st_load_file+clone", "ckptkit(mmap=False)", lambda r: r >= 1.5)
+    runai_rounds = pairs("cold", "runai+clone", "ckptkit(mmap=False)", lambda r: r >= 1.0)
+    model_rounds = pairs("model", "ckptkit", "diffusers_from_pretrained", lambda r: r <= 1.0)
     lines = [
         "### Targets (this run: ratios of the medians, and round by round; within one table)",
         "",
         f"- dict, default (zero-copy): {zero_t:.2f}x the time of safetensors `load_file` handed the shard "
         f"paths ({zero_ms['ckptkit']:.2f} vs {zero_ms['st_load_file']:.2f} ms; target <= 1.0x: "
-        f"{mark(zero_t <= 1.0)}; {pairs('zero', 'ckptkit', 'st_load_file', lambda r: r <= 1.0)}); {zero_dir:.2f}x `load_file` of the shards found in the directory inside "
+        f"{mark(zero_t <= 1.0)}; {zero_rounds}); {zero_dir:.2f}x `load_file` of the shards found in the "
+        f"directory inside "
         f"the timer, as `load_sharded(dir)` does ({mark(zero_dir <= 1.0)}); with every page touched "
         f"{zero_touch:.2f}x; peak anonymous memory {zero_anon:.0f} MiB (target <= 64 MiB: "
         f"{mark(zero_anon <= 64)}).",
         f"- dict, `mmap=False`: {private:.2f}x as fast as `load_file`+clone (target >= 1.0x: "
-        f"{mark(private >= 1.0)}; "
-        f"{pairs('private', 'st_load_file+clone', 'ckptkit(mmap=False)', lambda r: r >= 1.0)}); "
-        f"{floor:.2f}x the first-touch floor (target <= 1.3x: {mark(floor <= 1.3)}; "
-        f"{pairs('private', 'ckptkit(mmap=False)', 'first_touch_floor', lambda r: r <= 1.3)}); "
+        f"{mark(private >= 1.0)}; {private_rounds}); {floor:.2f}x the first-touch floor (target <= 1.3x: "
+        f"{mark(floor <= 1.3)}; {floor_rounds}); "
         f"the floor itself took {floor_ok:.2f}x the time of the fastest private contender ("
         + (
             "a lower bound"
@@ -601,9 +607,9 @@ def _targets(
         )
         + ").",
         f"- cold, private: {cold_st:.2f}x as fast as safetensors `load_file`+clone (target >= 1.5x: "
-        f"{mark(cold_st >= 1.5)}; {pairs('cold', 'st_load_file+clone', 'ckptkit(mmap=False)', lambda r: r >= 1.5)}), "
-        f"{cold_runai:.2f}x the Run:ai streamer (target >= 1.0x: {mark(cold_runai >= 1.0)}; "
-        f"{pairs('cold', 'runai+clone', 'ckptkit(mmap=False)', lambda r: r >= 1.0)}), {cold_dd:.2f}x `dd`'s throughput; {cold_floor:.2f}x the time of the "
+        f"{mark(cold_st >= 1.5)}; {cold_rounds}), {cold_runai:.2f}x the Run:ai streamer (target >= 1.0x: "
+        f"{mark(cold_runai >= 1.0)}; {runai_rounds}), {cold_dd:.2f}x `dd`'s throughput; "
+        f"{cold_floor:.2f}x the time of the "
         f"parallel-read floor (the disk alone: the same streams and chunks, no fresh memory), which was "
         f"itself {cold_best:.2f}x as fast as `load_file`+clone ("
         + (
@@ -613,8 +619,7 @@ def _targets(
         )
         + ").",
         f"- into a meta model, default: {model:.2f}x the time of diffusers `from_pretrained` (target "
-        f"<= 1.0x: {mark(model <= 1.0)}; "
-        f"{pairs('model', 'ckptkit', 'diffusers_from_pretrained', lambda r: r <= 1.0)}); touched {model_touch:.2f}x; peak anonymous memory "
+        f"<= 1.0x: {mark(model <= 1.0)}; {model_rounds}); touched {model_touch:.2f}x; peak anonymous memory "
         f"{model_anon:.0f} MiB.",
         "",
         "Every private load writes each byte into freshly allocated memory, and on this VM first-touch page "
