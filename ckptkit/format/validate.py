@@ -111,7 +111,8 @@ def _check_keys(check: WeightSetCheck) -> None:
                 f"{index.path}: {len(unlisted)} tensors in the shards are not in the index ({shown}); "
                 "loaders that trust the index will skip them"
             )
-        actual = sum(t.nbytes for header in check.headers.values() for t in header.tensors.values())
+        # A valid header's tensors fill its data buffer exactly (no hole, no overlap): its size.
+        actual = sum(header.data_size for header in check.headers.values())
         declared = index.total_size
         if declared is not None and declared != actual:
             check.warnings.append(

@@ -371,10 +371,6 @@ def _load_safetensors(
     return _safetensors_to_module(plan(stored, _where(located)), located, options)
 
 
-def _want_dtype(stored: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
-    return dtype if dtype is not None and stored.is_floating_point else stored
-
-
 def _safetensors_to_dict(
     selection: KeySelection, located: dict[str, tuple[SafetensorsHeader, TensorInfo]], options: _Options
 ) -> dict[str, torch.Tensor]:
@@ -382,10 +378,11 @@ def _safetensors_to_dict(
     maps = _file_maps(options, device)
     out: dict[str, torch.Tensor] = {}
     reads = []
+    cast = options.dtype
     for name, source in selection.items():
         header, info = located[source]
         stored = to_torch_dtype(info.dtype)
-        want = _want_dtype(stored, options.dtype)
+        want = cast if cast is not None and stored.is_floating_point else stored  # casts: floats only
         if maps is not None and want is stored:
             view = maps.tensor(header, info, stored)
             if view is not None:

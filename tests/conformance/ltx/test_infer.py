@@ -218,9 +218,9 @@ def _run_infer(
     mapped_by_ckptkit: list[str] = []
     original_map = FileMaps._map
 
-    def map_spy(self, header):
+    def map_spy(self, header, *args):
         mapped_by_ckptkit.append(Path(header.path).name)
-        return original_map(self, header)
+        return original_map(self, header, *args)
 
     opened_by_ltx: list[str] = []
     for module in SAFE_OPEN_USERS:
