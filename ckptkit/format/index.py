@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
-from ckptkit.format.safe_files import quote_content, read_capped
+from ckptkit.format.safe_files import as_path, quote_content, read_capped
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = ["ShardIndex", "check_shard_name", "read_index"]
@@ -107,7 +107,7 @@ def read_index(path: str | os.PathLike[str]) -> ShardIndex:
         >>> index.shard_names  # doctest: +SKIP
         ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
     """
-    path = Path(path)
+    path = as_path(path)
     raw = read_capped(path, MAX_INDEX_SIZE, what="index")
     try:
         parsed = loads_strict(raw)

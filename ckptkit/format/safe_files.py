@@ -54,6 +54,12 @@ _KINDS = (
 )
 
 
+def as_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, the same object when it already is one (``Path(path)``
+    parses it again: about 3 us each on Python 3.11, a few times per file of a load)."""
+    return path if isinstance(path, Path) else Path(path)
+
+
 @contextlib.contextmanager
 def confinement(root: str | os.PathLike[str] | None) -> Iterator[None]:
     """Within the block, :func:`open_regular` refuses files whose real path leaves ``root``.
@@ -80,10 +86,12 @@ def confinement_root() -> str | None:
 
 
 def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):  # the usual case, in one test
+        return None
     for test, name in _KINDS:
         if test(mode):
             return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
+    return "not a regular file"
 
 
 def _refuse_kind(path: Path, kind: str) -> CkptError:
@@ -173,7 +181,7 @@ def open_regular(
     Example:
         >>> fd = open_regular("model.safetensors")  # doctest: +SKIP
     """
-    path = Path(path)
+    path = as_path(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -240,7 +248,7 @@ def read_capped(path: str | os.PathLike[str], cap: int, *, what: str = "file") -
     Example:
         >>> raw = read_capped("model.safetensors.index.json", 64 * 2**20, what="index")  # doctest: +SKIP
     """
-    path = Path(path)
+    path = as_path(path)
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.format.dtypes import DTYPES
-from ckptkit.format.safe_files import file_identity, open_regular, os_error
+from ckptkit.format.safe_files import as_path, file_identity, open_regular, os_error
 from ckptkit.format.strict_json import DuplicateKeyError, loads_strict
 
 __all__ = [
@@ -110,7 +110,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         >>> header.tensors["shared.weight"].shape  # doctest: +SKIP
         (32128, 4096)
     """
-    path = Path(path)
+    path = as_path(path)
     fd = open_regular(path)
     try:
         try:
@@ -180,7 +180,7 @@ def parse_header_bytes(raw: bytes, *, path: str | os.PathLike[str], file_size: i
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _parse_header_bytes(raw, Path(path), file_size)
+        return _parse_header_bytes(raw, as_path(path), file_size)
     finally:
         if enabled:
             gc.enable()

@@ -21,11 +21,12 @@ def to_torch_dtype(value: object) -> torch.dtype:
         >>> to_torch_dtype("fp16"), to_torch_dtype("BF16")
         (torch.float16, torch.bfloat16)
     """
+    if type(value) is str:  # the hot path: one dict lookup per tensor of a header
+        known = _BY_NAME.get(value)
+        if known is not None:
+            return known
     if isinstance(value, torch.dtype):
         return value
-    known = _BY_NAME.get(value) if isinstance(value, str) else None
-    if known is not None:  # the hot path: one dict lookup per tensor of a header
-        return known
     text = str(value)
     name = DTYPES[text].name if text in DTYPES else canonical_dtype(text)
     dtype = getattr(torch, name, None)
