@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
@@ -34,18 +35,30 @@ class ShardIndex:
     weight_map: dict[str, str]
     metadata: dict[str, object] = field(default_factory=dict)
 
-    @property
+    # Computed once: a load asks for these several times, and a Path made again must be hashed
+    # again (in a dict or set) where the same object keeps its hash. An index is not changed after
+    # it is read.
+    @cached_property
     def directory(self) -> Path:
         return self.path.parent
+
+    @cached_property
+    def _shards(self) -> dict[str, Path]:
+        return {name: self.directory / name for name in sorted(set(self.weight_map.values()))}
 
     @property
     def shard_names(self) -> list[str]:
         """The shard file names, sorted and unique, as the libraries read them."""
-        return sorted(set(self.weight_map.values()))
+        return list(self._shards)
 
     @property
     def shard_paths(self) -> list[Path]:
-        return [self.directory / name for name in self.shard_names]
+        return list(self._shards.values())
+
+    def shard_path(self, name: str) -> Path:
+        """The path of the shard ``name`` (a name from the weight map)."""
+        path = self._shards.get(name)
+        return path if path is not None else self.directory / name
 
     @property
     def total_size(self) -> int | None:

@@ -80,6 +80,12 @@ def select_keys(
         {'a': 'module.vae.a'}
     """
     prefixes = (strip_prefixes,) if isinstance(strip_prefixes, str) else tuple(strip_prefixes or ())
+    if not prefixes and not prefix:  # every key as it is (the usual load): built in C
+        keys = list(keys)
+        selection = KeySelection(zip(keys, keys, strict=True))
+        if len(selection) == len(keys):
+            return selection
+        # A key given twice: the loop below names it.
     selection = KeySelection()
     for key in keys:
         name = _strip(key, prefixes) if prefixes else key

@@ -200,7 +200,7 @@ def _parse_header_bytes(raw: bytes, path: Path, file_size: int) -> SafetensorsHe
     if not isinstance(parsed, dict):
         raise CorruptCheckpointError(f"header is a JSON {type(parsed).__name__}, not an object", path=path)
 
-    if _SURROGATE_ESCAPE.search(raw):
+    if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw):  # a byte search first: escapes are rare
         _refuse_lone_surrogates(parsed, path)
     metadata = _parse_metadata(parsed.pop("__metadata__", None), path)
     data_start = 8 + len(raw)

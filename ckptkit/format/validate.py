@@ -90,9 +90,7 @@ def _check_keys(check: WeightSetCheck) -> None:
     if index is None:
         return
     # One header lookup per shard, not per key (hashing a Path costs more than the check itself).
-    shard_headers = {
-        shard: check.headers.get(index.directory / shard) for shard in set(index.weight_map.values())
-    }
+    shard_headers = {shard: check.headers.get(index.shard_path(shard)) for shard in index.shard_names}
     for name, shard in index.weight_map.items():
         shard_header = shard_headers[shard]
         if shard_header is not None and name not in shard_header.tensors:

@@ -38,7 +38,7 @@ class WeightFiles:
             wanted = self.select(index.weight_map, where=index.path).source_keys
             needed = {name for key, name in index.weight_map.items() if key in wanted}
             # Shard names are paths relative to the index ("sub/s.safetensors" included).
-            needed_paths = {index.directory / name for name in needed}
+            needed_paths = {index.shard_path(name) for name in needed}
             weight_set = dataclasses.replace(
                 weight_set,
                 files=[p for p in weight_set.files if p in needed_paths],
@@ -46,7 +46,7 @@ class WeightFiles:
             )
             partial = len(needed) < len(index.shard_names)
             self.index_keys = {
-                index.directory / name: keys for name, keys in index.keys_by_shard().items() if name in needed
+                index.shard_path(name): keys for name, keys in index.keys_by_shard().items() if name in needed
             }
         check = check_weight_set(weight_set)
         check.raise_first()

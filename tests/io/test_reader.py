@@ -188,6 +188,51 @@ def test_file_maps_view_aligned_tensors_and_decline_misaligned_ones(tmp_path):
     assert got["b"].untyped_storage().resizable() and not got["a"].untyped_storage().resizable()
 
 
+def test_file_maps_map_a_file_once_per_dtype_and_never_write_to_it(mixed_file, monkeypatch):
+    header = read_header(mixed_file)
+    before = mixed_file.read_bytes()
+    mapped = []
+    original = reader.FileMaps._map
+
+    def spy(self, header, dtype):
+        mapped.append(dtype)
+        return original(self, header, dtype)
+
+    monkeypatch.setattr(reader.FileMaps, "_map", spy)
+    maps = reader.FileMaps()
+    views = {name: maps.tensor(header, info) for name, info in header.tensors.items()}
+    expected = load_file(mixed_file)
+    assert views["empty"] is None  # no bytes: nothing to map
+    viewed = {name: view for name, view in views.items() if view is not None}
+    assert {"big", "ints", "scalar", "tiny.0", "tiny.49"} <= viewed.keys()
+    for name, view in viewed.items():
+        assert view.dtype == expected[name].dtype and torch.equal(view, expected[name]), name
+        assert not view.untyped_storage().resizable(), name  # a map, not private memory
+    assert sorted(map(str, mapped)) == sorted({str(view.dtype) for view in viewed.values()})
+    assert viewed["tiny.0"].untyped_storage().data_ptr() == viewed["tiny.49"].untyped_storage().data_ptr()
+    viewed["big"].add_(1)  # copy-on-write: the page is copied, the file never changes
+    viewed["ints"].zero_()
+    assert mixed_file.read_bytes() == before
+
+
+def test_file_maps_view_a_tensor_that_ends_before_a_tail_shorter_than_its_dtype(tmp_path):
+    import struct
+
+    path = _handmade(
+        tmp_path / "tail.safetensors",
+        {
+            "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "tail": {"dtype": "U8", "shape": [3], "data_offsets": [8, 11]},
+        },
+        struct.pack("<2f", 1.5, -2.0) + b"\x07\x08\x09",
+    )
+    assert path.stat().st_size % 4 == 3  # the float32 map stops 3 bytes short of the end
+    header = read_header(path)
+    maps = reader.FileMaps()
+    assert maps.tensor(header, header.tensors["w"]).tolist() == [1.5, -2.0]
+    assert maps.tensor(header, header.tensors["tail"]).tolist() == [7, 8, 9]
+
+
 def test_file_maps_refuse_a_file_truncated_after_its_header_was_read(mixed_file):
     header = read_header(mixed_file)
     mixed_file.write_bytes(mixed_file.read_bytes()[:-100])
