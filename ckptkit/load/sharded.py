@@ -401,6 +401,8 @@ def _file_maps(options: _Options, device: torch.device | None) -> FileMaps | Non
 
 def _read(reads: list[TensorRead], options: _Options, maps: FileMaps | None) -> None:
     """Read in parallel; with ``maps`` (not ``mmap=False``), CPU casts read from the files' maps."""
+    if not reads:  # every tensor a view of its file: no reader to set up, no bar (it counts bytes read)
+        return
     total = sum(r.info.nbytes for r in reads)
     with progress_bar(options.progress, total=total, desc="Loading weights") as bar:
         read_tensors(reads, num_threads=options.num_threads, progress=bar, maps=maps)
