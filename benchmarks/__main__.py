@@ -25,6 +25,8 @@ warm-up round (since 2026-12-02; sections dated earlier ran without it),
 median and min/max, peak anonymous RSS (`RssAnon`, sampled every 2 ms) above the post-import baseline
 (file-backed mmap pages are not counted; each table says which results are file-backed). Compare
 ratios within one table; absolute times move a lot between runs on a shared VM.
+`python -m benchmarks.count_instructions` (needs valgrind; not run by `python -m benchmarks`)
+counts the instructions of one dict load instead, a reading that noise cannot move.
 """
 
 
