@@ -78,6 +78,38 @@ def test_cast_from_the_maps_matches_and_never_stages(mixed_file, monkeypatch, ch
     assert all(t.untyped_storage().resizable() for t in out.values())  # private memory, not the map
 
 
+@pytest.mark.parametrize("threads", [None, 1, 4])
+def test_casts_from_the_maps_run_on_the_calling_thread_beside_the_reads(mixed_file, monkeypatch, threads):
+    import threading
+
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 256)  # several chunks per tensor, several jobs
+    cast_on: list[int] = []
+    cast_all = reader._cast_all
+
+    def spy(jobs, done):
+        cast_on.extend(threading.get_ident() for _ in jobs)
+        cast_all(jobs, done)
+
+    monkeypatch.setattr(reader, "_cast_all", spy)
+    header = read_header(mixed_file)
+    out = _targets(header, torch.float64)  # float32 tensors cast; bf16 "big" cast; ints read as stored
+    out["big"] = torch.empty(300, 70, dtype=torch.bfloat16)  # read as stored, by the reader threads
+
+    class Bar:
+        total = 0
+
+        def update(self, nbytes):
+            Bar.total += nbytes
+
+    reads = [TensorRead(header, header.tensors[n], t) for n, t in out.items()]
+    read_tensors(reads, num_threads=threads, progress=Bar(), maps=reader.FileMaps())
+    assert cast_on and set(cast_on) == {threading.get_ident()}
+    assert Bar.total == sum(info.nbytes for info in header.tensors.values())
+    for key, value in load_file(mixed_file).items():
+        want = value.to(out[key].dtype)
+        assert out[key].dtype == want.dtype and torch.equal(out[key], want), key
+
+
 def test_a_misaligned_tensor_cast_with_maps_is_staged(tmp_path):
     import struct
 
