@@ -199,8 +199,9 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
             "",
             "How each side reads: in the stored dtype both leave the weights as views of the file's map "
             "(nothing read until used). With a cast, ckptkit casts every tensor straight from a "
-            "copy-on-write map of the file into fresh memory, in 16 MiB chunks on 2 to 8 threads (each "
-            "byte of the file read once, by the cast; no staging buffer), and `from_pretrained` casts "
+            "copy-on-write map of the file into fresh memory, in 16 MiB chunks on the calling thread, "
+            "each split by torch over its intra-op threads (each byte of the file read once, by the "
+            "cast; no staging buffer), and `from_pretrained` casts "
             "tensor by tensor from safetensors' map: both pay the first-touch faults of the bf16 "
             "destination, which is the peak anonymous memory on both sides. The rest of "
             "`from_pretrained`'s time is Python around the tensors (in a profile of its T5 load, about a "
