@@ -13,7 +13,7 @@ of the chunks, each read in order through its own descriptors), so that a cold r
 requests in flight while a hot one does not oversubscribe the CPUs. A CPU destination of another
 dtype is cast straight from a copy-on-write map of its file when the caller passes :class:`FileMaps`
 (on the calling thread while the pool reads the rest, torch splitting each chunk over its intra-op
-threads; each byte of the file read once, as ``from_pretrained`` casts from its map), else through a small
+threads; by the pool when torch has one such thread; each byte of the file read once, as ``from_pretrained`` casts from its map), else through a small
 per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
 destination is filled through two pinned staging
 buffers per thread (:class:`StagingPipeline`): while one chunk is copied to the GPU (on the
@@ -136,6 +136,8 @@ def read_tensors(
                 if remaining is not None:  # the rest waits for the disk, on its stream
                     waiting.submit(index, remaining, functools.partial(done, job))
                     return
+        elif job.source is not None:
+            _cast_mapped(job)
         elif job.read is not None and job.read.target.device.type == "cuda":
             pipeline = getattr(local, "pipeline", None)
             if pipeline is None:
@@ -150,9 +152,11 @@ def read_tensors(
     with _open_files(reads) as fds:
         try:
             planned = list(_plan(reads, fds, maps))
-            # Casts from the maps run on this thread, while the pool reads the rest: torch splits
-            # each copy over its own intra-op threads, which also fault in the destination.
-            casts = [job for job in planned if job.source is not None]
+            # Casts from the maps run on this thread while the pool reads the rest: torch splits each
+            # copy over its intra-op threads, which also fault in the destination. With one such
+            # thread (torchrun sets OMP_NUM_THREADS=1) they stay in the pool, several at once.
+            here = torch.get_num_threads() > 1
+            casts = [job for job in planned if job.source is not None] if here else []
             jobs = [job for job in planned if job.source is None] if casts else planned
             if threads <= 1 or len(jobs) <= 1:
                 for index, job in enumerate(jobs):
@@ -287,18 +291,22 @@ def _mapped(item: TensorRead, maps: FileMaps | None) -> torch.Tensor | None:
 def _cast_all(jobs: Sequence[ReadJob], done: Callable[[ReadJob], None]) -> None:
     """Cast each job's elements of its file's map into its target, on the calling thread.
 
-    The cast reads the file's pages straight from the map (page cache, or faulted in with
-    readahead when cold) and writes the destination once: no staging copy. ``copy_`` splits a
-    large chunk over torch's intra-op threads (``torch.set_num_threads``), and those threads fault
-    in the fresh destination as they write it: on the project's 2-core VM a 335 MB float32 VAE
-    cast to bfloat16 this way took 0.080 s, against 0.090 s with two reader threads each
-    prefaulting and casting its own chunks (fresh processes, medians of 8).
+    ``copy_`` splits a large chunk over torch's intra-op threads (``torch.set_num_threads``), and
+    those threads fault in the fresh destination as they write it: on the project's 2-core VM a
+    335 MB float32 VAE cast to bfloat16 this way took 0.080 s, against 0.090 s with two reader
+    threads each prefaulting and casting its own chunks (fresh processes, medians of 8).
     """
     for job in jobs:
-        item = job.read
-        assert item is not None and job.source is not None
-        item.target.view(-1)[job.first : job.first + job.count].copy_(job.source)
+        _cast_mapped(job)
         done(job)
+
+
+def _cast_mapped(job: ReadJob) -> None:
+    item = job.read
+    assert item is not None and job.source is not None
+    # The cast reads the file's pages straight from the map (page cache, or faulted in with
+    # readahead when cold) and writes the destination once: no staging copy.
+    item.target.view(-1)[job.first : job.first + job.count].copy_(job.source)
 
 
 def _staging(local: threading.local, nbytes: int, device: torch.device) -> torch.Tensor:

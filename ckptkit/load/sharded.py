@@ -105,7 +105,7 @@ def load_sharded(
             tensor is read as stored, pages already in the page cache are copied by one thread per
             CPU whatever this says (their copy is CPU work); these threads read the rest, as that
             many sequential streams (each a contiguous run of the files, in order). A default CPU
-            cast runs on the calling thread over torch's intra-op threads, beside these readers.
+            cast runs on the caller's thread over torch's intra-op threads (if more than one).
         progress: show a tqdm bar; ``None``: when stderr is a terminal and
             ``HF_HUB_DISABLE_PROGRESS_BARS`` is not set (the default of every ckptkit verb).
         unwrap: torch files only: the key a state dict is nested under (``"state_dict"``,
