@@ -13,8 +13,8 @@ of the chunks, each read in order through its own descriptors), so that a cold r
 requests in flight while a hot one does not oversubscribe the CPUs. A CPU destination of another
 dtype is cast straight from a copy-on-write map of its file when the caller passes :class:`FileMaps`
 (on the calling thread while the pool reads the rest, torch splitting each chunk over its intra-op
-threads; by the pool when torch has one such thread; each byte of the file read once, as ``from_pretrained`` casts from its map), else through a small
-per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
+threads; by the pool when torch has one such thread; each byte of the file read once, as
+``from_pretrained`` casts from its map), else through a small per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
 destination is filled through two pinned staging
 buffers per thread (:class:`StagingPipeline`): while one chunk is copied to the GPU (on the
 thread's own stream, cast there when the dtype changes), the next is read into the other buffer.

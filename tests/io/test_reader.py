@@ -103,8 +103,8 @@ def test_casts_from_the_maps_run_on_the_calling_thread_beside_the_reads(
 
     monkeypatch.setattr(reader, "_cast_mapped", spy)
     header = read_header(mixed_file)
-    out = _targets(header, torch.float64)  # float32 tensors cast; bf16 "big" cast; ints read as stored
-    out["big"] = torch.empty(300, 70, dtype=torch.bfloat16)  # read as stored, by the reader threads
+    out = _targets(header, torch.float64)  # the float32 tensors are cast from the map
+    out["big"] = torch.empty(300, 70, dtype=torch.bfloat16)  # like the ints, read as stored
 
     class Bar:
         total = 0
@@ -115,9 +115,9 @@ def test_casts_from_the_maps_run_on_the_calling_thread_beside_the_reads(
     reads = [TensorRead(header, header.tensors[n], t) for n, t in out.items()]
     read_tensors(reads, num_threads=threads, progress=Bar(), maps=reader.FileMaps())
     assert cast_on
-    if intra_op > 1 or threads == 1:  # torch splits each cast: all of them on the caller's thread
+    if intra_op > 1 or threads == 1:  # torch splits each cast, or there is no pool: the caller casts
         assert set(cast_on) == {threading.get_ident()}
-    else:  # one intra-op thread: the casts stay in the reader pool, several at once
+    else:  # one intra-op thread and a pool: the casts stay in the pool, several at once
         assert threading.get_ident() not in cast_on
     assert Bar.total == sum(info.nbytes for info in header.tensors.values())
     for key, value in load_file(mixed_file).items():
