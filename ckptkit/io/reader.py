@@ -14,9 +14,9 @@ requests in flight while a hot one does not oversubscribe the CPUs. A CPU destin
 dtype is cast straight from a copy-on-write map of its file when the caller passes :class:`FileMaps`
 (on the calling thread while the pool reads the rest, torch splitting each chunk over its intra-op
 threads; by the pool when torch has one such thread; each byte of the file read once, as
-``from_pretrained`` casts from its map), else through a small per-thread staging buffer; either way a cast never allocates a second copy of a tensor. A CUDA
-destination is filled through two pinned staging
-buffers per thread (:class:`StagingPipeline`): while one chunk is copied to the GPU (on the
+``from_pretrained`` casts from its map), else through a small per-thread staging buffer; either way
+a cast never allocates a second copy of a tensor. A CUDA destination is filled through two pinned
+staging buffers per thread (:class:`StagingPipeline`): while one chunk is copied to the GPU (on the
 thread's own stream, cast there when the dtype changes), the next is read into the other buffer.
 
 :class:`FileMaps` (:mod:`ckptkit.io.file_maps`) is the zero-copy alternative for a CPU tensor in
@@ -106,12 +106,6 @@ def read_tensors(
     """
     for item in reads:
         _check_target(item)
-    if num_threads:
-        threads = num_threads
-    elif not all(item.direct for item in reads):
-        threads = _staging_threads()  # each thread holds its staging buffers: keep them few
-    else:
-        threads = default_num_threads()
     lock = threading.Lock()
     local = threading.local()
     pipelines: list[StagingPipeline] = []
@@ -158,6 +152,12 @@ def read_tensors(
             here = torch.get_num_threads() > 1
             casts = [job for job in planned if job.source is not None] if here else []
             jobs = [job for job in planned if job.source is None] if casts else planned
+            if num_threads:
+                threads = num_threads
+            elif any(job.buffers is None for job in jobs):
+                threads = _staging_threads()  # each thread holds its staging buffers: keep them few
+            else:
+                threads = default_num_threads()  # the pool only reads as stored
             if threads <= 1 or len(jobs) <= 1:
                 for index, job in enumerate(jobs):
                     run(index, job)

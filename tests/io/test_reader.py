@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -102,6 +103,14 @@ def test_casts_from_the_maps_run_on_the_calling_thread_beside_the_reads(
         cast_mapped(job)
 
     monkeypatch.setattr(reader, "_cast_mapped", spy)
+    sized: list[str] = []  # which default sized the pool
+
+    def recorded(name, default):
+        sized.append(name)
+        return default()
+
+    for name in ("default_num_threads", "_staging_threads"):
+        monkeypatch.setattr(reader, name, functools.partial(recorded, name, getattr(reader, name)))
     header = read_header(mixed_file)
     out = _targets(header, torch.float64)  # the float32 tensors are cast from the map
     out["big"] = torch.empty(300, 70, dtype=torch.bfloat16)  # like the ints, read as stored
@@ -119,6 +128,8 @@ def test_casts_from_the_maps_run_on_the_calling_thread_beside_the_reads(
         assert set(cast_on) == {threading.get_ident()}
     else:  # one intra-op thread and a pool: the casts stay in the pool, several at once
         assert threading.get_ident() not in cast_on
+    if threads is None:  # a pool that only reads as stored gets the streams' size, else few threads
+        assert sized == (["default_num_threads"] if intra_op > 1 else ["_staging_threads"])
     assert Bar.total == sum(info.nbytes for info in header.tensors.values())
     for key, value in load_file(mixed_file).items():
         want = value.to(out[key].dtype)
