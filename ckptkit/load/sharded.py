@@ -101,7 +101,7 @@ def load_sharded(
             tensor is private memory (read in parallel). A cast, another device or a misaligned
             tensor is private either way.
         num_threads: parallel readers (default: the CPUs available, 8 to 16, since cold reads wait
-            on the disk; 2 to 8 when some are staged: a cast with mmap=False, another device). When every
+            on the disk; 2 to 8 when the readers also cast or copy to another device). When every
             tensor is read as stored, pages already in the page cache are copied by one thread per
             CPU whatever this says (their copy is CPU work); these threads read the rest, as that
             many sequential streams (each a contiguous run of the files, in order). A default CPU
