@@ -54,3 +54,20 @@ def test_round_by_round_pairs_trials_of_the_same_round_and_skips_failed_ones() -
         rounds={"cold": {"st_load_file+clone": [2.0, 1.0, None], "ckptkit(mmap=False)": [1.0, 1.0, 1.0]}},
     )
     assert "target >= 1.5x: met; round by round 1.50x, 1.00-2.00x, met in 1 of 2" in text
+
+
+def test_a_dict_default_miss_says_whether_the_rounds_disagree_with_the_medians() -> None:
+    medians = {
+        "zero": {"ckptkit": 0.0050, "st_load_file": 0.0045},
+        "tiny": {"ckptkit": 0.1, "st_load_file": 0.4},
+    }
+    mixed = _targets(
+        medians, {}, rounds={"zero": {"ckptkit": [4.0, 6.0, 5.0], "st_load_file": [5.0, 4.0, 4.5]}}
+    )
+    assert "target <= 1.0x: **missed**" in mixed
+    assert "round by round the ratio ran from 0.80x to 1.50x (median 1.11x)" in mixed
+    assert "the medians' +0.50 ms is within how much one such call moves" in mixed
+    assert "4.0x `load_file` on the 5,000-tensor file" in mixed
+    slower = _targets(medians, {}, rounds={"zero": {"ckptkit": [5.0, 6.0], "st_load_file": [4.5, 4.0]}})
+    assert "ckptkit was the slower in every round; its extra 0.50 ms is a fixed cost per call" in slower
+    assert "within how much" not in slower
