@@ -150,19 +150,24 @@ def _dict_contender(name: str, directory: Path) -> Any:
     raise SystemExit(f"unknown contender {name}")
 
 
+#: The first-touch floor's source: one piece, copied again and again, that stays in a core's L2.
+FLOOR_PIECE = 128 * 2**10
+
+
 def _first_touch_floor(total: int) -> Any:
     """Fresh memory of ``total`` bytes filled from memory as fast as this machine allows.
 
     Every private load has to fault in and fill fresh memory; this does only that (no file, no
     syscall), the fastest way known here: each 16 MiB chunk prefaulted in one call
-    (``MADV_POPULATE_WRITE``, as ckptkit's reader does) and copied, one thread per CPU (ckptkit's
-    reads from the page cache run on as many). The source is one 16 MiB chunk, copied into every
-    chunk of the destination: it stays in the CPU caches, and the process holds no more memory
-    than a load does (a source as large as the checkpoint doubled what the process touched, and on
-    this VM memory a process touches for the first time costs the host's faults too: that floor
-    was once slower than the loads it bounds). A lower bound as far as the fills known here go (a
-    kernel copy in ``preadv`` or a faster memcpy could in principle beat it: it is measured, not
-    proven).
+    (``MADV_POPULATE_WRITE``, as ckptkit's reader does) and filled, one thread per CPU (ckptkit's
+    reads from the page cache run on as many), by copies of one 128 KiB source that stays in the
+    core's L2 cache (each copy small enough that libc's memcpy keeps ordinary stores). A load must
+    also read its bytes from the page cache, so this bounds it from below. Earlier sources were
+    slower and were not lower bounds: one as large as the checkpoint doubled what the process
+    touched (on this VM memory touched for the first time costs the host's faults too), and one
+    16 MiB chunk copied whole took about as long as ckptkit's own load (2026-12-02: 0.340-0.412 s
+    against ckptkit's 0.354-0.419 s and this floor's 0.293-0.313 s, medians of 7-9 alternated
+    rounds), and in two full runs longer. Measured, not proven: a faster fill may exist.
     """
     import ctypes
     from concurrent.futures import ThreadPoolExecutor
@@ -172,16 +177,21 @@ def _first_touch_floor(total: int) -> Any:
     from ckptkit.io.buffers import prefault, raw_bytes
     from ckptkit.io.reader import CHUNK_BYTES, _cpus
 
-    source = torch.ones(CHUNK_BYTES, dtype=torch.uint8)  # touched before the baseline
+    source = torch.ones(FLOOR_PIECE, dtype=torch.uint8)  # touched before the baseline
     starts = range(0, total, CHUNK_BYTES)
 
     def run():
         out = torch.empty(total, dtype=torch.uint8)
+        here = source.data_ptr()
 
         def fill(start: int) -> None:
             part = out[start : start + CHUNK_BYTES]
             prefault(raw_bytes(part))
-            ctypes.memmove(part.data_ptr(), source.data_ptr(), part.numel())  # libc's memcpy, GIL released
+            at, end = part.data_ptr(), part.data_ptr() + part.numel()
+            while at < end:
+                step = min(FLOOR_PIECE, end - at)
+                ctypes.memmove(at, here, step)  # libc's memcpy, GIL released
+                at += step
 
         with ThreadPoolExecutor(_cpus()) as pool:
             list(pool.map(fill, starts))
@@ -457,9 +467,11 @@ def run(*, trials: int = 5, data_dir: Path = DEFAULT_DATA) -> str:
         f"{described}; every result is private memory (clones where the loader returns file-backed "
         "views). Floors: `cat` of the shards to /dev/null (page-cache read, one reused buffer), and "
         "`first_touch_floor`: fresh memory of the same size, each 16 MiB prefaulted in one call "
-        "(`MADV_POPULATE_WRITE`) and filled by one thread per CPU from one cache-resident 16 MiB chunk (no "
-        "file at all, no more memory than a load holds): the fastest fill of fresh memory found here, so "
-        "a lower bound as far as any fill known here goes.",
+        "(`MADV_POPULATE_WRITE`) and filled by one thread per CPU with copies of one 128 KiB source that "
+        "stays in the core's L2 cache (no file at all, nothing read from memory, no more memory than a "
+        "load holds): the fastest fill of fresh memory found here, so a lower bound as far as any fill "
+        "known here goes. Until 2026-12-02 19:10 UTC its source was one 16 MiB chunk, copied whole: "
+        "about as slow as ckptkit's own load, so not a lower bound.",
     )
     results["cold"] = run_alternating(
         {n: _argv("dict", n, ckpt) for n in COLD_CONTENDERS},
@@ -625,7 +637,7 @@ def _targets(
         f"{model_anon:.0f} MiB.",
         "",
         "Every private load writes each byte into freshly allocated memory, and on this VM first-touch page "
-        "faults dominate: the first-touch floor (fresh memory filled from a cache-resident chunk, no "
+        "faults dominate: the first-touch floor (fresh memory filled from a source in the L2 cache, no "
         "file) is slower than `cat`, which copies into one reused buffer. "
         "The default load does not pay it: like `from_pretrained` and `load_file` it maps the files.",
         "Absolute times move with how busy the 2-core VM is (load average above); compare ratios within a "

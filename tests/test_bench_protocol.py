@@ -71,3 +71,13 @@ def test_a_dict_default_miss_says_whether_the_rounds_disagree_with_the_medians()
     slower = _targets(medians, {}, rounds={"zero": {"ckptkit": [5.0, 6.0], "st_load_file": [4.5, 4.0]}})
     assert "ckptkit was the slower in every round; its extra 0.50 ms is a fixed cost per call" in slower
     assert "within how much" not in slower
+
+
+def test_the_first_touch_floor_fills_every_byte_it_bounds() -> None:
+    # A floor that skipped part of the fill would be faster than any load for the wrong reason.
+    from benchmarks.bench_load import FLOOR_PIECE, _first_touch_floor
+
+    total = 16 * 2**20 + 3 * FLOOR_PIECE + 5  # a partial chunk and a partial piece at the end
+    out = _first_touch_floor(total)()
+    assert out.numel() == total
+    assert bool((out == 1).all())
